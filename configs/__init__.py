@@ -1,0 +1,1 @@
+"""Default YAML configuration shipped with surveydust (installed as ``surveydust.configs``)."""

@@ -1,0 +1,386 @@
+"""One place that makes a Dask client, from a named cluster profile.
+
+Profiles live in dask.config under ``surveydust.cluster``; the defaults ship in
+``configs/cluster.yaml`` (package ``surveydust.configs``) and are merged with
+:func:`dask.config.update_defaults` at import, the way dask-jobqueue keeps its
+own defaults. A user overrides them, or adds profiles, in a dask config file
+(e.g. ``~/.config/dask/surveydust.yaml``), with ``DASK_SURVEYDUST__...``
+environment variables, or with :func:`dask.config.set`::
+
+    surveydust:
+      cluster:
+        default: mysite
+        profiles:
+          mysite: {kind: slurm, cores: 8, memory: 64GiB, worker_resources: {GPU: 1}, jobs: 4}
+
+Each profile has a ``kind``:
+
+``local``
+    a :class:`distributed.LocalCluster` on this machine (the default);
+``address``
+    a running scheduler, reached at ``address`` within ``timeout``;
+``slurm`` / ``pbs``
+    a :mod:`dask_jobqueue` ``SLURMCluster`` / ``PBSCluster`` scaled to ``jobs`` jobs;
+    ``worker_resources`` (e.g. ``{GPU: 1}``) becomes ``dask worker --resources GPU=1``.
+
+All other profile keys are keyword arguments of the cluster class (of
+:class:`distributed.Client` for ``address``). Typical use::
+
+    with get_client("local", workers=2) as client:
+        ...
+
+    # in API functions that accept an optional client
+    with open_client(client, profile=profile, workers=workers) as c:
+        ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from importlib import resources
+from typing import Any
+
+import dask.config
+import yaml
+from dask.system import CPU_COUNT
+from dask.utils import parse_timedelta
+from distributed import Client, LocalCluster, Nanny, SpecCluster, Worker
+from distributed.core import Server
+from distributed.deploy.cluster import Cluster
+
+__all__ = [
+    "KINDS",
+    "ClusterClient",
+    "get_client",
+    "make_cluster",
+    "open_client",
+    "profile_settings",
+    "run_with_progress",
+    "worker_resources",
+]
+
+logger = logging.getLogger(__name__)
+
+KINDS: tuple[str, ...] = ("local", "address", "slurm", "pbs")
+_JOBQUEUE_KINDS = frozenset({"slurm", "pbs"})
+
+
+def _load_defaults() -> dict[str, Any]:
+    """Read the shipped ``cluster.yaml`` defaults."""
+    path = resources.files("surveydust.configs") / "cluster.yaml"
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+dask.config.update_defaults(_load_defaults())
+
+
+class ClusterClient(Client):
+    """A :class:`distributed.Client` that owns its cluster.
+
+    ``Client(cluster).close()`` leaves the cluster running; this client also
+    shuts the cluster down (its workers, or its batch jobs) when it is closed,
+    including on leaving a ``with`` block.
+    """
+
+    def close(self, *args: Any, **kwargs: Any) -> Any:
+        """Close the client, then the cluster it was started with."""
+        cluster = self.cluster
+        try:
+            return super().close(*args, **kwargs)
+        finally:
+            if cluster is not None:
+                cluster.close()
+
+
+def _positive_int(value: Any, what: str) -> int:
+    """Return ``value`` as an int >= 1, or raise a one-line ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _find_profile(name: str, profiles: Mapping[str, Any]) -> str | None:
+    """Key of profile ``name`` in ``profiles`` (``-`` and ``_`` are interchangeable)."""
+    for key in (name, name.replace("-", "_"), name.replace("_", "-")):
+        if key in profiles:
+            return key
+    return None
+
+
+def profile_settings(profile: str | None = None, **overrides: Any) -> tuple[str, dict[str, Any]]:
+    """Resolve a profile from dask.config and apply ``overrides``.
+
+    Returns ``(name, settings)`` where ``settings`` is a fresh dict that includes
+    ``kind``. Overrides whose value is ``None`` are ignored (they mean "not
+    given"). Keys are normalised to ``snake_case``.
+    """
+    name = profile if profile is not None else dask.config.get("surveydust.cluster.default")
+    profiles = dask.config.get("surveydust.cluster.profiles", default=None) or {}
+    key = _find_profile(str(name), profiles)
+    if key is None:
+        known = ", ".join(sorted(profiles)) or "none"
+        raise ValueError(f"unknown cluster profile {name!r}; known profiles: {known}")
+    raw = profiles[key]
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"cluster profile {name!r} must be a mapping of settings, got {raw!r}")
+    settings = {k.replace("-", "_"): copy.deepcopy(v) for k, v in raw.items()}
+    settings.update({k.replace("-", "_"): v for k, v in overrides.items() if v is not None})
+    kind = settings.get("kind")
+    if kind is None:
+        raise ValueError(f"cluster profile {name!r} has no 'kind' (one of: {', '.join(KINDS)})")
+    if kind not in KINDS:
+        raise ValueError(
+            f"cluster profile {name!r} has unknown kind {kind!r} (one of: {', '.join(KINDS)})"
+        )
+    return name, settings
+
+
+def _check_keys(name: str, settings: Mapping[str, Any], *targets: Callable[..., Any]) -> None:
+    """Refuse settings that none of ``targets`` takes as a keyword argument."""
+    accepted: set[str] = set()
+    for target in targets:
+        params = inspect.signature(target).parameters.values()
+        accepted |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    unknown = sorted(set(settings) - accepted)
+    if unknown:
+        raise ValueError(f"cluster profile {name!r}: unknown setting(s) {', '.join(unknown)}")
+
+
+def _local_cluster(name: str, settings: dict[str, Any]) -> LocalCluster:
+    """Start a LocalCluster; ``n_workers: null`` means one worker per available core."""
+    # LocalCluster passes unknown keywords on to Nanny/Worker, which fail late and loudly.
+    _check_keys(name, settings, LocalCluster, Nanny, Worker, Server)
+    host = settings.get("host")
+    if not settings.get("protocol") and host and "://" not in str(host):
+        # With processes=False LocalCluster would default to inproc://, which takes no host.
+        settings["protocol"] = "tcp://"
+    if settings.get("n_workers") is None:
+        settings["n_workers"] = CPU_COUNT
+    _positive_int(settings["n_workers"], f"cluster profile {name!r}: n_workers")
+    return LocalCluster(**settings)
+
+
+def _resources_arg(name: str, spec: Any) -> str:
+    """``{GPU: 1, MEM: 1e9}`` -> ``"GPU=1,MEM=1000000000.0"`` for ``dask worker --resources``."""
+    if not isinstance(spec, Mapping):
+        raise ValueError(
+            f"cluster profile {name!r}: worker_resources must be a mapping like {{GPU: 1}}, "
+            f"got {spec!r}"
+        )
+    return ",".join(f"{key}={value}" for key, value in spec.items())
+
+
+def _jobqueue_cluster(name: str, kind: str, settings: dict[str, Any]) -> Cluster:
+    """Build (but do not scale) a SLURMCluster or PBSCluster."""
+    from dask_jobqueue import PBSCluster, SLURMCluster  # registers jobqueue.* defaults
+    from dask_jobqueue.core import Job, JobQueueCluster
+
+    cls = SLURMCluster if kind == "slurm" else PBSCluster
+    settings.pop("jobs", None)
+    spec = settings.pop("worker_resources", None)
+    _check_keys(name, settings, cls, JobQueueCluster, cls.job_cls, Job, SpecCluster)
+    if spec:
+        extra = settings.get("worker_extra_args")
+        if extra is None:
+            extra = dask.config.get(f"jobqueue.{kind}.worker-extra-args", default=None) or []
+        settings["worker_extra_args"] = [*extra, "--resources", _resources_arg(name, spec)]
+    return cls(**settings)
+
+
+def _build_cluster(name: str, kind: str, settings: dict[str, Any]) -> Cluster:
+    """Construct the cluster of a local/slurm/pbs profile; bad kwargs become ValueError."""
+    try:
+        if kind == "local":
+            return _local_cluster(name, settings)
+        return _jobqueue_cluster(name, kind, settings)
+    except TypeError as exc:
+        raise ValueError(f"cluster profile {name!r}: {exc}") from exc
+
+
+def make_cluster(profile: str | None = None, **overrides: Any) -> Cluster:
+    """Build the cluster object of a ``local``, ``slurm`` or ``pbs`` profile.
+
+    A LocalCluster starts its ``n_workers`` workers; a jobqueue cluster is
+    returned unscaled (no job is submitted), so ``cluster.job_script()`` shows
+    what would be sent. The caller closes it. ``overrides`` replace profile
+    keys (``None`` values are ignored).
+    """
+    name, settings = profile_settings(profile, **overrides)
+    kind = settings.pop("kind")
+    if kind == "address":
+        raise ValueError(
+            f"cluster profile {name!r} connects to a running scheduler; use get_client()"
+        )
+    return _build_cluster(name, kind, settings)
+
+
+def _connect(name: str, settings: dict[str, Any]) -> Client:
+    """Connect to the scheduler of an ``address`` profile, failing within its timeout."""
+    address = settings.pop("address", None)
+    if not address:
+        raise ValueError(
+            f"cluster profile {name!r} needs an 'address' such as tcp://host:8786 "
+            f"(pass address=... or set surveydust.cluster.profiles.{name}.address)"
+        )
+    timeout = settings.pop("timeout", None) or dask.config.get("distributed.comm.timeouts.connect")
+    seconds = parse_timedelta(timeout, default="s")
+    try:
+        return Client(address, timeout=seconds, **settings)
+    except (OSError, TimeoutError) as exc:
+        raise ValueError(
+            f"could not reach a Dask scheduler at {address} within {seconds:g}s"
+        ) from exc
+
+
+def _check_scaling(name: str, kind: str, workers: int | None, jobs: int | None) -> None:
+    """Refuse ``workers``/``jobs`` that are invalid or do not apply to ``kind``."""
+    if workers is not None:
+        _positive_int(workers, "workers")
+    if jobs is not None:
+        _positive_int(jobs, "jobs")
+    if kind == "address" and (workers is not None or jobs is not None):
+        raise ValueError(
+            f"cluster profile {name!r} connects to a running scheduler; workers=/jobs= do not apply"
+        )
+    if kind == "local" and jobs is not None:
+        raise ValueError(
+            f"jobs= applies to slurm/pbs profiles; profile {name!r} is local (use workers=)"
+        )
+    if workers is not None and jobs is not None:
+        raise ValueError("give workers= or jobs=, not both")
+
+
+def _scale(
+    name: str, cluster: Cluster, settings: dict[str, Any], workers: int | None, jobs: int | None
+) -> None:
+    """Submit the jobs of a jobqueue cluster: ``workers`` workers, else ``jobs`` jobs."""
+    if workers is not None:
+        cluster.scale(n=workers)
+    else:
+        n_jobs = jobs if jobs is not None else settings.get("jobs", 1)
+        cluster.scale(jobs=_positive_int(n_jobs, f"cluster profile {name!r}: jobs"))
+
+
+def _announce_dashboard(client: Client) -> None:
+    """Log and print ``Dask dashboard: <url>`` when the scheduler serves one."""
+    try:
+        link = client.dashboard_link
+    except (KeyError, AttributeError):
+        link = None
+    if link:
+        logger.info("Dask dashboard: %s", link)
+        print(f"Dask dashboard: {link}", file=sys.stderr, flush=True)
+
+
+def get_client(
+    profile: str | None = None,
+    *,
+    workers: int | None = None,
+    jobs: int | None = None,
+    address: str | None = None,
+    **overrides: Any,
+) -> Client:
+    """Return a Dask client for the named cluster profile.
+
+    Parameters
+    ----------
+    profile
+        Name of a profile under ``surveydust.cluster.profiles``; ``None`` uses
+        ``surveydust.cluster.default`` (or ``"address"`` when ``address`` is given).
+    workers
+        Number of workers: ``n_workers`` of a local profile; for slurm/pbs the
+        number of workers to scale to (instead of ``jobs``).
+    jobs
+        Number of batch jobs for a slurm/pbs profile (overrides the profile's ``jobs``).
+    address
+        Scheduler address; implies the ``address`` profile, or overrides the
+        address of the given address-kind profile.
+    **overrides
+        Replace profile keys (cluster keyword arguments); ``None`` values are ignored.
+
+    The client owns any cluster it started: closing it (e.g. leaving
+    ``with get_client(...) as client:``) shuts the cluster down. A client of an
+    ``address`` profile only disconnects. ``Dask dashboard: <url>`` is logged
+    and printed to stderr. Every configuration problem, and a scheduler that
+    does not answer within the profile's ``timeout``, raises ``ValueError``.
+    """
+    if address is not None:
+        overrides["address"] = address
+        profile = "address" if profile is None else profile
+    name, settings = profile_settings(profile, **overrides)
+    kind = settings.pop("kind")
+    if address is not None and kind != "address":
+        raise ValueError(f"address= needs an address profile; profile {name!r} is {kind}")
+    _check_scaling(name, kind, workers, jobs)
+    if kind == "address":
+        client = _connect(name, settings)
+    else:
+        client = _start(name, kind, settings, workers, jobs)
+    _announce_dashboard(client)
+    return client
+
+
+def _start(
+    name: str, kind: str, settings: dict[str, Any], workers: int | None, jobs: int | None
+) -> ClusterClient:
+    """Build the cluster, scale it, and attach an owning client (closing the cluster on failure)."""
+    if kind == "local" and workers is not None:
+        settings["n_workers"] = workers
+    scaling = dict(settings)
+    cluster = _build_cluster(name, kind, settings)
+    try:
+        if kind in _JOBQUEUE_KINDS:
+            _scale(name, cluster, scaling, workers, jobs)
+        return ClusterClient(cluster)
+    except BaseException:
+        cluster.close()
+        raise
+
+
+@contextlib.contextmanager
+def open_client(client: Client | None = None, **kwargs: Any) -> Iterator[Client]:
+    """Yield ``client`` unchanged, or a new one from :func:`get_client` that is closed on exit.
+
+    ``kwargs`` are :func:`get_client` arguments (``profile``, ``workers``,
+    ``jobs``, ``address``, overrides). With a given client they do not apply:
+    the caller owns that client, and non-``None`` settings trigger a warning.
+    """
+    if client is not None:
+        ignored = sorted(k for k, v in kwargs.items() if v is not None)
+        if ignored:
+            warnings.warn(
+                f"a Dask client was given, so cluster settings {ignored} are ignored",
+                UserWarning,
+                stacklevel=3,
+            )
+        yield client
+        return
+    owned = get_client(**kwargs)
+    try:
+        yield owned
+    finally:
+        owned.close()
+
+
+def worker_resources(client: Client) -> dict[str, dict[str, float]]:
+    """Resources (e.g. ``{"GPU": 1.0}``) of each worker, keyed by worker address."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return {addr: dict(info.get("resources") or {}) for addr, info in workers.items()}
+
+
+def run_with_progress(client: Client, collection: Any, progress: bool = True) -> Any:
+    """Compute a dask collection on ``client``, with a terminal progress bar, and
+    return its result (errors from the tasks are raised here)."""
+    from distributed import progress as progress_bar
+
+    future = client.compute(collection)
+    if progress:
+        progress_bar(future)
+        print(file=sys.stderr)
+    return future.result()

@@ -1,0 +1,78 @@
+"""Physical helpers: attenuation laws, AB magnitudes, flux units, cosmology.
+
+Units: wavelengths in Angstrom, flux densities in nJy, luminosities in erg/s.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import extinction
+import numpy as np
+from astropy.cosmology import Planck18
+
+AB_ZEROPOINT_NJY = 3631.0e9
+#: total-to-selective ratio of the local attenuation laws the simulator offers
+LAW_R_V = {"calzetti": 4.05, "mw": 3.1}
+
+
+def attenuation_curve(wave_aa: np.ndarray, law: str = "calzetti") -> np.ndarray:
+    """A_lambda / A_V at rest-frame wavelengths ``wave_aa`` [Angstrom].
+
+    ``calzetti``: Calzetti et al. (2000) starburst attenuation (R_V = 4.05),
+    extrapolated outside 0.12-2.2 um by the same formula. ``mw``: Fitzpatrick
+    (1999) Milky Way extinction with R_V = 3.1.
+    """
+    wave = np.asarray(wave_aa, dtype=np.float64)
+    if law == "calzetti":
+        return extinction.calzetti00(wave, 1.0, LAW_R_V["calzetti"])
+    if law == "mw":
+        return extinction.fitzpatrick99(wave, 1.0, LAW_R_V["mw"])
+    raise ValueError(f"unknown dust law {law!r}; known: {', '.join(LAW_R_V)}")
+
+
+def ab_to_njy(mag: float | np.ndarray) -> float | np.ndarray:
+    """AB magnitude to flux density in nJy."""
+    return AB_ZEROPOINT_NJY * 10.0 ** (-0.4 * np.asarray(mag))
+
+
+def njy_to_ab(flux_njy: float | np.ndarray) -> float | np.ndarray:
+    """Flux density in nJy to AB magnitude (NaN for non-positive flux)."""
+    f = np.asarray(flux_njy, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(f > 0, -2.5 * np.log10(f / AB_ZEROPOINT_NJY), np.nan)
+
+
+def mjy_per_sr_to_njy(values: np.ndarray, pixel_area_sr: float) -> np.ndarray:
+    """Surface brightness in MJy/sr to flux per pixel in nJy (1 MJy = 1e15 nJy)."""
+    return np.asarray(values) * (1e15 * pixel_area_sr)
+
+
+def pixel_area_sr(pixel_scale_arcsec: float) -> float:
+    """Solid angle of a square pixel [sr]."""
+    return float(np.deg2rad(pixel_scale_arcsec / 3600.0) ** 2)
+
+
+@lru_cache(maxsize=256)
+def luminosity_distance_cm(redshift: float) -> float:
+    """Luminosity distance [cm] in the Planck 2018 cosmology."""
+    return float(Planck18.luminosity_distance(redshift).to("cm").value)
+
+
+@lru_cache(maxsize=256)
+def kpc_per_arcsec(redshift: float) -> float:
+    """Proper transverse scale [kpc / arcsec] in the Planck 2018 cosmology."""
+    return float(1.0 / Planck18.arcsec_per_kpc_proper(redshift).value)
+
+
+def age_of_universe_myr(redshift: float) -> float:
+    """Cosmic age at ``redshift`` [Myr] (Planck 2018)."""
+    return float(Planck18.age(redshift).to("Myr").value)
+
+
+def r_v(a_v: np.ndarray, ebv: np.ndarray, min_ebv: float = 1e-4) -> np.ndarray:
+    """R_V = A_V / E(B-V), NaN where E(B-V) <= ``min_ebv`` (no measurable reddening)."""
+    a_v, ebv = np.asarray(a_v, float), np.asarray(ebv, float)
+    out = np.full(np.broadcast(a_v, ebv).shape, np.nan)
+    np.divide(a_v, ebv, out=out, where=ebv > min_ebv)
+    return out
