@@ -1,4 +1,12 @@
-"""surveydust: dust and sSFR of z > 6 galaxies from JWST NIRCam images with CNNs, on Dask."""
+"""surveydust: dust and sSFR of z > 6 galaxies from JWST NIRCam images with CNNs, on Dask.
+
+Public API::
+
+    surveydust.simulate(out, n_galaxies=64)         # mock training store (Zarr)
+    surveydust.ingest_skirt(cubes, properties, out)  # SKIRT mock cubes -> training store
+    surveydust.open_training_store(path)             # -> xarray.Dataset
+    surveydust.get_client("local", workers=2)        # Dask client from a cluster profile
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 
@@ -6,3 +14,10 @@ try:
     __version__ = version("surveydust")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
+
+from surveydust.cluster import get_client  # noqa: E402
+from surveydust.simulate import simulate  # noqa: E402
+from surveydust.stores.skirt import ingest_skirt  # noqa: E402
+from surveydust.stores.training import open_training_store  # noqa: E402
+
+__all__ = ["__version__", "get_client", "ingest_skirt", "open_training_store", "simulate"]

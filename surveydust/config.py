@@ -129,6 +129,8 @@ def _format_error(exc: ValidationError, section: str) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown setting"
     return f"{section}.{where}: {msg}" if where else f"{section}: {msg}"
 
 

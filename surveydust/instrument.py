@@ -87,13 +87,13 @@ def check_redshift_coverage(bands: tuple[str, ...], redshift_range: tuple[float,
         bw, bt = bandpass(band)
         inside = bw[bt > 0.01 * bt.max()]
         blue, red = inside.min(), inside.max()
+        if red / (1 + zmax) < LYMAN_ALPHA_AA:
+            raise ValueError(
+                f"band {band} lies entirely blueward of Lyman-alpha at z = {zmax}: it would be empty")
         if blue / (1 + zmax) < lo or red / (1 + zmin) > hi:
             raise ValueError(
                 f"band {band} ({blue / 1e4:.2f}-{red / 1e4:.2f} um) is outside the SED library "
                 f"({lo / 1e4:.2f}-{hi / 1e4:.2f} um rest frame) for redshifts {zmin}-{zmax}")
-        if red / (1 + zmax) < LYMAN_ALPHA_AA:
-            raise ValueError(
-                f"band {band} lies entirely blueward of Lyman-alpha at z = {zmax}: it would be empty")
 
 
 def moffat_psf(fwhm_arcsec: float, pixel_scale_arcsec: float, size: int = 25,

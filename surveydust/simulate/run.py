@@ -68,9 +68,11 @@ def _lazy_dataset(cfg: SimulationConfig) -> xr.Dataset:
     per_gal = cfg.views_per_galaxy * len(cfg.dtm_values)
     n_band, n_pix = len(cfg.bands), cfg.stamp_size
     parts: dict[str, list[da.Array]] = {k: [] for k in TASK_OUTPUTS}
-    for i, g0 in enumerate(range(0, cfg.n_galaxies, cfg.galaxies_per_task)):
+    token = dask.base.tokenize(cfg.to_json())  # keys unique per configuration
+    for g0 in range(0, cfg.n_galaxies, cfg.galaxies_per_task):
         g1 = min(g0 + cfg.galaxies_per_task, cfg.n_galaxies)
-        task = dask.delayed(simulate_galaxies, pure=True)(g0, g1, cfg, dask_key_name=f"simulate-galaxies-{i}")
+        task = dask.delayed(simulate_galaxies, pure=True)(
+            g0, g1, cfg, dask_key_name=f"simulate-galaxies-{token}-{g0}")
         n = (g1 - g0) * per_gal
         shapes = {"image": (n, n_band, n_pix, n_pix), "snr": (n, n_band)}
         for key, dtype in TASK_OUTPUTS.items():

@@ -58,12 +58,14 @@ def _compressor() -> BloscCodec:
 
 
 def check_output_path(path: Path | str, overwrite: bool) -> Path:
-    """Refuse an existing output unless ``overwrite``; the parent must exist."""
+    """Refuse an existing output unless ``overwrite``; create missing parent folders."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
-    if not path.parent.is_dir():
-        raise ValueError(f"output folder {path.parent} does not exist")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create output folder {path.parent}: {exc.strerror}") from None
     return path
 
 

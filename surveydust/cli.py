@@ -1,0 +1,157 @@
+"""``surveydust`` command line: a thin shell over the Python API.
+
+Every command turns bad input into one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+EXIT_INTERRUPTED = 130
+
+
+def _friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Report expected failures as ``Error: <one line>`` (exit 1), not a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (ValueError, FileExistsError, FileNotFoundError) as exc:
+            raise click.ClickException(str(exc).splitlines()[0]) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted: no output store was completed", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+    return wrapper
+
+
+def _bands(value: str | None) -> list[str] | None:
+    return [b.strip().upper() for b in value.split(",") if b.strip()] if value else None
+
+
+def _settings(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs, values parsed as YAML (numbers, lists, ...)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--set")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+cluster_options = [
+    click.option("--cluster", "cluster", default=None, metavar="PROFILE",
+                 help="Dask cluster profile (local, address, slurm, pbs, or your own; "
+                      "see configs/cluster.yaml). Default: local."),
+    click.option("--workers", type=int, default=None, help="Number of Dask workers (local profile)."),
+]
+
+
+def with_cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(cluster_options):
+        func = option(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="surveydust")
+def main() -> None:
+    """surveydust: dust attenuation (A_V, E(B-V), R_V) and sSFR of z > 6 galaxies
+    from JWST/NIRCam images with CNNs, at survey scale on Dask.
+
+    Images are flux per pixel in nJy at 0.03 arcsec/pixel; A_V and E(B-V) in
+    magnitudes; sSFR as log10(yr^-1) over 100 Myr.
+    """
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Training store to write (Zarr).")
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None,
+              help="YAML file merged over the defaults (configs/simulation.yaml).")
+@click.option("--n-galaxies", type=int, default=None, help="Galaxies to simulate [default: 64].")
+@click.option("--views", "views_per_galaxy", type=int, default=None,
+              help="Orientations per galaxy [default: 4].")
+@click.option("--seed", type=int, default=None, help="Random seed; same seed, same store [default: 0].")
+@click.option("--bands", default=None, help="Comma-separated NIRCam bands [default: F115W..F444W].")
+@click.option("--depth", default=None, help="Noise depth preset: ceers or jades [default: ceers].")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Any other simulation setting, e.g. --set dust_opacity=0.3 (repeatable).")
+@with_cluster_options
+@click.option("--overwrite", is_flag=True, help="Replace an existing store (after the new one is complete).")
+@click.option("--plots/--no-plots", default=True, help="Write labels.png and stamps.png next to the store.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_friendly_errors
+def simulate(out: Path, config: Path | None, bands: str | None, settings: tuple[str, ...],
+             cluster: str | None, workers: int | None, overwrite: bool, plots: bool, quiet: bool,
+             **options: Any) -> None:
+    """Simulate mock z = 6-8 galaxies with known dust into a training store.
+
+    Each galaxy is imaged in every view at every dust-to-metal ratio
+    (n_galaxies x views x 11 images), with PSF and CEERS/JADES-like noise.
+    Labels: A_V, EBV, R_V, log_ssfr, dtm, redshift, log_mstar, log_sfr, snr.
+    """
+    from surveydust.simulate import simulate as run_simulation
+
+    overrides = {**options, **_settings(settings), "bands": _bands(bands)}
+    path = run_simulation(out, config, cluster=cluster, workers=workers, overwrite=overwrite,
+                          progress=not quiet, **overrides)
+    click.echo(f"wrote {path}")
+    if plots:
+        _write_plots(path)
+
+
+def _write_plots(store: Path, out_dir: Path | None = None) -> None:
+    from surveydust.figures import plot_training_store
+    from surveydust.stores import open_training_store
+
+    out_dir = out_dir or store.with_name(f"{store.stem}_plots")
+    for figure in plot_training_store(open_training_store(store), out_dir):
+        click.echo(f"wrote {figure}")
+
+
+@main.command("ingest-sims")
+@click.argument("cubes", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--properties", type=click.Path(path_type=Path), required=True,
+              help="CSV/ECSV table: target, inclination, azimuth (or file), A_V, EBV, log_ssfr[, dtm, ...].")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Training store to write (Zarr).")
+@click.option("--bands", default=None, help="Comma-separated bands [default: all known bands in every cube].")
+@click.option("--stamp-size", type=int, default=32, show_default=True, help="Output stamp size [pixels].")
+@click.option("--pixel-scale", type=float, default=0.03, show_default=True, help="Output pixel scale [arcsec].")
+@with_cluster_options
+@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_friendly_errors
+def ingest_sims(cubes: tuple[Path, ...], properties: Path, out: Path, bands: str | None, stamp_size: int,
+                pixel_scale: float, cluster: str | None, workers: int | None, overwrite: bool,
+                quiet: bool) -> None:
+    """Read SKIRT mock NIRCam cubes (TNG50 format) into a training store.
+
+    CUBES are FITS files named <TARGET>_i<incl>_a<azim>_z<z>_NIRCam_{short,long}.fits
+    with filter names in EXTn keywords, in MJy/sr; they are converted to nJy,
+    resampled to --pixel-scale and cropped/padded to --stamp-size.
+    """
+    from surveydust.stores.skirt import ingest_skirt
+
+    path = ingest_skirt(list(cubes), properties, out, bands=_bands(bands), stamp_size=stamp_size,
+                        pixel_scale_arcsec=pixel_scale, overwrite=overwrite, cluster=cluster,
+                        workers=workers, progress=not quiet)
+    click.echo(f"wrote {path}")
+
+
+@main.command("plot-store")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder for the PNGs [default: <store>_plots next to the store].")
+@_friendly_errors
+def plot_store(store: Path, out: Path | None) -> None:
+    """Plot label distributions and example stamps of a training store."""
+    _write_plots(store, out)

@@ -1,0 +1,87 @@
+"""The ``surveydust`` console script, run as a user would (real subprocesses)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import xarray as xr
+
+FIXTURE = Path(__file__).parent / "data" / "skirt"
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("surveydust")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_help_lists_commands() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("simulate", "ingest-sims", "plot-store"):
+        assert command in result.stdout
+    sim_help = run("simulate", "--help").stdout
+    assert "--n-galaxies" in sim_help and "--cluster" in sim_help and "nJy" in run("--help").stdout
+
+
+def test_simulate_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "sims.zarr"
+    result = run("simulate", "--out", str(out), "--n-galaxies", "2", "--views", "1",
+                 "--workers", "1", "--seed", "7", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "Dask dashboard: http://127.0.0.1:" in result.stderr
+    ds = xr.open_zarr(out)
+    assert ds.sizes["sample"] == 2 * 1 * 11 and ds.attrs["seed"] == 7
+    for png in ("labels.png", "stamps.png"):
+        data = (tmp_path / "sims_plots" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_ingest_sims_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "skirt.zarr"
+    cubes = sorted(str(p) for p in FIXTURE.glob("*.fits"))
+    result = run("ingest-sims", *cubes, "--properties", str(FIXTURE / "properties.csv"),
+                 "--out", str(out), "--bands", "F277W,F356W,F444W", "--workers", "1", "--quiet")
+    assert result.returncode == 0, result.stderr
+    ds = xr.open_zarr(out)
+    assert [str(b) for b in ds["band"].values] == ["F277W", "F356W", "F444W"]
+    assert run("plot-store", str(out)).returncode == 0
+    assert (tmp_path / "skirt_plots" / "labels.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["simulate", "--n-galaxies", "-3"], "n_galaxies: Input should be greater than 0"),
+        (["simulate", "--bands", "F277W,F999W"], "unknown band(s) ['F999W']"),
+        (["simulate", "--set", "dtm_values=[0, 1.5]"], "dust-to-metal ratios must lie in [0, 1]"),
+        (["simulate", "--set", "redshift_range=[6, 14]"], "blueward of Lyman-alpha"),
+        (["simulate", "--workers", "0"], "workers must be an integer >= 1"),
+        (["simulate", "--cluster", "nosuch"], "unknown cluster profile"),
+    ],
+)
+def test_bad_input_one_line_nonzero(tmp_path: Path, args: list[str], message: str) -> None:
+    result = run(*args[:1], "--out", str(tmp_path / "x.zarr"), *args[1:])
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.startswith("Error")]) == 1
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_existing_output_refused(tmp_path: Path) -> None:
+    out = tmp_path / "exists.zarr"
+    out.mkdir()
+    result = run("simulate", "--out", str(out))
+    assert result.returncode == 1 and "--overwrite" in result.stderr
+
+
+def test_bad_cube_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "900001_i0_a0_z7_NIRCam_long.fits"
+    bad.write_text("not a FITS file")
+    result = run("ingest-sims", str(bad), "--properties", str(FIXTURE / "properties.csv"),
+                 "--out", str(tmp_path / "s.zarr"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "Error:" in result.stderr
