@@ -375,12 +375,12 @@ def worker_resources(client: Client) -> dict[str, dict[str, float]]:
 
 
 def run_with_progress(client: Client, collection: Any, progress: bool = True) -> Any:
-    """Compute a dask collection on ``client``, with a terminal progress bar, and
-    return its result (errors from the tasks are raised here)."""
+    """Compute a dask collection on ``client`` and return its result (errors from
+    the tasks are raised here), with a progress bar when stderr is a terminal."""
     from distributed import progress as progress_bar
 
     future = client.compute(collection)
-    if progress:
+    if progress and sys.stderr.isatty():
         progress_bar(future)
         print(file=sys.stderr)
     return future.result()

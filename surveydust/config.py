@@ -134,18 +134,22 @@ def _format_error(exc: ValidationError, section: str) -> str:
     return f"{section}.{where}: {msg}" if where else f"{section}: {msg}"
 
 
-def load_simulation_config(path: Path | str | None = None, **overrides: Any) -> SimulationConfig:
+def load_simulation_config(source: SimulationConfig | Path | str | None = None,
+                           **overrides: Any) -> SimulationConfig:
     """Build a validated :class:`SimulationConfig`.
 
     Parameters
     ----------
-    path : optional YAML file whose ``simulation:`` mapping (or top-level
-        mapping) is merged over the shipped defaults.
+    source : None (the shipped defaults), a YAML file whose ``simulation:``
+        mapping (or top-level mapping) is merged over the defaults, or an
+        existing config to start from.
     **overrides : individual settings; ``None`` values are ignored.
     """
     merged = _default_yaml("simulation")["simulation"]
-    if path is not None:
-        merged.update(_read_user_yaml(path, "simulation"))
+    if isinstance(source, SimulationConfig):
+        merged.update(source.model_dump(mode="json"))
+    elif source is not None:
+        merged.update(_read_user_yaml(source, "simulation"))
     merged.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return SimulationConfig.model_validate(merged)

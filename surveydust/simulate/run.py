@@ -8,7 +8,6 @@ the task size.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -121,11 +120,7 @@ def simulate(
         ``cluster`` (profile name) and ``workers`` and closed afterwards.
     overwrite : replace an existing store (only once the new one is complete).
     """
-    if isinstance(config, SimulationConfig):
-        cfg = config.model_copy(update=overrides) if overrides else config
-        cfg = load_simulation_config(None, **json.loads(cfg.to_json()))
-    else:
-        cfg = load_simulation_config(config, **overrides)
+    cfg = load_simulation_config(config, **overrides)
     out = check_output_path(out, overwrite)
     ds = _lazy_dataset(cfg)
     chunk = cfg.galaxies_per_task * cfg.views_per_galaxy * len(cfg.dtm_values)
