@@ -6,6 +6,8 @@ Public API::
     surveydust.ingest_skirt(cubes, properties, out)  # SKIRT mock cubes -> training store
     surveydust.open_training_store(path)             # -> xarray.Dataset
     surveydust.get_client("local", workers=2)        # Dask client from a cluster profile
+    surveydust.train("sims.zarr", "model/")          # CNN -> model bundle
+    surveydust.load_model(path=None).predict(images) # None: the shipped bundle -> xarray.Dataset
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -15,9 +17,12 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
+from surveydust.bundle import load_model  # noqa: E402
 from surveydust.cluster import get_client  # noqa: E402
 from surveydust.simulate import simulate  # noqa: E402
 from surveydust.stores.skirt import ingest_skirt  # noqa: E402
 from surveydust.stores.training import open_training_store  # noqa: E402
+from surveydust.train import train  # noqa: E402
 
-__all__ = ["__version__", "get_client", "ingest_skirt", "open_training_store", "simulate"]
+__all__ = ["__version__", "get_client", "ingest_skirt", "load_model", "open_training_store", "simulate",
+           "train"]

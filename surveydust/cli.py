@@ -48,6 +48,18 @@ def _settings(pairs: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def _nested(settings: dict[str, Any]) -> dict[str, Any]:
+    """``{"augment.hog": True}`` -> ``{"augment": {"hog": True}}``."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
 cluster_options = [
     click.option("--cluster", "cluster", default=None, metavar="PROFILE",
                  help="Dask cluster profile (local, address, slurm, pbs, or your own; "
@@ -155,3 +167,38 @@ def ingest_sims(cubes: tuple[Path, ...], properties: Path, out: Path, bands: str
 def plot_store(store: Path, out: Path | None) -> None:
     """Plot label distributions and example stamps of a training store."""
     _write_plots(store, out)
+
+
+@main.command("train")
+@click.option("--store", type=click.Path(path_type=Path), required=True, help="Training store (Zarr).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Model bundle folder to write.")
+@click.option("--bands", default=None, help="Comma-separated bands, one CNN branch each "
+                                            "[default: F277W,F356W,F444W; the paper's 1-band: F277W].")
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None,
+              help="YAML file merged over the defaults (configs/training.yaml).")
+@click.option("--loss", type=click.Choice(["gaussian_nll", "mape"]), default=None,
+              help="gaussian_nll: mean and uncertainty per target [default]; mape: the paper's loss.")
+@click.option("--max-epochs", type=int, default=None, help="Most epochs (early stopping usually ends sooner).")
+@click.option("--seed", type=int, default=None, help="Seed of the split, augmentation and weights.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Any other training setting, e.g. --set snr_min=3 --set augment.hog=true.")
+@with_cluster_options
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle (after the new one is complete).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_friendly_errors
+def train_command(store: Path, out: Path, bands: str | None, config: Path | None, settings: tuple[str, ...],
+                  cluster: str | None, workers: int | None, overwrite: bool, quiet: bool,
+                  **options: Any) -> None:
+    """Train a CNN on a training store and write a model bundle.
+
+    Selects SNR >= 5 samples, splits by galaxy (85/15, plus validation),
+    augments the training split on Dask, fits on a Dask worker (a GPU worker
+    when there is one) with early stopping, and predicts A_V, E(B-V), log sSFR
+    (and R_V) with uncertainties.
+    """
+    from surveydust.train import train
+
+    overrides = {**options, **_nested(_settings(settings)), "bands": _bands(bands)}
+    path = train(store, out, config, cluster=cluster, workers=workers, overwrite=overwrite,
+                 progress=not quiet, **overrides)
+    click.echo(f"wrote {path}")

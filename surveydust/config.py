@@ -32,6 +32,17 @@ def _check_range(v: tuple[float, float], name: str) -> tuple[float, float]:
     return v
 
 
+def _check_bands(bands: tuple[str, ...]) -> tuple[str, ...]:
+    """Upper-case band names; refuse unknown or repeated ones."""
+    bands = tuple(b.upper() for b in bands)
+    unknown = [b for b in bands if b not in KNOWN_BANDS]
+    if unknown:
+        raise ValueError(f"unknown band(s) {unknown}; known: {', '.join(KNOWN_BANDS)}")
+    if len(set(bands)) != len(bands):
+        raise ValueError(f"bands listed twice: {list(bands)}")
+    return bands
+
+
 class SimulationConfig(_Config):
     """Settings of the built-in mock-galaxy simulator (see configs/simulation.yaml)."""
 
@@ -66,13 +77,7 @@ class SimulationConfig(_Config):
     @field_validator("bands")
     @classmethod
     def _known_bands(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        v = tuple(b.upper() for b in v)
-        unknown = [b for b in v if b not in KNOWN_BANDS]
-        if unknown:
-            raise ValueError(f"unknown band(s) {unknown}; known: {', '.join(KNOWN_BANDS)}")
-        if len(set(v)) != len(v):
-            raise ValueError(f"bands listed twice: {list(v)}")
-        return v
+        return _check_bands(v)
 
     @field_validator("redshift_range", "log_mstar_range", "gas_to_stellar_mass")
     @classmethod
@@ -105,6 +110,84 @@ class SimulationConfig(_Config):
     def n_samples(self) -> int:
         """Images in the store: galaxies x views x dust-to-metal ratios."""
         return self.n_galaxies * self.views_per_galaxy * len(self.dtm_values)
+
+
+TARGETS = ("A_V", "EBV", "log_ssfr")
+
+
+class AugmentConfig(_Config):
+    """Augmentation of the training split (see configs/training.yaml)."""
+
+    rotations: bool
+    flips: bool
+    noise: float = Field(ge=0)
+    hog: bool
+    balance: bool
+    balance_bins: int = Field(ge=2, le=100)
+    max_copies: int = Field(ge=0, le=64)
+    samples_per_task: int = Field(gt=0)
+
+
+class ModelConfig(_Config):
+    """CNN architecture: per-band branches of conv blocks, then dense layers."""
+
+    conv_filters: tuple[int, ...] = Field(min_length=1, max_length=4)
+    dense_units: tuple[int, ...] = Field(min_length=1, max_length=6)
+    dropout: float = Field(ge=0, lt=1)
+
+    @field_validator("conv_filters", "dense_units")
+    @classmethod
+    def _positive(cls, v: tuple[int, ...], info: Any) -> tuple[int, ...]:
+        if any(x < 1 for x in v):
+            raise ValueError(f"{info.field_name} must be positive, got {list(v)}")
+        return v
+
+
+class TrainingConfig(_Config):
+    """Settings of CNN training (see configs/training.yaml)."""
+
+    seed: int = Field(ge=0)
+    bands: tuple[str, ...] = Field(min_length=1)
+    targets: tuple[str, ...] = Field(min_length=1)
+    snr_band: str
+    snr_min: float
+    crop: int = Field(ge=8, le=256)
+    test_fraction: float = Field(gt=0, lt=1)
+    validation_fraction: float = Field(gt=0, lt=1)
+    augment: AugmentConfig
+    model: ModelConfig
+    loss: Literal["gaussian_nll", "mape"]
+    learning_rate: float = Field(gt=0, le=1)
+    batch_size: int = Field(ge=1, le=65536)
+    max_epochs: int = Field(ge=1)
+    patience: int = Field(ge=1)
+
+    @field_validator("bands")
+    @classmethod
+    def _known_bands(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_bands(v)
+
+    @field_validator("targets")
+    @classmethod
+    def _known_targets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [t for t in v if t not in TARGETS]
+        if unknown:
+            raise ValueError(f"unknown target(s) {unknown}; known: {', '.join(TARGETS)}")
+        return v
+
+    @field_validator("snr_band")
+    @classmethod
+    def _upper(cls, v: str) -> str:
+        if v.upper() not in KNOWN_BANDS:
+            raise ValueError(f"unknown band {v!r}; known: {', '.join(KNOWN_BANDS)}")
+        return v.upper()
+
+    @model_validator(mode="after")
+    def _crop_fits_pooling(self) -> TrainingConfig:
+        if self.crop % 2 ** len(self.model.conv_filters):
+            raise ValueError(f"crop {self.crop} must be divisible by 2**{len(self.model.conv_filters)} "
+                             "(one 2x2 max-pool per conv block)")
+        return self
 
 
 def _default_yaml(name: str) -> dict[str, Any]:
@@ -160,3 +243,29 @@ def load_simulation_config(source: SimulationConfig | Path | str | None = None,
 def simulation_config_from_json(text: str) -> SimulationConfig:
     """Rebuild a config stored in a store's attrs (for exact regeneration)."""
     return SimulationConfig.model_validate(json.loads(text))
+
+
+def load_training_config(source: TrainingConfig | Path | str | None = None,
+                         **overrides: Any) -> TrainingConfig:
+    """Build a validated :class:`TrainingConfig` (defaults, then ``source``, then overrides).
+
+    Nested sections (``augment``, ``model``) are merged key by key.
+    """
+    merged = _default_yaml("training")["training"]
+    if isinstance(source, TrainingConfig):
+        _deep_update(merged, source.model_dump(mode="json"))
+    elif source is not None:
+        _deep_update(merged, _read_user_yaml(source, "training"))
+    _deep_update(merged, {k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainingConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ValueError(_format_error(exc, "training")) from None
+
+
+def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value

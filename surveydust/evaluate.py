@@ -1,0 +1,534 @@
+"""Evaluate model bundles on held-out galaxies: the paper's Table 2, Figs. 6-8 and a
+non-image baseline.
+
+For every bundle the samples it never saw are rebuilt from its ``bundle.json``:
+its training config's selection (SNR cut, finite pixels and labels) applied to
+the store, then only the galaxies of its test split. When the store is not the
+one the bundle was trained on there is no split to honour: all selected samples
+are used, a warning is logged and ``held_out`` is 0 in the table.
+
+Residuals are ``predicted - true``. Per target (E(B-V) [mag], A_V [mag], R_V
+[dimensionless], log sSFR [log10(yr^-1)], residuals in dex) and model the table
+gives N, MAE, MSE, standard deviation and variance (population, ddof=0, so
+MSE = variance + bias^2) of the residuals, the mean residual (bias) and the
+fraction of truths inside the predicted 68% and 95% Gaussian intervals
+(mean +- 1 sigma, +- 1.96 sigma; NaN for models without uncertainties).
+
+The baseline (``baseline (colours)``) is a gradient-boosted tree per target on
+integrated photometry only: log10 aperture fluxes and all colours of the widest
+bundle's bands, trained on that bundle's training galaxies. What the CNNs gain
+over it is what the images' morphology adds.
+
+Outputs in ``out/``: ``table.csv``, ``table.ecsv``, ``<model-slug>.png`` per
+model (true vs predicted with density contours, histograms, residuals) and
+``calibration.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import dask
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+from scipy.ndimage import gaussian_filter  # noqa: E402
+
+from surveydust.bundle import MIN_EBV_FOR_RV, Predictor, load_model  # noqa: E402
+from surveydust.config import TrainingConfig, load_training_config  # noqa: E402
+from surveydust.physics import r_v  # noqa: E402
+from surveydust.preprocess import NORM_APERTURE_PIX, NORM_FLOOR_NJY, crop_centre, select_samples  # noqa: E402
+from surveydust.stores.training import open_training_store  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+TARGETS = ("EBV", "A_V", "R_V", "log_ssfr")  # the order of the paper's Table 2
+PREDICTED = ("A_V", "EBV", "log_ssfr")  # R_V is derived from A_V and E(B-V)
+TARGET_LABELS = {"EBV": "E(B-V) [mag]", "A_V": "A_V [mag]", "R_V": "R_V = A_V / E(B-V)",
+                 "log_ssfr": "log sSFR [yr^-1]"}
+RESIDUAL_UNITS = {"EBV": "mag", "A_V": "mag", "R_V": "", "log_ssfr": "dex"}
+METRICS = ("N", "MAE", "MSE", "std", "variance", "bias", "coverage_68", "coverage_95")
+METRIC_DESCRIPTIONS = {
+    "N": "samples with finite truth and prediction",
+    "MAE": "mean |predicted - true|",
+    "MSE": "mean (predicted - true)^2",
+    "std": "standard deviation of predicted - true (ddof=0)",
+    "variance": "variance of predicted - true (ddof=0)",
+    "bias": "mean of predicted - true",
+    "coverage_68": "fraction of truths within predicted mean +- 1 sigma (nominal 0.6827)",
+    "coverage_95": "fraction of truths within predicted mean +- 1.96 sigma (nominal 0.95)",
+}
+NOMINAL = {"coverage_68": 0.6827, "coverage_95": 0.95}
+Z_95 = 1.96
+TRUE_EBV_MIN_FOR_RV = 1e-4  # [mag] true R_V is NaN below (the store's definition)
+BASELINE = "baseline (colours)"
+BASELINE_APERTURE_ARCSEC = 0.25  # radius of the baseline's photometry aperture
+BLOCK_SAMPLES = 16384  # samples read and predicted at once (3 bands x 32^2 float32: 200 MB)
+CONTOUR_FRACTIONS = (0.95, 0.70, 0.50, 0.30, 0.10)  # of points enclosed, outermost first
+RV_NOTE = (f"R_V rows use only samples with finite true R_V (true E(B-V) > {TRUE_EBV_MIN_FOR_RV:g} mag) "
+           f"and finite predicted R_V (predicted E(B-V) > {MIN_EBV_FOR_RV:g} mag); see its N")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What :func:`evaluate` made.
+
+    ``table``: metrics (data variables named as :data:`METRICS`) over
+    ``(target, model)``; ``predictions``: per model, one Dataset over the
+    evaluated samples (store ``sample`` coordinate, ``galaxy_id``) with
+    ``true_<T>``, ``<T>`` and ``<T>_err`` for every target T; ``paths``:
+    ``csv``, ``ecsv``, ``calibration`` and one figure per model name.
+    """
+
+    table: xr.Dataset
+    predictions: dict[str, xr.Dataset]
+    paths: dict[str, Path]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One bundle with its training config and the samples its selection keeps."""
+
+    name: str
+    predictor: Predictor
+    cfg: TrainingConfig
+    selected: np.ndarray
+    same_store: bool
+
+    @property
+    def test_galaxies(self) -> np.ndarray:
+        return np.asarray(self.predictor.meta["split"]["test_galaxies"])
+
+    @property
+    def validation_galaxies(self) -> np.ndarray:
+        return np.asarray(self.predictor.meta["split"]["validation_galaxies"])
+
+
+def evaluate(bundles: Sequence[Path | str], store: Path | str, out: Path | str, *,
+             include_baseline: bool = True, block_samples: int = BLOCK_SAMPLES) -> Evaluation:
+    """Evaluate ``bundles`` on the held-out galaxies of training store ``store``.
+
+    Writes ``table.csv``, ``table.ecsv``, a figure per model and
+    ``calibration.png`` into ``out`` (created if missing). Images are read
+    and predicted ``block_samples`` at a time. Raises ValueError when a
+    bundle needs a band the store lacks or no held-out sample remains.
+    """
+    if not bundles:
+        raise ValueError("no model bundles to evaluate")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = open_training_store(store)
+    with dask.config.set(scheduler="threads"):  # local reads, even when a distributed client exists
+        plans = _plans(ds, [load_model(b) for b in bundles], Path(store))
+        results = {p.name: _evaluate_bundle(ds, p, block_samples) for p in plans}
+        if include_baseline:
+            baseline = _baseline(ds, max(plans, key=lambda p: len(p.predictor.bands)), block_samples)
+            if baseline is not None:
+                results[BASELINE] = baseline
+    _warn_if_samples_differ(results)
+    table = metrics_table(results)
+    paths = write_table(table, out)
+    for name, result in results.items():
+        paths[name] = plot_model(result, name, out / f"{slug(name)}.png")
+    paths["calibration"] = plot_calibration(table, out / "calibration.png")
+    return Evaluation(table=table, predictions=results, paths=paths)
+
+
+# ---------------------------------------------------------------- samples and predictions
+
+
+def model_name(bands: Sequence[str]) -> str:
+    """Column name of a CNN, e.g. ``CNN F277W+F356W+F444W``."""
+    return "CNN " + "+".join(bands)
+
+
+def slug(name: str) -> str:
+    """File-name form of a model name: ``CNN F277W+F356W`` -> ``cnn-f277w-f356w``."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def _model_names(predictors: Sequence[Predictor]) -> list[str]:
+    names = [model_name(p.bands) for p in predictors]
+    return [f"{n} [{p.model_id[:8]}]" if names.count(n) > 1 else n for n, p in zip(names, predictors)]
+
+
+def _training_config(p: Predictor) -> TrainingConfig:
+    stored = p.meta.get("training_config")
+    if stored is None:
+        logger.warning("bundle %s has no training config: default selection for its bands", p.path)
+        return load_training_config(bands=list(p.bands), targets=list(p.targets), crop=p.crop)
+    return load_training_config(**stored)
+
+
+def _check_bands(ds: xr.Dataset, p: Predictor, store: Path) -> None:
+    have = [str(b) for b in ds["band"].values]
+    missing = [b for b in p.bands if b not in have]
+    if missing:
+        raise ValueError(f"bundle {p.path} needs band(s) {missing}, which store {store} lacks "
+                         f"(it has {have})")
+
+
+def _plans(ds: xr.Dataset, predictors: list[Predictor], store: Path) -> list[_Plan]:
+    plans = []
+    for name, p in zip(_model_names(predictors), predictors):
+        _check_bands(ds, p, store)
+        cfg = _training_config(p)
+        same = ds.attrs.get("store_id") == p.meta.get("training_store", {}).get("store_id")
+        if not same:
+            logger.warning("%s (%s) was not trained on store %s: evaluating on all its selected samples, "
+                           "which may include its training galaxies", name, p.path, store)
+        plans.append(_Plan(name, p, cfg, select_samples(ds, cfg), same))
+    return plans
+
+
+def _held_out(ds: xr.Dataset, plan: _Plan) -> np.ndarray:
+    """Store indices to evaluate ``plan`` on: its test galaxies, or all selected samples."""
+    if not plan.same_store:
+        idx = plan.selected
+    else:
+        gid = ds["galaxy_id"].values[plan.selected]
+        idx = plan.selected[np.isin(gid, plan.test_galaxies)]
+    if idx.size == 0:
+        raise ValueError(f"no held-out samples for {plan.name} ({plan.predictor.path}): none of its "
+                         f"test galaxies pass its selection in this store")
+    return idx
+
+
+def image_blocks(ds: xr.Dataset, idx: np.ndarray, bands: Sequence[str],
+                 block_samples: int = BLOCK_SAMPLES) -> Iterator[np.ndarray]:
+    """Images ``(n, band, y, x)`` [nJy] of samples ``idx``, ``block_samples`` at a time."""
+    image = ds["image"].sel(band=list(bands))
+    for start in range(0, idx.size, block_samples):
+        yield np.asarray(image.isel(sample=idx[start:start + block_samples]).values, dtype=np.float32)
+
+
+def truths(ds: xr.Dataset, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """True labels of samples ``idx``; R_V = A_V / E(B-V), NaN where E(B-V) <= 1e-4 mag."""
+    labels = ds[list(PREDICTED)].isel(sample=idx).compute()
+    out = {t: labels[t].values.astype(np.float64) for t in PREDICTED}
+    out["R_V"] = r_v(out["A_V"], out["EBV"], TRUE_EBV_MIN_FOR_RV)
+    return out
+
+
+def _evaluate_bundle(ds: xr.Dataset, plan: _Plan, block_samples: int) -> xr.Dataset:
+    idx = _held_out(ds, plan)
+    p = plan.predictor
+    pred = xr.concat([p.predict(images) for images in image_blocks(ds, idx, p.bands, block_samples)],
+                     dim="sample")
+    means = {t: pred[t].values.astype(np.float64) for t in TARGETS if t in pred}
+    errs = {t: pred[f"{t}_err"].values.astype(np.float64) for t in TARGETS if f"{t}_err" in pred}
+    attrs = {"bundle": str(p.path), "bands": "+".join(p.bands), "model_id": p.model_id,
+             "held_out": int(plan.same_store)}
+    result = _result(ds, idx, means, errs, attrs)
+    logger.info("%s: %d samples of %d galaxies; MAE %s", plan.name, idx.size,
+                np.unique(result["galaxy_id"].values).size,
+                ", ".join(f"{t} {np.nanmean(np.abs(result[t] - result[f'true_{t}'])):.3g}" for t in means))
+    return result
+
+
+def _result(ds: xr.Dataset, idx: np.ndarray, means: dict[str, np.ndarray], errs: dict[str, np.ndarray],
+            attrs: dict[str, Any]) -> xr.Dataset:
+    """Truths, predictions and 1-sigma errors (NaN where missing) over samples ``idx``."""
+    true = truths(ds, idx)
+    nan = np.full(idx.size, np.nan)
+    res = xr.Dataset(coords={"sample": ds["sample"].values[idx], "galaxy_id": ("sample", ds["galaxy_id"].values[idx]),
+                             "store_index": ("sample", idx)})
+    for t in TARGETS:
+        res[f"true_{t}"] = ("sample", true[t])
+        res[t] = ("sample", means.get(t, nan))
+        res[f"{t}_err"] = ("sample", errs.get(t, nan))
+    res.attrs.update(attrs)
+    return res
+
+
+def _warn_if_samples_differ(results: dict[str, xr.Dataset]) -> None:
+    sets = {name: frozenset(r["store_index"].values.tolist()) for name, r in results.items()}
+    if len(set(sets.values())) > 1:
+        logger.warning("the models are evaluated on different samples (different splits or selections): "
+                       "%s; compare their metrics with care", {n: len(s) for n, s in sets.items()})
+
+
+# ---------------------------------------------------------------- baseline
+
+
+def colour_features(images: np.ndarray, crop: int, radius_pix: float) -> np.ndarray:
+    """Integrated photometry of images ``(n, band, y, x)`` [nJy].
+
+    Columns: log10 of the flux [nJy] inside a central ``radius_pix`` aperture
+    of the ``crop`` x ``crop`` centre, per band (floored at 1 nJy), then the
+    colours [mag] ``-2.5 log10(f_i / f_j)`` of every band pair ``i < j``.
+    """
+    cut = crop_centre(np.asarray(images, dtype=np.float64), crop)
+    c = np.arange(crop) - (crop - 1) / 2.0
+    mask = (c[:, None] ** 2 + c[None, :] ** 2) <= radius_pix**2
+    log_flux = np.log10(np.maximum(cut[:, :, mask].sum(axis=-1), NORM_FLOOR_NJY))
+    colours = [-2.5 * (log_flux[:, i] - log_flux[:, j]) for i, j in combinations(range(log_flux.shape[1]), 2)]
+    return np.column_stack([log_flux, *colours])
+
+
+def _aperture_radius_pix(ds: xr.Dataset) -> float:
+    scale = ds.attrs.get("pixel_scale_arcsec")
+    return BASELINE_APERTURE_ARCSEC / float(scale) if scale else NORM_APERTURE_PIX
+
+
+def _features(ds: xr.Dataset, idx: np.ndarray, plan: _Plan, block_samples: int) -> np.ndarray:
+    radius = _aperture_radius_pix(ds)
+    p = plan.predictor
+    return np.concatenate([colour_features(images, p.crop, radius)
+                           for images in image_blocks(ds, idx, p.bands, block_samples)])
+
+
+def _baseline(ds: xr.Dataset, plan: _Plan, block_samples: int) -> xr.Dataset | None:
+    """Gradient-boosted trees on colours, trained on ``plan``'s training galaxies."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    if not plan.same_store:
+        logger.warning("baseline skipped: %s was trained on another store, so its training galaxies "
+                       "are unknown here", plan.name)
+        return None
+    gid = ds["galaxy_id"].values[plan.selected]
+    train = plan.selected[~np.isin(gid, np.concatenate([plan.test_galaxies, plan.validation_galaxies]))]
+    if train.size == 0:
+        logger.warning("baseline skipped: no training galaxy of %s passes its selection", plan.name)
+        return None
+    test = _held_out(ds, plan)
+    x_train, x_test = _features(ds, train, plan, block_samples), _features(ds, test, plan, block_samples)
+    y_train = truths(ds, train)
+    means = {t: HistGradientBoostingRegressor(random_state=0).fit(x_train, y_train[t]).predict(x_test)
+             for t in PREDICTED if t in plan.predictor.targets}
+    if {"A_V", "EBV"} <= set(means):
+        ok = means["EBV"] > MIN_EBV_FOR_RV
+        means["R_V"] = np.where(ok, means["A_V"] / np.where(ok, means["EBV"], 1.0), np.nan)
+    logger.info("baseline: trained on %d samples (%d galaxies), %d features of bands %s", train.size,
+                np.unique(ds["galaxy_id"].values[train]).size, x_train.shape[1], "+".join(plan.predictor.bands))
+    attrs = {"bundle": "", "bands": "+".join(plan.predictor.bands), "model_id": "", "held_out": 1}
+    return _result(ds, test, means, {}, attrs)
+
+
+# ---------------------------------------------------------------- metrics and table
+
+
+def residual_metrics(true: np.ndarray, pred: np.ndarray, err: np.ndarray | None = None) -> dict[str, float]:
+    """Metrics of ``pred - true`` over samples where both are finite (units of the target).
+
+    Coverage uses the samples that also have a finite positive ``err`` (1 sigma);
+    NaN when there are none.
+    """
+    true, pred = np.asarray(true, float), np.asarray(pred, float)
+    err = np.full_like(true, np.nan) if err is None else np.asarray(err, float)
+    ok = np.isfinite(true) & np.isfinite(pred)
+    r = pred[ok] - true[ok]
+    if r.size == 0:
+        return {m: (0.0 if m == "N" else np.nan) for m in METRICS}
+    s = err[ok]
+    has = np.isfinite(s) & (s > 0)
+    z = np.abs(r[has]) / s[has] if has.any() else None
+    return {"N": float(r.size), "MAE": float(np.abs(r).mean()), "MSE": float((r**2).mean()),
+            "std": float(r.std()), "variance": float(r.var()), "bias": float(r.mean()),
+            "coverage_68": float((z <= 1.0).mean()) if z is not None else np.nan,
+            "coverage_95": float((z <= Z_95).mean()) if z is not None else np.nan}
+
+
+def metrics_table(results: dict[str, xr.Dataset]) -> xr.Dataset:
+    """Table 2: every metric of :data:`METRICS` over ``(target, model)``."""
+    names = list(results)
+    values = {name: {t: residual_metrics(r[f"true_{t}"].values, r[t].values, r[f"{t}_err"].values)
+                     for t in TARGETS} for name, r in results.items()}
+    table = xr.Dataset(
+        {m: (("target", "model"), np.array([[values[n][t][m] for n in names] for t in TARGETS]))
+         for m in METRICS},
+        coords={"target": list(TARGETS), "model": names,
+                "unit": ("target", [RESIDUAL_UNITS[t] for t in TARGETS]),
+                **{key: ("model", [results[n].attrs[key] for n in names])
+                   for key in ("bands", "bundle", "model_id", "held_out")},
+                "n_samples": ("model", [results[n].sizes["sample"] for n in names]),
+                "n_galaxies": ("model", [np.unique(results[n]["galaxy_id"].values).size for n in names])})
+    for m in METRICS:
+        table[m].attrs["description"] = METRIC_DESCRIPTIONS[m]
+    table.attrs.update(residual="predicted - true", r_v_note=RV_NOTE)
+    return table
+
+
+def metric_unit(metric: str, unit: str) -> str:
+    """Unit of ``metric`` for a target in ``unit``: squared for MSE and variance."""
+    if metric in ("N", "coverage_68", "coverage_95") or not unit:
+        return ""
+    return f"{unit}2" if metric in ("MSE", "variance") else unit
+
+
+def to_astropy(table: xr.Dataset) -> Any:
+    """The paper's layout: a row per (target, metric), a column per model.
+
+    Two extra rows per model (target ``all``): ``held_out`` (1: the bundle's
+    test galaxies; 0: all selected samples of a store it was not trained on)
+    and ``n_galaxies``.
+    """
+    from astropy.table import Table
+
+    models = [str(m) for m in table["model"].values]
+    rows = [(t, m, metric_unit(m, str(table["unit"].sel(target=t).values)),
+             *[float(table[m].sel(target=t, model=n)) for n in models])
+            for t in TARGETS for m in METRICS]
+    rows += [("all", key, "", *[float(table[key].sel(model=n)) for n in models])
+             for key in ("held_out", "n_galaxies")]
+    out = Table(rows=rows, names=["target", "metric", "unit", *models],
+                dtype=[str, str, str, *[float] * len(models)])
+    out.meta.update(_table_meta(table, models))
+    for n in models:
+        out[n].description = (f"bands {table['bands'].sel(model=n).item()}; bundle "
+                              f"{table['bundle'].sel(model=n).item() or '(none)'}")
+    return out
+
+
+def _table_meta(table: xr.Dataset, models: list[str]) -> dict[str, Any]:
+    return {
+        "description": "Residual (predicted - true) statistics per target and model (the paper's Table 2)",
+        "target_units": {t: TARGET_LABELS[t] for t in TARGETS},
+        "residual_units": {t: RESIDUAL_UNITS[t] or "dimensionless" for t in TARGETS},
+        "metrics": METRIC_DESCRIPTIONS,
+        "r_v_note": RV_NOTE,
+        "models": {n: {"bands": table["bands"].sel(model=n).item(),
+                       "bundle": table["bundle"].sel(model=n).item(),
+                       "model_id": table["model_id"].sel(model=n).item(),
+                       "samples": ("held-out test galaxies of the bundle's training store"
+                                   if table["held_out"].sel(model=n).item()
+                                   else "all selected samples: the store is not the bundle's training store"),
+                       "n_samples": int(table["n_samples"].sel(model=n)),
+                       "n_galaxies": int(table["n_galaxies"].sel(model=n))} for n in models},
+    }
+
+
+def write_table(table: xr.Dataset, out: Path) -> dict[str, Path]:
+    """Write ``table.csv`` and ``table.ecsv`` (with units and notes in its meta)."""
+    t = to_astropy(table)
+    paths = {"csv": out / "table.csv", "ecsv": out / "table.ecsv"}
+    t.write(paths["csv"], format="ascii.csv", overwrite=True)
+    t.write(paths["ecsv"], format="ascii.ecsv", overwrite=True)
+    return paths
+
+
+# ---------------------------------------------------------------- figures
+
+
+def density_levels(density: np.ndarray, fractions: Sequence[float] = CONTOUR_FRACTIONS) -> np.ndarray:
+    """Density values whose super-level sets enclose ``fractions`` of the total.
+
+    Fractions ordered outermost (largest) first give increasing levels.
+    """
+    d = np.sort(density.ravel())[::-1]
+    cum = np.cumsum(d) / d.sum()
+    return np.array([d[min(int(np.searchsorted(cum, f)), d.size - 1)] for f in fractions])
+
+
+def _limits(true: np.ndarray, pred: np.ndarray, target: str) -> tuple[float, float]:
+    q = (2, 98) if target == "R_V" else (0.2, 99.8)
+    lo, hi = np.percentile(np.concatenate([true, pred]), q)
+    pad = 0.05 * (hi - lo) if hi > lo else 0.5
+    return float(lo - pad), float(hi + pad)
+
+
+def _scatter_panel(ax: Any, true: np.ndarray, pred: np.ndarray, target: str) -> None:
+    lims = _limits(true, pred, target)
+    ax.scatter(true, pred, s=3, color="tab:blue", alpha=0.3, lw=0)
+    ax.plot(lims, lims, color="red", lw=1)
+    _contours(ax, true, pred, lims)
+    ax.set_xlim(lims)
+    ax.set_ylim(lims)
+    ax.set_xlabel(f"true {TARGET_LABELS[target]}")
+    ax.set_ylabel(f"predicted {TARGET_LABELS[target]}")
+
+
+def _contours(ax: Any, true: np.ndarray, pred: np.ndarray, lims: tuple[float, float], bins: int = 60) -> None:
+    """Density contours enclosing 95/70/50/30/10% of the points (smoothed 2D histogram)."""
+    inside = (true >= lims[0]) & (true <= lims[1]) & (pred >= lims[0]) & (pred <= lims[1])
+    if inside.sum() < 10:
+        return
+    hist, edges, _ = np.histogram2d(true[inside], pred[inside], bins=bins, range=[lims, lims])
+    density = gaussian_filter(hist, sigma=1.5)
+    levels, first = np.unique(density_levels(density), return_index=True)
+    levels, first = levels[levels > 0], first[levels > 0]
+    if levels.size == 0:
+        return
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    cs = ax.contour(centres, centres, density.T, levels=levels, colors="k", linewidths=0.8)
+    labels = {lev: f"{CONTOUR_FRACTIONS[i]:.0%}" for lev, i in zip(levels, first)}
+    ax.clabel(cs, fmt=labels, fontsize=6)
+
+
+def _hist_panel(ax: Any, true: np.ndarray, pred: np.ndarray, target: str) -> None:
+    bins = np.linspace(*_limits(true, pred, target), 40)
+    ax.hist(pred, bins=bins, color="tab:blue", alpha=0.7, label="predicted")
+    ax.hist(true, bins=bins, histtype="step", color="red", lw=1.2, label="true")
+    ax.set_xlabel(TARGET_LABELS[target])
+    ax.set_ylabel("samples")
+    ax.legend(fontsize=7)
+
+
+def _residual_panel(ax: Any, residual: np.ndarray, target: str) -> None:
+    m = residual_metrics(np.zeros_like(residual), residual)
+    lo, hi = np.percentile(residual, (1, 99)) if target == "R_V" else (residual.min(), residual.max())
+    bins = np.linspace(lo, hi, 40) if hi > lo else 40
+    unit = RESIDUAL_UNITS[target]
+    ax.hist(residual, bins=bins, color="0.4",
+            label=f"MAE {m['MAE']:.3g} {unit}\nstd {m['std']:.3g} {unit}\nbias {m['bias']:.3g} {unit}")
+    ax.axvline(0.0, color="red", lw=1)
+    ax.set_xlabel(f"predicted - true {TARGET_LABELS[target].split(' [')[0]}")
+    ax.set_ylabel("samples")
+    ax.legend(fontsize=7)
+
+
+def plot_model(result: xr.Dataset, name: str, path: Path) -> Path:
+    """Figs. 6-8 for one model: a row per target (true vs predicted with density
+    contours and the 1:1 line; true and predicted histograms; residuals)."""
+    rows = []
+    for t in TARGETS:
+        true, pred = result[f"true_{t}"].values, result[t].values
+        ok = np.isfinite(true) & np.isfinite(pred)
+        if ok.sum() >= 2:
+            rows.append((t, true[ok], pred[ok]))
+    fig, axes = plt.subplots(max(len(rows), 1), 3, figsize=(14, 3.8 * max(len(rows), 1)), squeeze=False)
+    for ax_row, (t, true, pred) in zip(axes, rows):
+        _scatter_panel(ax_row[0], true, pred, t)
+        _hist_panel(ax_row[1], true, pred, t)
+        _residual_panel(ax_row[2], pred - true, t)
+    held = "held-out test galaxies" if result.attrs["held_out"] else "all selected samples (other store)"
+    fig.suptitle(f"{name}: {result.sizes['sample']} samples, "
+                 f"{np.unique(result['galaxy_id'].values).size} galaxies ({held})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_calibration(table: xr.Dataset, path: Path) -> Path:
+    """Coverage of the predicted 68% and 95% intervals per target and model vs nominal."""
+    fig, axes = plt.subplots(1, len(TARGETS), figsize=(4 * len(TARGETS), 4), squeeze=False)
+    nominal = np.array(list(NOMINAL.values()))
+    for ax, t in zip(axes[0], TARGETS):
+        ax.plot([0.5, 1.0], [0.5, 1.0], color="0.5", ls="--", lw=1, label="ideal")
+        for n in table["model"].values:
+            cov = np.array([float(table[k].sel(target=t, model=n)) for k in NOMINAL])
+            if np.isfinite(cov).all():
+                ax.plot(nominal, cov, "o-", label=str(n))
+        ax.set_xlim(0.5, 1.0)
+        ax.set_ylim(0.0, 1.02)
+        ax.set_xlabel("nominal coverage")
+        ax.set_ylabel("fraction of truths inside")
+        ax.set_title(TARGET_LABELS[t])
+        ax.legend(fontsize=7, loc="lower right")
+    no_err = [str(n) for n in table["model"].values if np.isnan(table["coverage_68"].sel(model=n)).all()]
+    fig.suptitle("calibration of the predicted uncertainties"
+                 + (f" (no uncertainties: {', '.join(no_err)})" if no_err else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

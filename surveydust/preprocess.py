@@ -1,0 +1,113 @@
+"""Selection, galaxy-level splits and the per-image normalisation shared by training
+and inference (one implementation, so a bundle sees at inference exactly what
+it saw in training).
+
+Normalisation: every sample is divided by one number, the flux [nJy] summed
+over all its bands inside a central 0.24" (8 pixel) radius aperture, floored
+at 1 nJy; so colours between bands are kept. ``log10`` of that flux goes to
+the network as an extra input (brightness carries mass, hence sSFR, information).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from surveydust.config import TrainingConfig
+
+logger = logging.getLogger(__name__)
+
+NORM_APERTURE_PIX = 8.0
+NORM_FLOOR_NJY = 1.0
+MIN_GALAXIES_PER_SPLIT = 2
+
+
+def crop_centre(images: np.ndarray, crop: int) -> np.ndarray:
+    """Centred ``crop`` x ``crop`` cut of ``(..., y, x)`` images."""
+    ny, nx = images.shape[-2:]
+    if crop > min(ny, nx):
+        raise ValueError(f"crop {crop} is larger than the {ny}x{nx} images")
+    y0, x0 = (ny - crop) // 2, (nx - crop) // 2
+    return images[..., y0:y0 + crop, x0:x0 + crop]
+
+
+def _aperture(crop: int) -> np.ndarray:
+    c = np.arange(crop) - (crop - 1) / 2.0
+    return (c[:, None] ** 2 + c[None, :] ** 2) <= NORM_APERTURE_PIX**2
+
+
+def network_inputs(images: np.ndarray, bands: tuple[str, ...], crop: int) -> dict[str, np.ndarray]:
+    """Network inputs from images ``(n, band, y, x)`` in nJy (bands in ``bands`` order).
+
+    Returns ``{"band_<BAND>": (n, crop, crop, 1), ..., "log_flux": (n, 1)}`` float32.
+    """
+    cut = crop_centre(np.asarray(images, dtype=np.float32), crop)
+    flux = cut[:, :, _aperture(crop)].sum(axis=(1, 2))
+    scale = np.maximum(flux, NORM_FLOOR_NJY)
+    normed = cut / scale[:, None, None, None]
+    out = {f"band_{b}": normed[:, i, :, :, None] for i, b in enumerate(bands)}
+    out["log_flux"] = np.log10(scale)[:, None].astype(np.float32)
+    return out
+
+
+@dataclass(frozen=True)
+class Split:
+    """Sample indices (into the store) and galaxy ids of each part of a split."""
+
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    test_galaxies: np.ndarray
+    validation_galaxies: np.ndarray
+
+
+def select_samples(ds: xr.Dataset, cfg: TrainingConfig) -> np.ndarray:
+    """Indices of samples that pass the SNR cut and hold no NaN pixel in the bands."""
+    missing = [b for b in (*cfg.bands, cfg.snr_band) if b not in ds["band"].values]
+    if missing:
+        raise ValueError(f"store has no band(s) {missing}; it has {[str(b) for b in ds['band'].values]}")
+    lacking = [t for t in cfg.targets if t not in ds]
+    if lacking:
+        raise ValueError(f"store has no label(s) {lacking}")
+    snr = ds["snr"].sel(band=cfg.snr_band).values
+    labels_ok = np.all([np.isfinite(ds[t].values) for t in cfg.targets], axis=0)
+    finite = np.isfinite(ds["image"].sel(band=list(cfg.bands))).all(("band", "y", "x")).values
+    if (~finite).any():
+        logger.warning("dropped %d of %d samples with NaN pixels", int((~finite).sum()), finite.size)
+    if np.isnan(snr).all():
+        logger.warning("the store has no SNR values (noiseless mocks?): no SNR cut applied")
+        passed = np.ones_like(finite)
+    else:
+        passed = snr >= cfg.snr_min
+    keep = np.flatnonzero(passed & finite & labels_ok)
+    logger.info("selected %d of %d samples (SNR(%s) >= %g)", keep.size, snr.size, cfg.snr_band, cfg.snr_min)
+    return keep
+
+
+def split_by_galaxy(galaxy_id: np.ndarray, selected: np.ndarray, cfg: TrainingConfig) -> Split:
+    """Split ``selected`` sample indices by galaxy: test, then validation from the rest.
+
+    Every view and DTM copy of a galaxy lands on one side; deterministic from
+    ``cfg.seed``.
+    """
+    gids = np.unique(galaxy_id[selected])
+    rng = np.random.default_rng([cfg.seed, 1])
+    order = rng.permutation(gids)
+    n_test = int(round(cfg.test_fraction * gids.size))
+    n_val = int(round(cfg.validation_fraction * (gids.size - n_test)))
+    if min(n_test, n_val, gids.size - n_test - n_val) < MIN_GALAXIES_PER_SPLIT:
+        raise ValueError(f"only {gids.size} galaxies pass the selection: too few for a "
+                         f"{cfg.test_fraction:.0%} test / {cfg.validation_fraction:.0%} validation split "
+                         f"(need >= {MIN_GALAXIES_PER_SPLIT} galaxies in each part); simulate more galaxies")
+    test_g, val_g = np.sort(order[:n_test]), np.sort(order[n_test:n_test + n_val])
+    of = galaxy_id[selected]
+    return Split(
+        train=selected[~np.isin(of, test_g) & ~np.isin(of, val_g)],
+        validation=selected[np.isin(of, val_g)],
+        test=selected[np.isin(of, test_g)],
+        test_galaxies=test_g,
+        validation_galaxies=val_g,
+    )
