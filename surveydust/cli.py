@@ -89,7 +89,7 @@ def main() -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Training store to write (Zarr).")
 @click.option("--config", "config", type=click.Path(path_type=Path), default=None,
               help="YAML file merged over the defaults (configs/simulation.yaml).")
-@click.option("--n-galaxies", type=int, default=None, help="Galaxies to simulate [default: 64].")
+@click.option("--n-galaxies", type=int, default=None, help="Galaxies to simulate [default: 600].")
 @click.option("--views", "views_per_galaxy", type=int, default=None,
               help="Orientations per galaxy [default: 4].")
 @click.option("--seed", type=int, default=None, help="Random seed; same seed, same store [default: 0].")
@@ -202,3 +202,27 @@ def train_command(store: Path, out: Path, bands: str | None, config: Path | None
     path = train(store, out, config, cluster=cluster, workers=workers, overwrite=overwrite,
                  progress=not quiet, **overrides)
     click.echo(f"wrote {path}")
+
+
+@main.command("evaluate")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="BUNDLE... STORE")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Folder for table.csv, table.ecsv and the figures.")
+@click.option("--baseline/--no-baseline", default=True,
+              help="Also fit a gradient-boosting model on integrated colours (what morphology adds).")
+@_friendly_errors
+def evaluate_command(paths: tuple[Path, ...], out: Path, baseline: bool) -> None:
+    """Score model bundles on the held-out galaxies of a training store.
+
+    The paper's Table 2 (MAE, MSE, std and variance of residuals) for E(B-V),
+    A_V, R_V and sSFR, models side by side; coverage of the 68% and 95%
+    intervals; true-vs-predicted, histogram and residual figures (Fig. 6-8).
+    """
+    from surveydust.evaluate import evaluate, to_astropy
+
+    if len(paths) < 2:
+        raise click.UsageError("give at least one BUNDLE and then the STORE")
+    result = evaluate(list(paths[:-1]), paths[-1], out, include_baseline=baseline)
+    to_astropy(result.table).pprint_all()
+    for path in result.paths.values():
+        click.echo(f"wrote {path}")

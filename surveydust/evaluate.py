@@ -178,15 +178,18 @@ def _check_bands(ds: xr.Dataset, p: Predictor, store: Path) -> None:
 
 
 def _plans(ds: xr.Dataset, predictors: list[Predictor], store: Path) -> list[_Plan]:
-    plans = []
+    plans, selections = [], {}  # one pass over the images per distinct selection
     for name, p in zip(_model_names(predictors), predictors):
         _check_bands(ds, p, store)
         cfg = _training_config(p)
+        key = (cfg.bands, cfg.targets, cfg.snr_band, cfg.snr_min)
+        if key not in selections:
+            selections[key] = select_samples(ds, cfg)
         same = ds.attrs.get("store_id") == p.meta.get("training_store", {}).get("store_id")
         if not same:
             logger.warning("%s (%s) was not trained on store %s: evaluating on all its selected samples, "
                            "which may include its training galaxies", name, p.path, store)
-        plans.append(_Plan(name, p, cfg, select_samples(ds, cfg), same))
+        plans.append(_Plan(name, p, cfg, selections[key], same))
     return plans
 
 
@@ -240,7 +243,8 @@ def _result(ds: xr.Dataset, idx: np.ndarray, means: dict[str, np.ndarray], errs:
     """Truths, predictions and 1-sigma errors (NaN where missing) over samples ``idx``."""
     true = truths(ds, idx)
     nan = np.full(idx.size, np.nan)
-    res = xr.Dataset(coords={"sample": ds["sample"].values[idx], "galaxy_id": ("sample", ds["galaxy_id"].values[idx]),
+    res = xr.Dataset(coords={"sample": ds["sample"].values[idx],
+                             "galaxy_id": ("sample", ds["galaxy_id"].values[idx]),
                              "store_index": ("sample", idx)})
     for t in TARGETS:
         res[f"true_{t}"] = ("sample", true[t])
@@ -309,7 +313,8 @@ def _baseline(ds: xr.Dataset, plan: _Plan, block_samples: int) -> xr.Dataset | N
         ok = means["EBV"] > MIN_EBV_FOR_RV
         means["R_V"] = np.where(ok, means["A_V"] / np.where(ok, means["EBV"], 1.0), np.nan)
     logger.info("baseline: trained on %d samples (%d galaxies), %d features of bands %s", train.size,
-                np.unique(ds["galaxy_id"].values[train]).size, x_train.shape[1], "+".join(plan.predictor.bands))
+                np.unique(ds["galaxy_id"].values[train]).size, x_train.shape[1],
+                "+".join(plan.predictor.bands))
     attrs = {"bundle": "", "bands": "+".join(plan.predictor.bands), "model_id": "", "held_out": 1}
     return _result(ds, test, means, {}, attrs)
 
@@ -438,7 +443,7 @@ def _limits(true: np.ndarray, pred: np.ndarray, target: str) -> tuple[float, flo
 
 def _scatter_panel(ax: Any, true: np.ndarray, pred: np.ndarray, target: str) -> None:
     lims = _limits(true, pred, target)
-    ax.scatter(true, pred, s=3, color="tab:blue", alpha=0.3, lw=0)
+    ax.scatter(true, pred, s=3, color="tab:blue", alpha=float(np.clip(300 / true.size, 0.05, 0.8)), lw=0)
     ax.plot(lims, lims, color="red", lw=1)
     _contours(ax, true, pred, lims)
     ax.set_xlim(lims)
@@ -447,11 +452,12 @@ def _scatter_panel(ax: Any, true: np.ndarray, pred: np.ndarray, target: str) -> 
     ax.set_ylabel(f"predicted {TARGET_LABELS[target]}")
 
 
-def _contours(ax: Any, true: np.ndarray, pred: np.ndarray, lims: tuple[float, float], bins: int = 60) -> None:
+def _contours(ax: Any, true: np.ndarray, pred: np.ndarray, lims: tuple[float, float]) -> None:
     """Density contours enclosing 95/70/50/30/10% of the points (smoothed 2D histogram)."""
     inside = (true >= lims[0]) & (true <= lims[1]) & (pred >= lims[0]) & (pred <= lims[1])
     if inside.sum() < 10:
         return
+    bins = int(np.clip(2 * np.sqrt(inside.sum()), 10, 60))
     hist, edges, _ = np.histogram2d(true[inside], pred[inside], bins=bins, range=[lims, lims])
     density = gaussian_filter(hist, sigma=1.5)
     levels, first = np.unique(density_levels(density), return_index=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,20 @@ def test_bad_cube_one_line(tmp_path: Path) -> None:
                  "--out", str(tmp_path / "s.zarr"))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "Error:" in result.stderr
+
+
+def test_train_and_evaluate_end_to_end(tmp_path: Path, client) -> None:
+    from surveydust.simulate import simulate
+
+    store = simulate(tmp_path / "s.zarr", client=client, progress=False, n_galaxies=20, views_per_galaxy=1)
+    bundle = tmp_path / "model"
+    result = run("train", "--store", str(store), "--bands", "F277W", "--out", str(bundle),
+                 "--max-epochs", "1", "--set", "snr_min=0", "--workers", "1", "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["bands"] == ["F277W"] and meta["epochs_run"] == 1
+    result = run("evaluate", str(bundle), str(store), "--out", str(tmp_path / "eval"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MAE" in result.stdout and (tmp_path / "eval" / "table.ecsv").is_file()
+    bad = run("train", "--store", str(store), "--bands", "F090W", "--out", str(tmp_path / "m2"))
+    assert bad.returncode == 1 and "no band(s) ['F090W']" in bad.stderr
