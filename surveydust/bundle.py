@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from importlib import resources
@@ -26,20 +25,13 @@ import numpy as np
 import xarray as xr
 
 from surveydust.preprocess import network_inputs
+from surveydust.provenance import sha256
 
 FORMAT_VERSION = 1
 MODEL_FILE, META_FILE = "model.keras", "bundle.json"
 MIN_EBV_FOR_RV = 1e-3
+PREPROCESS_BATCHES = 8
 OUTPUT_UNITS = {"A_V": "mag", "EBV": "mag", "R_V": "", "log_ssfr": "log10(yr^-1)"}
-
-
-def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_bundle(model: Any, path: Path, meta: dict[str, Any]) -> Path:
@@ -117,14 +109,17 @@ class Predictor:
             raise ValueError(f"expected images (n, {len(self.bands)} bands {list(self.bands)}, y, x), "
                              f"got shape {images.shape}")
         n = len(self.targets)
+        step = PREPROCESS_BATCHES * batch_size  # normalise a slice at a time: bounded memory
         raw = np.concatenate([
-            np.asarray(self.model(network_inputs(images[i:i + batch_size], self.bands, self.crop),
-                                  training=False))
-            for i in range(0, len(images), batch_size)
+            self.model.predict(network_inputs(images[i:i + step], self.bands, self.crop),
+                               batch_size=batch_size, verbose=0)
+            for i in range(0, len(images), step)
         ]) if len(images) else np.zeros((0, 2 * n))
         mean = raw[:, :n] * self._std + self._mean
         if self.loss == "gaussian_nll":
-            err = np.exp(np.clip(raw[:, n:], -7, 4)) * self._std
+            from surveydust.model import SIGMA_FLOOR
+
+            err = (np.logaddexp(0.0, raw[:, n:]) + SIGMA_FLOOR) * self._std  # softplus, as in the loss
         else:
             err = np.full_like(mean, np.nan)
         return self._dataset(mean, err)

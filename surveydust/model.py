@@ -15,19 +15,26 @@ from keras import layers, ops
 
 from surveydust.config import ModelConfig
 
-LOG_SIGMA_RANGE = (-7.0, 4.0)
+SIGMA_FLOOR = 1e-3
+
+
+def sigma_from_raw(raw):
+    """Standard deviation from the network's raw output: softplus(raw) + 1e-3.
+
+    Softplus (rather than exp) keeps gradients bounded when a prediction is far
+    off early in training, which otherwise kills the ReLUs into constant outputs.
+    """
+    return ops.softplus(raw) + SIGMA_FLOOR
 
 
 @keras.saving.register_keras_serializable(package="surveydust")
 def gaussian_nll(y_true, y_pred):
-    """Negative log-likelihood of ``y_true`` under N(mean, exp(log_sigma)^2), per sample.
-
-    ``y_pred`` holds the means then the log standard deviations of all targets.
-    """
+    """Negative log-likelihood of ``y_true`` under N(mean, sigma^2), per sample
+    (constant dropped). ``y_pred`` holds the means, then the raw sigma outputs."""
     n = ops.shape(y_true)[-1]
-    mean, log_sigma = y_pred[..., :n], ops.clip(y_pred[..., n:], *LOG_SIGMA_RANGE)
-    z = (y_true - mean) * ops.exp(-log_sigma)
-    return ops.mean(0.5 * z * z + log_sigma, axis=-1)
+    mean, sigma = y_pred[..., :n], sigma_from_raw(y_pred[..., n:])
+    z = (y_true - mean) / sigma
+    return ops.mean(0.5 * z * z + ops.log(sigma), axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="surveydust")

@@ -3,8 +3,9 @@ and inference (one implementation, so a bundle sees at inference exactly what
 it saw in training).
 
 Normalisation: every sample is divided by one number, the flux [nJy] summed
-over all its bands inside a central 0.24" (8 pixel) radius aperture, floored
-at 1 nJy; so colours between bands are kept. ``log10`` of that flux goes to
+over all its bands inside a central 0.24" (8 pixel) radius aperture (floored
+at 1 nJy), times the aperture's pixel count, so that pixels are of order 1 and
+colours between bands are kept. ``log10`` of that flux goes to
 the network as an extra input (brightness carries mass, hence sSFR, information).
 """
 
@@ -45,9 +46,12 @@ def network_inputs(images: np.ndarray, bands: tuple[str, ...], crop: int) -> dic
     Returns ``{"band_<BAND>": (n, crop, crop, 1), ..., "log_flux": (n, 1)}`` float32.
     """
     cut = crop_centre(np.asarray(images, dtype=np.float32), crop)
-    flux = cut[:, :, _aperture(crop)].sum(axis=(1, 2))
+    aperture = _aperture(crop)
+    flux = cut[:, :, aperture].sum(axis=(1, 2))
     scale = np.maximum(flux, NORM_FLOOR_NJY)
-    normed = cut / scale[:, None, None, None]
+    # per-pixel values of order 1 (mean brightness in the aperture ~ 1): BatchNorm's moving
+    # variance starts at 1 and never catches up with inputs of order 1e-2
+    normed = cut * (aperture.sum() / scale[:, None, None, None])
     out = {f"band_{b}": normed[:, i, :, :, None] for i, b in enumerate(bands)}
     out["log_flux"] = np.log10(scale)[:, None].astype(np.float32)
     return out

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import shutil
+import sys
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,10 @@ from surveydust.bundle import save_bundle
 from surveydust.cluster import open_client, worker_resources
 from surveydust.config import TrainingConfig, load_training_config
 from surveydust.preprocess import network_inputs, select_samples, split_by_galaxy
-from surveydust.stores.training import check_output_path, open_training_store
+from surveydust.stores.training import check_output_path, open_training_store, replace_atomically
 
 logger = logging.getLogger(__name__)
+EPOCH_TOPIC = "surveydust-epoch"
 
 
 def train(
@@ -67,21 +67,19 @@ def train(
                                   progress=progress)
         gpu = any("GPU" in r for r in worker_resources(c).values())
         token = dask.base.tokenize(cfg.model_dump_json(), meta["training_store"], meta["created"])
-        future = c.submit(fit_bundle, str(augmented), str(store), split.validation, cfg,
-                          str(Path(tmp) / "bundle"), meta, key=f"fit-model-{token}",
-                          resources={"GPU": 1} if gpu else None, pure=False)
-        bundle = Path(future.result())
-        _move_into_place(bundle, out)
+        topic = f"{EPOCH_TOPIC}-{token}"
+        if progress:
+            c.subscribe_topic(topic, _print_epoch)
+        try:
+            future = c.submit(fit_bundle, str(augmented), str(store), split.validation, cfg,
+                              str(Path(tmp) / "bundle"), meta, topic, key=f"fit-model-{token}",
+                              resources={"GPU": 1} if gpu else None, pure=False)
+            bundle = Path(future.result())
+        finally:
+            if progress:
+                c.unsubscribe_topic(topic)
+        replace_atomically(bundle, out)
     return out
-
-
-def _move_into_place(src: Path, dst: Path) -> None:
-    old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}") if dst.exists() else None
-    if old is not None:
-        dst.rename(old)
-    shutil.move(str(src), dst)
-    if old is not None:
-        shutil.rmtree(old)
 
 
 def _arrays(ds: Any, cfg: TrainingConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -90,9 +88,35 @@ def _arrays(ds: Any, cfg: TrainingConfig) -> tuple[dict[str, np.ndarray], np.nda
     return network_inputs(images, cfg.bands, cfg.crop), labels
 
 
+def _print_epoch(event: tuple[float, dict[str, Any]]) -> None:
+    info = event[1]
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in info.items() if k not in ("epoch", "epochs"))
+    print(f"epoch {info['epoch']}/{info['epochs']}: {losses}", file=sys.stderr, flush=True)
+
+
+def _epoch_reporter(topic: str | None, epochs: int) -> Any:
+    """Keras callback that sends each epoch's losses to the client as a Dask event."""
+    import keras
+    from distributed import get_worker
+
+    class EpochEvents(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            try:
+                worker = get_worker()
+            except ValueError:  # not running on a Dask worker
+                return
+            worker.log_event(topic, {"epoch": epoch + 1, "epochs": epochs,
+                                     **{k: float(v) for k, v in (logs or {}).items()}})
+
+    return EpochEvents()
+
+
 def fit_bundle(train_store: str, store: str, validation: np.ndarray, cfg: TrainingConfig,
-               out: str, meta: dict[str, Any]) -> str:
-    """Fit the network (runs as one Dask task on a worker) and save the bundle to ``out``."""
+               out: str, meta: dict[str, Any], topic: str | None = None) -> str:
+    """Fit the network (runs as one Dask task on a worker) and save the bundle to ``out``.
+
+    Each epoch's losses go to the Dask event ``topic`` (printed by ``train``).
+    """
     import keras
 
     from surveydust.model import build_model, compile_model
@@ -108,8 +132,9 @@ def fit_bundle(train_store: str, store: str, validation: np.ndarray, cfg: Traini
     compile_model(model, cfg.loss, cfg.learning_rate)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
                                          restore_best_weights=True)
+    callbacks = [stop] + ([_epoch_reporter(topic, cfg.max_epochs)] if topic else [])
     history = model.fit(x, ((y - mean) / std).astype(np.float32), batch_size=cfg.batch_size,
-                        epochs=cfg.max_epochs, shuffle=True, verbose=0, callbacks=[stop],
+                        epochs=cfg.max_epochs, shuffle=True, verbose=0, callbacks=callbacks,
                         validation_data=(xv, ((yv - mean) / std).astype(np.float32)))
     meta = {**meta,
             "target_scaling": {t: [float(mean[i]), float(std[i])] for i, t in enumerate(cfg.targets)},

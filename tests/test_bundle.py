@@ -76,17 +76,36 @@ def test_bundle_checks(bundle: Path, tmp_path: Path) -> None:
         load_model(tmp_path / "nothing")
 
 
-def test_loads_on_jax_backend(bundle: Path, tmp_path: Path) -> None:
-    pytest.importorskip("jax")
+VARIABLES = ("A_V", "EBV", "log_ssfr", "A_V_err")
+
+
+def predict_on_backend(bundle: Path | None, backend: str, tmp_path: Path) -> np.ndarray:
+    """Predictions of ``bundle`` (None: the shipped one) in a fresh process on ``backend``."""
     np.save(tmp_path / "img.npy", images())
-    expected = load_model(bundle).predict(images())
     code = (f"import numpy as np, keras; from surveydust.bundle import load_model; "
-            f"assert keras.backend.backend() == 'jax'; "
-            f"ds = load_model({str(bundle)!r}).predict(np.load({str(tmp_path / 'img.npy')!r})); "
-            f"np.save({str(tmp_path / 'out.npy')!r}, np.stack([ds[v].values for v in ('A_V', 'EBV', 'log_ssfr', 'A_V_err')]))")
-    env = {**os.environ, "KERAS_BACKEND": "jax"}
+            f"assert keras.backend.backend() == {backend!r}; "
+            f"ds = load_model({str(bundle) if bundle else None!r}).predict(np.load({str(tmp_path / 'img.npy')!r})); "
+            f"np.save({str(tmp_path / 'out.npy')!r}, np.stack([ds[v].values for v in {VARIABLES!r}]))")
+    env = {**os.environ, "KERAS_BACKEND": backend}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    got = np.load(tmp_path / "out.npy")
-    want = np.stack([expected[v].values for v in ("A_V", "EBV", "log_ssfr", "A_V_err")])
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    return np.load(tmp_path / "out.npy")
+
+
+@pytest.mark.parametrize("shipped", [False, True], ids=["new-bundle", "shipped-bundle"])
+def test_loads_on_jax_backend(bundle: Path, tmp_path: Path, shipped: bool) -> None:
+    pytest.importorskip("jax")
+    path = None if shipped else bundle
+    expected = load_model(path).predict(images())
+    want = np.stack([expected[v].values for v in VARIABLES])
+    assert np.isfinite(want).all()
+    np.testing.assert_allclose(predict_on_backend(path, "jax", tmp_path), want, rtol=1e-4, atol=1e-5)
+
+
+def test_shipped_bundle() -> None:
+    predictor = load_model()
+    assert predictor.bands == ("F277W", "F356W", "F444W")
+    assert predictor.meta["loss"] == "gaussian_nll"
+    assert sum(f.stat().st_size for f in predictor.path.iterdir()) < 5 * 2**20
+    ds = predictor.predict(images())
+    assert (ds["A_V_err"] > 0).all() and np.isfinite(ds["log_ssfr"]).all()

@@ -49,7 +49,6 @@ written, data problems (NaNs, truncated data) while writing.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,6 +66,7 @@ from astropy.table import Table
 from surveydust.cluster import open_client, run_with_progress
 from surveydust.instrument import KNOWN_BANDS
 from surveydust.physics import mjy_per_sr_to_njy, pixel_area_sr, r_v
+from surveydust.provenance import sha256
 from surveydust.stores.training import annotate, check_output_path, write_training_store
 
 REQUIRED_LABELS = ("A_V", "EBV", "log_ssfr")
@@ -129,7 +129,7 @@ def ingest_skirt(
     labels = [_labels_for_view(table, view) for view in views]
     ds = _build_dataset(views, labels, band_list, stamp_size, pixel_scale_arcsec)
     sources = {i.path.name: i.sha256 for i in infos}
-    sources[Path(properties).name] = _sha256(Path(properties))
+    sources[Path(properties).name] = sha256(Path(properties))
     ds.attrs.update(
         generator="skirt",
         source_files=sources,
@@ -170,7 +170,7 @@ def read_cube_info(path: Path) -> CubeInfo:
         scale_xy=_pixel_scales_arcsec(path, header),
         centre_xy=_centre(header),
         to_njy=_to_njy_factor(path, header),
-        sha256=_sha256(path),
+        sha256=sha256(path),
     )
 
 
@@ -264,14 +264,6 @@ def _to_njy_factor(path: Path, header: fits.Header) -> float:
     if unit.is_equivalent(u.nJy):
         return float(unit.to(u.nJy))
     raise ValueError(f"{path.name}: unit {text!r} is neither a surface brightness (MJy/sr) nor a flux (nJy)")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- views and bands

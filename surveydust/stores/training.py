@@ -138,7 +138,7 @@ def write_training_store(
         zarr.open_group(tmp, mode="r+").attrs["complete"] = True
         with _quiet_consolidation():
             zarr.consolidate_metadata(tmp)
-        _replace(tmp, path)
+        replace_atomically(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
@@ -153,7 +153,7 @@ def _quiet_consolidation() -> Iterator[None]:
         yield
 
 
-def _replace(src: Path, dst: Path) -> None:
+def replace_atomically(src: Path, dst: Path) -> None:
     """Move ``src`` to ``dst``; an old ``dst`` is removed only after the move."""
     old = None
     if dst.exists():
