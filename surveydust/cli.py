@@ -6,6 +6,7 @@ Every command turns bad input into one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -83,6 +84,11 @@ def main() -> None:
     Images are flux per pixel in nJy at 0.03 arcsec/pixel; A_V and E(B-V) in
     magnitudes; sSFR as log10(yr^-1) over 100 Myr.
     """
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("surveydust")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
 @main.command()
