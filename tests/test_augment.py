@@ -54,7 +54,7 @@ def _augment(store, out, client, samples=None, **kw):
 def dihedral(store, client, tmp_path_factory) -> xr.Dataset:
     """All 8 transforms, no noise, no balancing, a few samples per task."""
     out = tmp_path_factory.mktemp("aug") / "d8.zarr"
-    _augment(store, out, client, noise=0.0, balance=False, hog=True, samples_per_task=50)
+    _augment(store, out, client, noise=0.0, balance=False, hog=True, samples_per_task=50, rotations=True, flips=True)
     return open_training_store(out).load()
 
 
