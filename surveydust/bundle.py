@@ -117,9 +117,11 @@ class Predictor:
         ]) if len(images) else np.zeros((0, 2 * n))
         mean = raw[:, :n] * self._std + self._mean
         if self.loss == "gaussian_nll":
-            from surveydust.model import SIGMA_FLOOR
+            import keras
 
-            err = (np.logaddexp(0.0, raw[:, n:]) + SIGMA_FLOOR) * self._std  # softplus, as in the loss
+            from surveydust.model import sigma_from_raw  # the loss's own sigma
+
+            err = keras.ops.convert_to_numpy(sigma_from_raw(raw[:, n:])) * self._std
         else:
             err = np.full_like(mean, np.nan)
         return self._dataset(mean, err)

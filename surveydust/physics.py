@@ -65,11 +65,6 @@ def kpc_per_arcsec(redshift: float) -> float:
     return float(1.0 / Planck18.arcsec_per_kpc_proper(redshift).value)
 
 
-def age_of_universe_myr(redshift: float) -> float:
-    """Cosmic age at ``redshift`` [Myr] (Planck 2018)."""
-    return float(Planck18.age(redshift).to("Myr").value)
-
-
 def r_v(a_v: np.ndarray, ebv: np.ndarray, min_ebv: float = 1e-4) -> np.ndarray:
     """R_V = A_V / E(B-V), NaN where E(B-V) <= ``min_ebv`` (no measurable reddening)."""
     a_v, ebv = np.asarray(a_v, float), np.asarray(ebv, float)
