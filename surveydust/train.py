@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import dask.base
-from dask.system import CPU_COUNT
 import numpy as np
 
 import surveydust
@@ -112,21 +111,6 @@ def _epoch_reporter(topic: str | None, epochs: int) -> Any:
     return EpochEvents()
 
 
-def _use_all_cores() -> None:
-    """Dask's nannies start workers with OMP_NUM_THREADS=1, which leaves TensorFlow on one
-    core; a fit is the only task running while it trains, so give it the machine's cores."""
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        return
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(CPU_COUNT)
-    except RuntimeError:  # TensorFlow already initialised in this worker: keep its setting
-        pass
-
-
 def fit_bundle(train_store: str, store: str, validation: np.ndarray, cfg: TrainingConfig,
                out: str, meta: dict[str, Any], topic: str | None = None) -> str:
     """Fit the network (runs as one Dask task on a worker) and save the bundle to ``out``.
@@ -137,7 +121,6 @@ def fit_bundle(train_store: str, store: str, validation: np.ndarray, cfg: Traini
 
     from surveydust.model import build_model, compile_model
 
-    _use_all_cores()
     keras.utils.set_random_seed(cfg.seed)
     x, y = _arrays(open_training_store(train_store), cfg)
     xv, yv = _arrays(open_training_store(store).isel(sample=validation), cfg)
