@@ -45,6 +45,7 @@ from scipy.ndimage import gaussian_filter  # noqa: E402
 
 from surveydust.bundle import MIN_EBV_FOR_RV, Predictor, load_model  # noqa: E402
 from surveydust.config import TrainingConfig, load_training_config  # noqa: E402
+from surveydust.instrument import circular_aperture  # noqa: E402
 from surveydust.physics import r_v  # noqa: E402
 from surveydust.preprocess import NORM_APERTURE_PIX, NORM_FLOOR_NJY, crop_centre, select_samples  # noqa: E402
 from surveydust.stores.training import open_training_store  # noqa: E402
@@ -272,8 +273,7 @@ def colour_features(images: np.ndarray, crop: int, radius_pix: float) -> np.ndar
     colours [mag] ``-2.5 log10(f_i / f_j)`` of every band pair ``i < j``.
     """
     cut = crop_centre(np.asarray(images, dtype=np.float64), crop)
-    c = np.arange(crop) - (crop - 1) / 2.0
-    mask = (c[:, None] ** 2 + c[None, :] ** 2) <= radius_pix**2
+    mask = circular_aperture(crop, radius_pix)
     log_flux = np.log10(np.maximum(cut[:, :, mask].sum(axis=-1), NORM_FLOOR_NJY))
     colours = [-2.5 * (log_flux[:, i] - log_flux[:, j]) for i, j in combinations(range(log_flux.shape[1]), 2)]
     return np.column_stack([log_flux, *colours])

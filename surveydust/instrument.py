@@ -144,3 +144,10 @@ def pixel_noise_njy(depth_mag: float, pixel_scale_arcsec: float) -> float:
     (uncorrelated noise)."""
     n_pix = np.pi * (DEPTH_APERTURE_RADIUS_ARCSEC / pixel_scale_arcsec) ** 2
     return float(ab_to_njy(depth_mag) / 5.0 / np.sqrt(n_pix))
+
+
+def circular_aperture(n_pix: int, radius_pix: float) -> np.ndarray:
+    """Boolean mask of the pixels of an ``n_pix`` x ``n_pix`` image within ``radius_pix``
+    of its centre (pixel centres)."""
+    c = np.arange(n_pix) - (n_pix - 1) / 2.0
+    return (c[:, None] ** 2 + c[None, :] ** 2) <= radius_pix**2

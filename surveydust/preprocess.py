@@ -18,6 +18,7 @@ import numpy as np
 import xarray as xr
 
 from surveydust.config import TrainingConfig
+from surveydust.instrument import circular_aperture
 
 logger = logging.getLogger(__name__)
 
@@ -35,18 +36,13 @@ def crop_centre(images: np.ndarray, crop: int) -> np.ndarray:
     return images[..., y0:y0 + crop, x0:x0 + crop]
 
 
-def _aperture(crop: int) -> np.ndarray:
-    c = np.arange(crop) - (crop - 1) / 2.0
-    return (c[:, None] ** 2 + c[None, :] ** 2) <= NORM_APERTURE_PIX**2
-
-
 def network_inputs(images: np.ndarray, bands: tuple[str, ...], crop: int) -> dict[str, np.ndarray]:
     """Network inputs from images ``(n, band, y, x)`` in nJy (bands in ``bands`` order).
 
     Returns ``{"band_<BAND>": (n, crop, crop, 1), ..., "log_flux": (n, 1)}`` float32.
     """
     cut = crop_centre(np.asarray(images, dtype=np.float32), crop)
-    aperture = _aperture(crop)
+    aperture = circular_aperture(crop, NORM_APERTURE_PIX)
     flux = cut[:, :, aperture].sum(axis=(1, 2))
     scale = np.maximum(flux, NORM_FLOOR_NJY)
     # per-pixel values of order 1 (mean brightness in the aperture ~ 1): BatchNorm's moving

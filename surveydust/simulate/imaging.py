@@ -19,7 +19,7 @@ import numpy as np
 from scipy import fft
 
 from surveydust.config import SimulationConfig
-from surveydust.instrument import LYMAN_ALPHA_AA, band_weights
+from surveydust.instrument import LYMAN_ALPHA_AA, band_weights, circular_aperture
 from surveydust.physics import attenuation_curve, luminosity_distance_cm
 from surveydust.simulate.morphology import Maps
 from surveydust.simulate.population import SUN_METAL_FRACTION, YOUNG_BINS, Galaxy
@@ -98,11 +98,6 @@ def _bin(a: np.ndarray, factor: int) -> np.ndarray:
     return a.reshape(*a.shape[:-2], n, factor, n, factor).sum(axis=(-3, -1))
 
 
-def _aperture(n_pix: int, radius_pix: float) -> np.ndarray:
-    c = np.arange(n_pix) - (n_pix - 1) / 2.0
-    return (c[:, None] ** 2 + c[None, :] ** 2) <= radius_pix**2
-
-
 @dataclass(frozen=True)
 class Observation:
     """One simulated image and its labels."""
@@ -138,6 +133,6 @@ def observe(maps: Maps, phot: Photometry, gal: Galaxy, dtm: float, cfg: Simulati
     binned = _bin(model, cfg.oversample)
     image = psfs.convolve(binned)
     image += rng.normal(size=image.shape) * sigma_njy[:, None, None]
-    ap = _aperture(cfg.stamp_size, SNR_APERTURE_ARCSEC / cfg.pixel_scale_arcsec)
+    ap = circular_aperture(cfg.stamp_size, SNR_APERTURE_ARCSEC / cfg.pixel_scale_arcsec)
     snr = image[:, ap].sum(axis=1) / (sigma_njy * np.sqrt(ap.sum()))
     return Observation(image.astype(np.float32), float(max(a_v, 0.0)), float(max(a_b - a_v, 0.0)), snr)
