@@ -7,6 +7,7 @@ Public API::
     surveydust.open_training_store(path)             # -> xarray.Dataset
     surveydust.get_client("local", workers=2)        # Dask client from a cluster profile
     surveydust.train("sims.zarr", "model/")          # CNN -> model bundle
+    surveydust.tune("sims.zarr", "study/", trials=6) # hyper-parameter search -> trial table
     surveydust.load_model(path=None).predict(images) # None: the shipped bundle -> xarray.Dataset
 """
 
@@ -23,6 +24,7 @@ from surveydust.simulate import simulate  # noqa: E402
 from surveydust.stores.skirt import ingest_skirt  # noqa: E402
 from surveydust.stores.training import open_training_store  # noqa: E402
 from surveydust.train import train  # noqa: E402
+from surveydust.tune import tune  # noqa: E402
 
 __all__ = ["__version__", "get_client", "ingest_skirt", "load_model", "open_training_store", "simulate",
-           "train"]
+           "train", "tune"]

@@ -28,7 +28,7 @@ def _friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except (ValueError, FileExistsError, FileNotFoundError) as exc:
             raise click.ClickException(str(exc).splitlines()[0]) from None
         except KeyboardInterrupt:
-            click.echo("interrupted: no output store was completed", err=True)
+            click.echo("interrupted: nothing half-written was kept", err=True)
             sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
@@ -232,3 +232,41 @@ def evaluate_command(paths: tuple[Path, ...], out: Path, baseline: bool) -> None
     to_astropy(result.table).pprint_all()
     for path in result.paths.values():
         click.echo(f"wrote {path}")
+
+
+@main.command("tune")
+@click.option("--store", type=click.Path(path_type=Path), required=True, help="Training store (Zarr).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Study folder; an existing study there is resumed.")
+@click.option("--bands", default=None, help="Comma-separated bands [default: F277W,F356W,F444W].")
+@click.option("--trials", type=int, default=None, help="Trials in the study, counting earlier runs [default: 200].")
+@click.option("--max-epochs", type=int, default=None, help="Most epochs per trial [default: 30].")
+@click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default=None,
+              help="Stop trials that do worse than the others [default: median].")
+@click.option("--search-space", "search_space", type=click.Path(path_type=Path), default=None,
+              help="YAML file merged over configs/tuning.yaml (its search_space replaces the default).")
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None,
+              help="Training settings that are not searched (YAML, merged over configs/training.yaml).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Any other training setting, e.g. --set snr_min=3 --set loss=mape.")
+@with_cluster_options
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_friendly_errors
+def tune_command(store: Path, out: Path, bands: str | None, search_space: Path | None, config: Path | None,
+                 settings: tuple[str, ...], cluster: str | None, workers: int | None, quiet: bool,
+                 **options: Any) -> None:
+    """Bayesian hyper-parameter search (Optuna TPE), one trial per Dask (GPU) worker.
+
+    The paper's Table 1 search space by default: 1-4 conv blocks of 4-64
+    filters, 1-4 dense layers of 8-64 units, learning rate 1e-4..1e-2,
+    batch 16-64. Poor trials are pruned against the others; re-running the
+    same command on the same --out resumes the study. Writes trials.ecsv,
+    loss.png, importance.png and the best trial's bundle (best-model/).
+    """
+    from surveydust.tune import tune
+
+    training = {**_nested(_settings(settings)), "bands": _bands(bands)}
+    table = tune(store, out, search_space, config, cluster=cluster, workers=workers, progress=not quiet,
+                 training_overrides=training, **options)
+    table[[c for c in table.colnames if c not in ("start", "end")]].pprint_all()
+    click.echo(f"wrote {out}")

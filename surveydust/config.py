@@ -190,6 +190,52 @@ class TrainingConfig(_Config):
         return self
 
 
+SEARCH_PARAMETERS = {  # name -> (type, smallest allowed low, largest allowed high)
+    "conv_layers": (int, 1, 4), "conv_filters": (int, 1, 1024),
+    "dense_layers": (int, 1, 6), "dense_units": (int, 1, 4096),
+    "learning_rate": (float, 1e-7, 1.0), "batch_size": (int, 1, 65536), "dropout": (float, 0.0, 0.99),
+}
+
+
+class SearchRange(_Config):
+    """One searched hyper-parameter: values in [low, high], sampled in log space with ``log``."""
+
+    low: float
+    high: float
+    log: bool = False
+
+
+class TuningConfig(_Config):
+    """Settings of the hyper-parameter search (see configs/tuning.yaml)."""
+
+    trials: int = Field(gt=0)
+    max_epochs: int = Field(ge=1)
+    sampler: Literal["tpe", "random"]
+    startup_trials: int = Field(ge=0)
+    pruner: Literal["median", "hyperband", "none"]
+    pruner_startup_trials: int = Field(ge=0)
+    warmup_epochs: int = Field(ge=0)
+    search_space: dict[str, SearchRange] = Field(min_length=1)
+
+    @field_validator("search_space")
+    @classmethod
+    def _check_space(cls, v: dict[str, SearchRange]) -> dict[str, SearchRange]:
+        unknown = sorted(set(v) - set(SEARCH_PARAMETERS))
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {unknown}; known: {', '.join(SEARCH_PARAMETERS)}")
+        for name, r in v.items():
+            kind, lowest, highest = SEARCH_PARAMETERS[name]
+            if not r.low < r.high:
+                raise ValueError(f"{name}: empty or inverted range [{r.low:g}, {r.high:g}] (need low < high)")
+            if r.low < lowest or r.high > highest:
+                raise ValueError(f"{name}: range [{r.low:g}, {r.high:g}] outside [{lowest:g}, {highest:g}]")
+            if r.log and r.low <= 0:
+                raise ValueError(f"{name}: a log range needs low > 0")
+            if kind is int and (r.low != int(r.low) or r.high != int(r.high)):
+                raise ValueError(f"{name}: integer parameter needs integer bounds")
+        return v
+
+
 def _default_yaml(name: str) -> dict[str, Any]:
     text = (resources.files("surveydust.configs") / f"{name}.yaml").read_text()
     return yaml.safe_load(text)
@@ -261,6 +307,25 @@ def load_training_config(source: TrainingConfig | Path | str | None = None,
         return TrainingConfig.model_validate(merged)
     except ValidationError as exc:
         raise ValueError(_format_error(exc, "training")) from None
+
+
+def load_tuning_config(source: TuningConfig | Path | str | None = None,
+                       **overrides: Any) -> TuningConfig:
+    """Build a validated :class:`TuningConfig` (defaults, then ``source``, then overrides).
+
+    A user ``search_space`` replaces the default one as a whole (a parameter
+    left out is not searched: its value comes from the training config).
+    """
+    merged = _default_yaml("tuning")["tuning"]
+    if isinstance(source, TuningConfig):
+        merged.update(source.model_dump(mode="json"))
+    elif source is not None:
+        merged.update(_read_user_yaml(source, "tuning"))
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TuningConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ValueError(_format_error(exc, "tuning")) from None
 
 
 def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ import datetime as dt
 import logging
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from surveydust.augment import augment_store
 from surveydust.bundle import save_bundle
 from surveydust.cluster import open_client, worker_resources
 from surveydust.config import TrainingConfig, load_training_config
-from surveydust.preprocess import network_inputs, select_samples, split_by_galaxy
+from surveydust.preprocess import Split, network_inputs, select_samples, split_by_galaxy
 from surveydust.stores.training import check_output_path, open_training_store, replace_atomically
 
 logger = logging.getLogger(__name__)
@@ -46,20 +47,7 @@ def train(
     """
     cfg = load_training_config(config, **overrides)
     out = check_output_path(out, overwrite)
-    ds = open_training_store(store)
-    selected = select_samples(ds, cfg)
-    split = split_by_galaxy(ds["galaxy_id"].values, selected, cfg)
-    meta = {
-        "surveydust_version": surveydust.__version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "bands": list(cfg.bands), "targets": list(cfg.targets), "crop": cfg.crop, "loss": cfg.loss,
-        "training_config": cfg.model_dump(mode="json"),
-        "training_store": {"path": str(Path(store).resolve()), "store_id": ds.attrs["store_id"]},
-        "split": {"seed": cfg.seed, "test_galaxies": split.test_galaxies,
-                  "validation_galaxies": split.validation_galaxies,
-                  "n_samples": {"train": split.train.size, "validation": split.validation.size,
-                                "test": split.test.size}},
-    }
+    split, meta = prepare_training(store, cfg)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp, \
             open_client(client, profile=cluster, workers=workers) as c:
         augmented = augment_store(store, Path(tmp) / "augmented.zarr", split.train, config=cfg.augment,
@@ -80,6 +68,25 @@ def train(
                 c.unsubscribe_topic(topic)
         replace_atomically(bundle, out)
     return out
+
+
+def prepare_training(store: Path | str, cfg: TrainingConfig) -> tuple[Split, dict[str, Any]]:
+    """Select and split ``store``'s samples for ``cfg``; return the split and the bundle metadata."""
+    ds = open_training_store(store)
+    selected = select_samples(ds, cfg)
+    split = split_by_galaxy(ds["galaxy_id"].values, selected, cfg)
+    meta = {
+        "surveydust_version": surveydust.__version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "bands": list(cfg.bands), "targets": list(cfg.targets), "crop": cfg.crop, "loss": cfg.loss,
+        "training_config": cfg.model_dump(mode="json"),
+        "training_store": {"path": str(Path(store).resolve()), "store_id": ds.attrs["store_id"]},
+        "split": {"seed": cfg.seed, "test_galaxies": split.test_galaxies,
+                  "validation_galaxies": split.validation_galaxies,
+                  "n_samples": {"train": split.train.size, "validation": split.validation.size,
+                                "test": split.test.size}},
+    }
+    return split, meta
 
 
 def _arrays(ds: Any, cfg: TrainingConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -112,10 +119,12 @@ def _epoch_reporter(topic: str | None, epochs: int) -> Any:
 
 
 def fit_bundle(train_store: str, store: str, validation: np.ndarray, cfg: TrainingConfig,
-               out: str, meta: dict[str, Any], topic: str | None = None) -> str:
+               out: str, meta: dict[str, Any], topic: str | None = None,
+               callbacks: Sequence[Any] = ()) -> str:
     """Fit the network (runs as one Dask task on a worker) and save the bundle to ``out``.
 
-    Each epoch's losses go to the Dask event ``topic`` (printed by ``train``).
+    Each epoch's losses go to the Dask event ``topic`` (printed by ``train``);
+    extra Keras ``callbacks`` run after early stopping (e.g. trial pruning).
     """
     import keras
 
@@ -132,7 +141,7 @@ def fit_bundle(train_store: str, store: str, validation: np.ndarray, cfg: Traini
     compile_model(model, cfg.loss, cfg.learning_rate)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
                                          restore_best_weights=True)
-    callbacks = [stop] + ([_epoch_reporter(topic, cfg.max_epochs)] if topic else [])
+    callbacks = [stop, *callbacks] + ([_epoch_reporter(topic, cfg.max_epochs)] if topic else [])
     history = model.fit(x, ((y - mean) / std).astype(np.float32), batch_size=cfg.batch_size,
                         epochs=cfg.max_epochs, shuffle=True, verbose=0, callbacks=callbacks,
                         validation_data=(xv, ((yv - mean) / std).astype(np.float32)))

@@ -103,3 +103,17 @@ def test_train_and_evaluate_end_to_end(tmp_path: Path, client) -> None:
     assert "MAE" in result.stdout and (tmp_path / "eval" / "table.ecsv").is_file()
     bad = run("train", "--store", str(store), "--bands", "F090W", "--out", str(tmp_path / "m2"))
     assert bad.returncode == 1 and "no band(s) ['F090W']" in bad.stderr
+
+
+def test_tune_bad_input_is_one_line_error(tmp_path: Path) -> None:
+    from surveydust.simulate import simulate
+
+    store = simulate(tmp_path / "s.zarr", progress=False, n_galaxies=2, views_per_galaxy=1, workers=1,
+                     bands=["F277W"])
+    for args, message in ((["--trials", "0"], "tuning.trials"),
+                          (["--bands", "F444W"], "F444W"),
+                          (["--search-space", str(tmp_path / "none.yaml")], "does not exist")):
+        result = run("tune", "--store", str(store), "--out", str(tmp_path / "study"), *args)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert result.stderr.startswith("Error:") and message in result.stderr, result.stderr
+    assert "Table 1" in run("tune", "--help").stdout
