@@ -5,6 +5,8 @@ Public API::
     surveydust.simulate(out, n_galaxies=64)         # mock training store (Zarr)
     surveydust.ingest_skirt(cubes, properties, out)  # SKIRT mock cubes -> training store
     surveydust.open_training_store(path)             # -> xarray.Dataset
+    surveydust.ingest_mosaic(out, {"F277W": "f277w_i2d.fits"})  # FITS mosaics -> mosaic store (nJy)
+    surveydust.open_mosaic(path)                     # -> xarray.Dataset sci/err(band, y, x), lazy
     surveydust.get_client("local", workers=2)        # Dask client from a cluster profile
     surveydust.train("sims.zarr", "model/")          # CNN -> model bundle
     surveydust.tune("sims.zarr", "study/", trials=6) # hyper-parameter search -> trial table
@@ -21,10 +23,11 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 from surveydust.bundle import load_model  # noqa: E402
 from surveydust.cluster import get_client  # noqa: E402
 from surveydust.simulate import simulate  # noqa: E402
+from surveydust.stores.mosaic import ingest_mosaic, open_mosaic  # noqa: E402
 from surveydust.stores.skirt import ingest_skirt  # noqa: E402
 from surveydust.stores.training import open_training_store  # noqa: E402
 from surveydust.train import train  # noqa: E402
 from surveydust.tune import tune  # noqa: E402
 
-__all__ = ["__version__", "get_client", "ingest_skirt", "load_model", "open_training_store", "simulate",
-           "train", "tune"]
+__all__ = ["__version__", "get_client", "ingest_mosaic", "ingest_skirt", "load_model", "open_mosaic",
+           "open_training_store", "simulate", "train", "tune"]

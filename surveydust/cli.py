@@ -270,3 +270,121 @@ def tune_command(store: Path, out: Path, bands: str | None, search_space: Path |
                  training_overrides=training, **options)
     table[[c for c in table.colnames if c not in ("start", "end")]].pprint_all()
     click.echo(f"wrote {out}")
+
+
+def _band_paths(pairs: tuple[str, ...], option: str) -> dict[str, Path]:
+    """``BAND=PATH`` pairs -> ``{BAND: Path}`` (band names upper-cased)."""
+    out: dict[str, Path] = {}
+    for pair in pairs:
+        band, sep, path = pair.partition("=")
+        band = band.strip().upper()
+        if not sep or not band or not path.strip():
+            raise click.BadParameter(f"expected BAND=FITS, got {pair!r}", param_hint=option)
+        if band in out:
+            raise click.BadParameter(f"band {band} given twice", param_hint=option)
+        out[band] = Path(path.strip())
+    return out
+
+
+@main.command("ingest-mosaic")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--band", "band_files", multiple=True, required=True, metavar="BAND=FITS",
+              help="Mosaic of one band, e.g. --band F277W=f277w_i2d.fits (repeatable): a file with SCI "
+                   "[ERR, WHT] extensions, or a plain science image (then give --err/--wht files).")
+@click.option("--err", "err_files", multiple=True, metavar="BAND=FITS",
+              help="Separate 1-sigma error image of a band, in the units of its science image (repeatable).")
+@click.option("--wht", "wht_files", multiple=True, metavar="BAND=FITS",
+              help="Separate weight (inverse-variance) image of a band; zero weight = no data (repeatable).")
+@click.option("--field", default=None, help="Field name recorded in the store [default: OUT without .zarr].")
+@click.option("--chunk", type=int, default=2048, show_default=True,
+              help="Zarr chunk edge [pixels]; chunks are 1 band x CHUNK x CHUNK.")
+@with_cluster_options
+@click.option("--overwrite", is_flag=True, help="Replace an existing store (after the new one is complete).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_friendly_errors
+def ingest_mosaic_command(out: Path, band_files: tuple[str, ...], err_files: tuple[str, ...],
+                          wht_files: tuple[str, ...], field: str | None, chunk: int, cluster: str | None,
+                          workers: int | None, overwrite: bool, quiet: bool) -> None:
+    """Ingest FITS survey mosaics (one per band, one pixel grid) into a mosaic store OUT (Zarr).
+
+    Input BUNIT MJy/sr (converted with PIXAR_SR, or the WCS pixel area) or
+    nJy. The store holds sci and err (band, y, x) as float32 flux per pixel
+    in nJy, NaN where there is no data (NaN input, zero weight, no error),
+    with the WCS, pixel scale and SHA-256 checksums of the inputs. Bands must
+    share one pixel grid (same shape, WCS within 0.001 pixel). Blocks are read
+    and written in parallel on Dask workers; no process holds a whole band.
+    """
+    from surveydust.stores.mosaic import ingest_mosaic, open_mosaic
+
+    bands: dict[str, Any] = dict(_band_paths(band_files, "--band"))
+    extra = {"err": _band_paths(err_files, "--err"), "wht": _band_paths(wht_files, "--wht")}
+    for role, paths in extra.items():
+        unknown = sorted(set(paths) - set(bands))
+        if unknown:
+            raise click.BadParameter(f"band(s) {', '.join(unknown)} have no --band image", param_hint=f"--{role}")
+    for band in {*extra["err"], *extra["wht"]}:
+        bands[band] = {"sci": bands[band], "err": extra["err"].get(band), "wht": extra["wht"].get(band)}
+    path = ingest_mosaic(out, bands, field=field, chunk=chunk, cluster=cluster, workers=workers,
+                         overwrite=overwrite, progress=not quiet)
+    ds = open_mosaic(path)
+    ny, nx = ds.attrs["shape"]
+    click.echo(f"wrote {path}: {', '.join(map(str, ds['band'].values))}, {ny} x {nx} pixels at "
+               f"{ds.attrs['pixel_scale_arcsec']:.4g} arcsec/pixel, nJy")
+
+
+@main.command("run-catalogue")
+@click.argument("store", type=click.Path(path_type=Path), required=False)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Catalogue store to write (Zarr) [default with --demo: demo/catalogue.zarr].")
+@click.option("--model", "models", multiple=True, type=click.Path(path_type=Path),
+              help="Model bundle folder; repeat to run 1-band and 3-band models in one pass "
+                   "[default: the shipped 3-band bundle].")
+@click.option("--sources", type=click.Path(path_type=Path), default=None,
+              help="CSV/FITS/ECSV table with RA/Dec [deg] (and optional id, z): predict at these positions "
+                   "instead of detecting.")
+@click.option("--format", "export_format", type=click.Choice(["fits", "ecsv"]), default=None,
+              help="Also export the catalogue as a FITS or ECSV table next to --out.")
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None,
+              help="Detection settings (YAML, merged over configs/catalogue.yaml).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Any detection setting, e.g. --set threshold=2 --set tile_pix=1024.")
+@click.option("--demo", is_flag=True,
+              help="Simulate a small six-band demo field with known truth (offline) and run on it.")
+@with_cluster_options
+@click.option("--overwrite", is_flag=True, help="Replace an existing catalogue (and demo field).")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+@_friendly_errors
+def run_catalogue_command(store: Path | None, out: Path | None, models: tuple[Path, ...], sources: Path | None,
+                          export_format: str | None, config: Path | None, settings: tuple[str, ...], demo: bool,
+                          cluster: str | None, workers: int | None, overwrite: bool, quiet: bool) -> None:
+    """Detect galaxies on a mosaic STORE (from ingest-mosaic) and predict their dust and sSFR.
+
+    Tiles (the store's chunks plus a halo) are Dask tasks: detection on the
+    inverse-variance weighted long-wavelength bands, aperture photometry
+    (nJy), 32x32 stamps, CNN predictions of A_V, E(B-V), R_V [mag] and
+    log sSFR [log10 yr^-1] with uncertainties. Finished tiles are kept: an
+    interrupted run, re-run, does only the rest.
+    """
+    from surveydust.cluster import get_client
+    from surveydust.demo import make_demo_field, match_truth
+    from surveydust.infer import run_catalogue
+
+    if demo == (store is not None):
+        raise click.UsageError("give a mosaic STORE, or --demo (not both)")
+    if demo:
+        out = out or Path("demo") / "catalogue.zarr"
+    if export_format and out is None:
+        raise click.UsageError("--format needs --out")
+    export_to = out.with_suffix(f".{export_format}") if out is not None and export_format else None
+    truth = None
+    with get_client(cluster, workers=workers) as client:
+        if demo:
+            store, truth = make_demo_field(Path("demo"), client=client, overwrite=overwrite, progress=not quiet)
+        cat = run_catalogue(store, out, model=list(models) or None, sources=sources, config=config,
+                            client=client, export_to=export_to, overwrite=overwrite, progress=not quiet,
+                            **_settings(settings))
+    click.echo(f"{cat.sizes['source']} sources" + (f"; wrote {out}" if out else ""))
+    if truth is not None:
+        for key, value in match_truth(cat, truth).items():
+            click.echo(f"  demo truth: {key} = {value:.3g}" if isinstance(value, float) else
+                       f"  demo truth: {key} = {value}")

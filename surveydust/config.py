@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -236,6 +236,30 @@ class TuningConfig(_Config):
         return v
 
 
+class CatalogueConfig(_Config):
+    """Settings of detection and bulk inference (see configs/catalogue.yaml)."""
+
+    detection_bands: tuple[str, ...] = Field(min_length=1)
+    threshold: float = Field(gt=0)
+    npixels: int = Field(ge=1)
+    smooth_fwhm_pix: float = Field(ge=0)
+    deblend: bool
+    deblend_contrast: float = Field(gt=0, lt=1)
+    halo_pix: int = Field(ge=0)
+    tile_pix: int | None = Field(default=None, ge=64)
+    aperture_arcsec: float = Field(gt=0)
+    ood_sigma: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+
+    @field_validator("detection_bands")
+    @classmethod
+    def _known_bands(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_bands(v)
+
+
+_C = TypeVar("_C", bound=_Config)
+
+
 def _default_yaml(name: str) -> dict[str, Any]:
     text = (resources.files("surveydust.configs") / f"{name}.yaml").read_text()
     return yaml.safe_load(text)
@@ -263,6 +287,26 @@ def _format_error(exc: ValidationError, section: str) -> str:
     return f"{section}.{where}: {msg}" if where else f"{section}: {msg}"
 
 
+def _load(cls: type[_C], section: str, source: _C | Path | str | None, overrides: dict[str, Any],
+          deep: bool = True) -> _C:
+    """Defaults of ``configs/<section>.yaml``, then ``source``, then ``overrides`` (None ignored).
+
+    With ``deep``, nested mappings are merged key by key; otherwise a given
+    top-level setting replaces the default whole.
+    """
+    merged = _default_yaml(section)[section]
+    update = _deep_update if deep else dict.update
+    if isinstance(source, cls):
+        update(merged, source.model_dump(mode="json"))
+    elif source is not None:
+        update(merged, _read_user_yaml(source, section))
+    update(merged, {k: v for k, v in overrides.items() if v is not None})
+    try:
+        return cls.model_validate(merged)
+    except ValidationError as exc:
+        raise ValueError(_format_error(exc, section)) from None
+
+
 def load_simulation_config(source: SimulationConfig | Path | str | None = None,
                            **overrides: Any) -> SimulationConfig:
     """Build a validated :class:`SimulationConfig`.
@@ -274,16 +318,7 @@ def load_simulation_config(source: SimulationConfig | Path | str | None = None,
         existing config to start from.
     **overrides : individual settings; ``None`` values are ignored.
     """
-    merged = _default_yaml("simulation")["simulation"]
-    if isinstance(source, SimulationConfig):
-        merged.update(source.model_dump(mode="json"))
-    elif source is not None:
-        merged.update(_read_user_yaml(source, "simulation"))
-    merged.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return SimulationConfig.model_validate(merged)
-    except ValidationError as exc:
-        raise ValueError(_format_error(exc, "simulation")) from None
+    return _load(SimulationConfig, "simulation", source, overrides, deep=False)
 
 
 def simulation_config_from_json(text: str) -> SimulationConfig:
@@ -297,16 +332,7 @@ def load_training_config(source: TrainingConfig | Path | str | None = None,
 
     Nested sections (``augment``, ``model``) are merged key by key.
     """
-    merged = _default_yaml("training")["training"]
-    if isinstance(source, TrainingConfig):
-        _deep_update(merged, source.model_dump(mode="json"))
-    elif source is not None:
-        _deep_update(merged, _read_user_yaml(source, "training"))
-    _deep_update(merged, {k: v for k, v in overrides.items() if v is not None})
-    try:
-        return TrainingConfig.model_validate(merged)
-    except ValidationError as exc:
-        raise ValueError(_format_error(exc, "training")) from None
+    return _load(TrainingConfig, "training", source, overrides)
 
 
 def load_tuning_config(source: TuningConfig | Path | str | None = None,
@@ -316,16 +342,13 @@ def load_tuning_config(source: TuningConfig | Path | str | None = None,
     A user ``search_space`` replaces the default one as a whole (a parameter
     left out is not searched: its value comes from the training config).
     """
-    merged = _default_yaml("tuning")["tuning"]
-    if isinstance(source, TuningConfig):
-        merged.update(source.model_dump(mode="json"))
-    elif source is not None:
-        merged.update(_read_user_yaml(source, "tuning"))
-    merged.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return TuningConfig.model_validate(merged)
-    except ValidationError as exc:
-        raise ValueError(_format_error(exc, "tuning")) from None
+    return _load(TuningConfig, "tuning", source, overrides, deep=False)
+
+
+def load_catalogue_config(source: CatalogueConfig | Path | str | None = None,
+                          **overrides: Any) -> CatalogueConfig:
+    """Build a validated :class:`CatalogueConfig` (defaults, then ``source``, then overrides)."""
+    return _load(CatalogueConfig, "catalogue", source, overrides, deep=False)
 
 
 def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> None:

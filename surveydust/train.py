@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import dask
 import dask.base
 import numpy as np
 
@@ -131,8 +132,9 @@ def fit_bundle(train_store: str, store: str, validation: np.ndarray, cfg: Traini
     from surveydust.model import build_model, compile_model
 
     keras.utils.set_random_seed(cfg.seed)
-    x, y = _arrays(open_training_store(train_store), cfg)
-    xv, yv = _arrays(open_training_store(store).isel(sample=validation), cfg)
+    with dask.config.set(scheduler="synchronous"):  # read on this worker, not through the cluster
+        x, y = _arrays(open_training_store(train_store), cfg)
+        xv, yv = _arrays(open_training_store(store).isel(sample=validation), cfg)
     if cfg.loss == "gaussian_nll":
         mean, std = y.mean(axis=0), np.maximum(y.std(axis=0), 1e-6)
     else:

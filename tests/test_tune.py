@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ import optuna
 import pytest
 from astropy.table import Table
 
+from conftest import kill_worker_running
 from surveydust.config import load_training_config, load_tuning_config
 from surveydust.tune import JOURNAL_FILE, STUDY_NAME, suggest_training, tune
 
@@ -170,26 +170,7 @@ def test_trial_whose_worker_dies_is_rerun(store: Path, tmp_path: Path) -> None:
     from surveydust.cluster import get_client
 
     with get_client("local", workers=2) as c:
-        killer = _kill_first_trial_worker(c)
+        killer = kill_worker_running(c, "tune-trial-", delay_s=3.0)
         table = _tune(store, tmp_path / "study", c, trials=3, pruner="none")
         assert killer.result(timeout=60)  # a trial's worker was killed mid-trial
     assert len(table) == 3 and set(table["state"]) <= {"complete", "fail"}
-
-
-def _kill_first_trial_worker(client):
-    """Kill (os._exit) the first worker seen running a trial, from a background thread."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def watch() -> bool:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            for worker, keys in client.processing().items():
-                if any(str(k).startswith("tune-trial-") for k in keys):
-                    time.sleep(3)  # let it train a little
-                    with contextlib.suppress(Exception):
-                        client.run(os._exit, 1, workers=[worker], wait=False)
-                    return True
-            time.sleep(0.2)
-        return False
-
-    return ThreadPoolExecutor(1).submit(watch)

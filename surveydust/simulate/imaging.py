@@ -109,8 +109,13 @@ class Observation:
 
 
 def observe(maps: Maps, phot: Photometry, gal: Galaxy, dtm: float, cfg: SimulationConfig,
-            psfs: PSFSet, sigma_njy: np.ndarray, rng: np.random.Generator) -> Observation:
-    """Attenuate, image, convolve with the PSF, add noise, and measure labels."""
+            psfs: PSFSet, sigma_njy: np.ndarray, rng: np.random.Generator,
+            noise: bool = True) -> Observation:
+    """Attenuate, image, convolve with the PSF, add noise, and measure labels.
+
+    With ``noise=False`` the image is the noiseless PSF-convolved model (``rng``
+    is not used) and ``snr`` is its expected signal-to-noise at ``sigma_njy``.
+    """
     tau = cfg.dust_opacity * dtm * SUN_METAL_FRACTION * gal.metallicity * maps.gas_column
     tau_bc = cfg.birth_cloud_tau_v * dtm * gal.metallicity / BIRTH_CLOUD_REFERENCE_Z
     tau_grid = np.concatenate([[0.0], np.geomspace(1e-4, max(tau.max(), 1e-4) * 1.001, N_TAU - 1)])
@@ -132,7 +137,8 @@ def observe(maps: Maps, phot: Photometry, gal: Galaxy, dtm: float, cfg: Simulati
     a_b, a_v = (-2.5 * np.log10(attenuated[-2 + i].sum() / lnu[-2 + i].sum()) for i in range(2))
     binned = _bin(model, cfg.oversample)
     image = psfs.convolve(binned)
-    image += rng.normal(size=image.shape) * sigma_njy[:, None, None]
+    if noise:
+        image += rng.normal(size=image.shape) * sigma_njy[:, None, None]
     ap = circular_aperture(cfg.stamp_size, SNR_APERTURE_ARCSEC / cfg.pixel_scale_arcsec)
     snr = image[:, ap].sum(axis=1) / (sigma_njy * np.sqrt(ap.sum()))
     return Observation(image.astype(np.float32), float(max(a_v, 0.0)), float(max(a_b - a_v, 0.0)), snr)

@@ -20,7 +20,7 @@ import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import xarray as xr
@@ -52,7 +52,8 @@ LABEL_DESCRIPTIONS: dict[str, str] = {
 STORE_KIND = "training"
 
 
-def _compressor() -> BloscCodec:
+def zarr_compressor() -> BloscCodec:
+    """The Blosc codec of surveydust's Zarr stores (lossless)."""
     # lz4 writes ~5x faster than zstd here and noisy float32 compresses ~1.15x either way
     return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
@@ -96,7 +97,7 @@ def _encoding(ds: xr.Dataset, chunk_samples: int) -> dict:
     for name, var in ds.variables.items():
         if "sample" in var.dims and name != "sample":
             chunks = tuple(chunk_samples if d == "sample" else ds.sizes[d] for d in var.dims)
-            enc[name] = {"chunks": chunks, "compressors": [_compressor()]}
+            enc[name] = {"chunks": chunks, "compressors": [zarr_compressor()]}
     return enc
 
 
@@ -118,24 +119,43 @@ def write_training_store(
     validate_training_dataset(ds)
     # object strings become Zarr 3's variable-length UTF-8 (fixed-width <U has no v3 spec)
     ds = ds.assign_coords(band=ds["band"].values.astype(object))
-    ds.attrs.update(
-        store_kind=STORE_KIND,
+    if ds.chunks:
+        ds = ds.chunk({"sample": chunk_samples})
+    return write_store_atomically(ds, path, store_kind=STORE_KIND,
+                                  encoding=_encoding(ds, chunk_samples), compute=compute)
+
+
+def write_store_atomically(
+    ds: xr.Dataset,
+    path: Path,
+    *,
+    store_kind: str,
+    encoding: dict,
+    compute: Callable[[object], Mapping | None] | None = None,
+) -> Path:
+    """Write ``ds`` as a surveydust Zarr store of kind ``store_kind`` at ``path``, atomically.
+
+    Sets the attrs ``store_kind``, ``store_id``, ``surveydust_version`` and
+    ``complete`` (False while writing). The store is written to a hidden
+    temporary sibling, marked complete and only then moved into place (an old
+    store at ``path`` is replaced after that). ``compute`` receives the delayed
+    write (without it, dask's current scheduler computes it); a mapping it
+    returns is added to the attrs together with ``complete = True`` (e.g.
+    checksums computed alongside the write).
+    """
+    ds = ds.assign_attrs(
+        store_kind=store_kind,
         store_id=uuid.uuid4().hex,
         surveydust_version=surveydust.__version__,
         complete=False,
     )
-    if ds.chunks:
-        ds = ds.chunk({"sample": chunk_samples})
     tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
         with _quiet_consolidation():
-            delayed = ds.to_zarr(tmp, mode="w", encoding=_encoding(ds, chunk_samples),
-                                 compute=False, consolidated=True)
-        if compute is None:
-            delayed.compute()
-        else:
-            compute(delayed)
-        zarr.open_group(tmp, mode="r+").attrs["complete"] = True
+            delayed = ds.to_zarr(tmp, mode="w", encoding=encoding, compute=False, consolidated=True)
+        extra = delayed.compute() if compute is None else compute(delayed)
+        attrs = zarr.open_group(tmp, mode="r+").attrs
+        attrs.update({**(extra if isinstance(extra, Mapping) else {}), "complete": True})
         with _quiet_consolidation():
             zarr.consolidate_metadata(tmp)
         replace_atomically(tmp, path)

@@ -1,0 +1,307 @@
+"""Bulk inference on a mosaic store: tiled detection (or given positions), stamps, CNN predictions.
+
+One Dask task per tile (``catalogue-tile-<run>-<n>`` on the dashboard) reads
+the tile plus a halo from the mosaic store on the worker, finds its sources
+(detection, or the ``--sources`` positions that fall in its core), measures
+aperture photometry, cuts all stamps with one vectorised index and predicts
+with every model. Each worker loads a model bundle once and keeps it for all
+its tiles. When workers advertise a ``GPU`` resource, tile tasks ask for one,
+so predictions run on the GPU workers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.base
+import numpy as np
+
+import surveydust
+from surveydust.bundle import Predictor, default_bundle_path, load_model, read_meta
+from surveydust.catalogue import TileParts, assemble, export, write_catalogue
+from surveydust.cluster import open_client, worker_resources
+from surveydust.config import CatalogueConfig, TrainingConfig, load_catalogue_config
+from surveydust.detect import FLAGS, Tile, aperture_photometry, cut_stamps, detect, make_tiles
+from surveydust.evaluate import model_name
+
+logger = logging.getLogger(__name__)
+
+RA_NAMES = ("ra", "ra_deg", "raj2000", "alpha_j2000")
+DEC_NAMES = ("dec", "dec_deg", "dej2000", "decj2000", "delta_j2000")
+ID_NAMES = ("id", "source_id", "objid", "object_id")
+Z_NAMES = ("z", "z_spec", "zspec", "redshift")
+
+
+def run_catalogue(
+    store: Path | str,
+    out: Path | str | None = None,
+    *,
+    model: Path | str | list[Path | str] | None = None,
+    sources: Path | str | None = None,
+    config: CatalogueConfig | Path | str | None = None,
+    client: Any = None,
+    cluster: str | None = None,
+    workers: int | None = None,
+    export_to: Path | str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    **overrides: Any,
+) -> Any:
+    """Detect (or take) sources on a mosaic store and predict their dust and sSFR.
+
+    Parameters
+    ----------
+    store : mosaic store (Zarr, from :func:`surveydust.ingest_mosaic`).
+    out : catalogue store to write (Zarr); None returns the catalogue only.
+    model : model bundle folder(s); None is the shipped 3-band bundle. Several
+        bundles (e.g. 1-band and 3-band) run in the same pass.
+    sources : table (CSV, FITS, ECSV) with RA/Dec columns in degrees (and
+        optionally an id and a redshift ``z``): predict at those positions
+        instead of detecting. Positions off the mosaic are counted, not errors.
+    config : detection settings (``configs/catalogue.yaml``), ``overrides`` on top.
+    export_to : also write a ``.fits`` or ``.ecsv`` table.
+
+    Returns the catalogue as an in-memory ``xarray.Dataset`` (dim ``source``).
+    """
+    from surveydust.stores.mosaic import mosaic_wcs, open_mosaic
+
+    cfg = load_catalogue_config(config, **overrides)
+    mosaic = open_mosaic(store)
+    bundles = _bundle_paths(model)
+    metas = [read_meta(p) for p in bundles]
+    _check_bands(mosaic, metas, cfg, detecting=sources is None)
+    wcs = mosaic_wcs(mosaic)
+    positions = _source_positions(sources, wcs, mosaic) if sources is not None else None
+    shape = (mosaic.sizes["y"], mosaic.sizes["x"])
+    tile_size = cfg.tile_pix or int(mosaic["sci"].encoding.get("chunks", (1, 2048, 2048))[-1])
+    crop = max(int(m["crop"]) for m in metas)
+    halo = max(cfg.halo_pix, crop // 2 + 1)
+    tiles = make_tiles(shape, tile_size)
+    token = dask.base.tokenize(mosaic.attrs.get("store_id"), [m["checksums"] for m in metas], cfg.to_json(),
+                               None if positions is None else {k: v.tolist() for k, v in positions.items()})
+    out_path = Path(out) if out is not None else None
+    if out_path is not None:
+        from surveydust.stores.training import check_output_path
+
+        check_output_path(out_path, overwrite)
+    scratch = None if out_path is not None else tempfile.TemporaryDirectory(prefix="surveydust-catalogue-")
+    parts = TileParts(out_path or Path(scratch.name) / "catalogue.zarr", token)
+    todo = [t for t in tiles if t.index not in parts.done()]
+    logger.info("%d tiles of %d x %d pixels (%d done before), halo %d px, models: %s", len(tiles), tile_size,
+                tile_size, len(tiles) - len(todo), halo, ", ".join(model_name(m["bands"]) for m in metas))
+    with open_client(client, profile=cluster, workers=workers) as c:
+        _run_tiles(c, todo, parts, str(store), halo, [str(p) for p in bundles], cfg, positions, token, progress)
+    attrs = _provenance(mosaic, bundles, metas, cfg, sources)
+    ds = assemble(parts.load_all(), list(mosaic["band"].values), [model_name(m["bands"]) for m in metas], attrs)
+    _log_summary(ds)
+    if out_path is not None:
+        write_catalogue(ds, out_path, overwrite=overwrite)
+        logger.info("wrote %s", out_path)
+    parts.remove()
+    if scratch is not None:
+        scratch.cleanup()
+    if export_to is not None:
+        logger.info("wrote %s", export(ds, export_to, overwrite=overwrite))
+    return ds
+
+
+def _bundle_paths(model: Path | str | list[Path | str] | None) -> list[Path]:
+    paths = [default_bundle_path()] if model is None else \
+        [Path(m) for m in (model if isinstance(model, (list, tuple)) else [model])]
+    for p in paths:
+        if not p.exists():
+            raise FileNotFoundError(f"model bundle {p} does not exist")
+    return paths
+
+
+def _check_bands(mosaic: Any, metas: list[dict[str, Any]], cfg: CatalogueConfig, detecting: bool) -> None:
+    have = set(mosaic["band"].values)
+    need = {b for m in metas for b in m["bands"]} | (set(cfg.detection_bands) if detecting else set())
+    missing = sorted(need - have)
+    if missing:
+        raise ValueError(f"the mosaic store has no band(s) {missing} (it has {sorted(have)}); "
+                         "they are needed by the model(s) or the detection image")
+
+
+def _column(table: Any, names: tuple[str, ...], what: str, required: bool = True) -> np.ndarray | None:
+    lower = {c.lower(): c for c in table.colnames}
+    for name in names:
+        if name in lower:
+            return np.asarray(table[lower[name]])
+    if required:
+        raise ValueError(f"the sources table has no {what} column (looked for {', '.join(names)}; "
+                         f"it has {', '.join(table.colnames[:12])})")
+    return None
+
+
+def _source_positions(sources: Path | str, wcs: Any, mosaic: Any) -> dict[str, np.ndarray]:
+    """Pixel positions of a sources table; the ones off the mosaic's data are dropped with a count."""
+    from astropy.table import Table
+
+    path = Path(sources)
+    if not path.is_file():
+        raise FileNotFoundError(f"sources file {path} does not exist")
+    try:
+        table = Table.read(path, format="ascii.csv" if path.suffix.lower() == ".csv" else None)
+    except Exception as exc:  # astropy raises many types for unreadable tables
+        raise ValueError(f"cannot read sources file {path}: {exc}".splitlines()[0]) from None
+    ra = _column(table, RA_NAMES, "RA").astype(float)
+    dec = _column(table, DEC_NAMES, "Dec").astype(float)
+    ids = _column(table, ID_NAMES, "id", required=False)
+    z = _column(table, Z_NAMES, "redshift", required=False)
+    x, y = wcs.all_world2pix(ra, dec, 0)
+    ny, nx = mosaic.sizes["y"], mosaic.sizes["x"]
+    inside = np.isfinite(x) & np.isfinite(y) & (x > -0.5) & (x < nx - 0.5) & (y > -0.5) & (y < ny - 0.5)
+    xi, yi = np.rint(x[inside]).astype(int), np.rint(y[inside]).astype(int)
+    has_data = np.isfinite(mosaic["sci"].isel(band=0).data.vindex[yi, xi].compute()) if inside.any() else \
+        np.zeros(0, dtype=bool)
+    keep = np.flatnonzero(inside)[has_data]
+    if keep.size < len(table):
+        logger.warning("%d of %d sources fall outside the mosaic's data (off the footprint or on "
+                       "masked pixels); they are not in the catalogue", len(table) - keep.size, len(table))
+    out = {"x": x[keep], "y": y[keep], "row": keep}
+    out["input_id"] = np.asarray(ids[keep]).astype(str) if ids is not None else keep.astype(str)
+    if z is not None:
+        out["z"] = np.asarray(z[keep], dtype=float)
+    return out
+
+
+def _run_tiles(client: Any, todo: list[Tile], parts: TileParts, store: str, halo: int, bundles: list[str],
+               cfg: CatalogueConfig, positions: dict[str, np.ndarray] | None, token: str, progress: bool) -> None:
+    from distributed import as_completed
+
+    if not todo:
+        return
+    gpu = any("GPU" in r for r in worker_resources(client).values())
+    futures = []
+    for tile in todo:
+        mine = None
+        if positions is not None:
+            own = tile.owns(positions["x"], positions["y"])
+            mine = {k: v[own] for k, v in positions.items()}
+        futures.append(client.submit(catalogue_tile, store, tile, halo, bundles, cfg, mine,
+                                     key=f"catalogue-tile-{token[:8]}-{tile.index}", pure=False,
+                                     resources={"GPU": 1} if gpu else None))
+    start, n_sources = time.perf_counter(), 0
+    for i, future in enumerate(as_completed(futures), 1):
+        columns = future.result()
+        index = int(columns.pop("tile_index"))
+        parts.save(index, columns)
+        n_sources += len(columns["x"])
+        if progress:
+            logger.info("tile %d/%d done: %d sources so far (%.0f s)", i, len(todo), n_sources,
+                        time.perf_counter() - start)
+
+
+_PREDICTORS: dict[str, Predictor] = {}
+
+
+def _predictor(path: str) -> Predictor:
+    """The bundle at ``path``, loaded once per worker process."""
+    if path not in _PREDICTORS:
+        _PREDICTORS[path] = load_model(path)
+    return _PREDICTORS[path]
+
+
+def catalogue_tile(store: str, tile: Tile, halo: int, bundles: list[str], cfg: CatalogueConfig,
+                   positions: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Sources, photometry and predictions of one tile (a Dask task on a worker)."""
+    from surveydust.stores.mosaic import mosaic_wcs, open_mosaic
+
+    mosaic = open_mosaic(store)
+    shape = (mosaic.sizes["y"], mosaic.sizes["x"])
+    y0, y1, x0, x1 = tile.with_halo(halo, shape)
+    box = {"y": slice(y0, y1), "x": slice(x0, x1)}
+    with dask.config.set(scheduler="synchronous"):  # read here, not through the cluster
+        sci = mosaic["sci"].isel(box).values.astype(np.float32)
+        err = mosaic["err"].isel(box).values.astype(np.float32)
+    bands = list(mosaic["band"].values)
+    columns: dict[str, np.ndarray] = {}
+    if positions is None:
+        det = [bands.index(b) for b in cfg.detection_bands]
+        x, y, blended = detect(sci[det], err[det], cfg)
+        x, y = x + x0, y + y0
+        own = tile.owns(x, y)
+        x, y, blended = x[own], y[own], blended[own]
+    else:
+        x, y = positions["x"], positions["y"]
+        blended = np.zeros(x.size, dtype=bool)
+        columns.update({k: v for k, v in positions.items() if k in ("input_id", "z")})
+    predictors = [_predictor(p) for p in bundles]
+    size = max(p.crop for p in predictors)
+    stamps = cut_stamps(sci, x - x0, y - y0, size)
+    err_stamps = cut_stamps(err, x - x0, y - y0, size)
+    flux, flux_err = aperture_photometry(stamps, err_stamps, cfg.aperture_arcsec / _pixel_scale(mosaic))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = np.where(flux_err > 0, flux / flux_err, np.nan)
+    flag = _geometry_flags(x, y, size, shape, stamps) | np.where(blended, FLAGS["blended"], 0)
+    ra, dec = mosaic_wcs(mosaic).all_pix2world(x, y, 0)
+    columns.update(ra=ra, dec=dec, x=x, y=y, tile=np.full(x.size, tile.index), flux=flux, flux_err=flux_err,
+                   snr=snr)
+    preds, low = _predict_all(predictors, stamps, snr, bands, cfg.batch_size)
+    columns.update(preds)
+    columns["flag"] = (flag | np.where(low, FLAGS["low_snr"], 0)).astype(np.uint16)
+    columns["tile_index"] = np.array(tile.index)
+    return columns
+
+
+def _pixel_scale(mosaic: Any) -> float:
+    return float(mosaic.attrs["pixel_scale_arcsec"])
+
+
+def _geometry_flags(x: np.ndarray, y: np.ndarray, size: int, shape: tuple[int, int],
+                    stamps: np.ndarray) -> np.ndarray:
+    from surveydust.detect import stamp_origins
+
+    x0, y0 = stamp_origins(x, y, size)
+    edge = (x0 < 0) | (y0 < 0) | (x0 + size > shape[1]) | (y0 + size > shape[0])
+    masked = ~np.isfinite(stamps).all(axis=(1, 2, 3)) & ~edge
+    return np.where(edge, FLAGS["edge"], 0) | np.where(masked, FLAGS["masked"], 0)
+
+
+def _predict_all(predictors: list[Predictor], stamps: np.ndarray, snr: np.ndarray, bands: list[str],
+                 batch_size: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Predictions ``(source, model)`` per output, and the low-SNR flag of the first model."""
+    out: dict[str, list[np.ndarray]] = {}
+    low = np.zeros(len(stamps), dtype=bool)
+    for i, p in enumerate(predictors):
+        idx = [bands.index(b) for b in p.bands]
+        images = np.nan_to_num(stamps[:, idx], nan=0.0)
+        result = p.predict(images, batch_size=batch_size)
+        for name in result.data_vars:
+            out.setdefault(name, []).append(result[name].values)
+        if i == 0:
+            train = TrainingConfig.model_validate(p.meta["training_config"])
+            low = ~(snr[:, bands.index(train.snr_band)] >= train.snr_min) if train.snr_band in bands else low
+    return {k: np.stack(v, axis=1) if v else np.zeros((0, len(predictors))) for k, v in out.items()}, low
+
+
+def _provenance(mosaic: Any, bundles: list[Path], metas: list[dict[str, Any]], cfg: CatalogueConfig,
+                sources: Path | str | None) -> dict[str, Any]:
+    return {
+        "surveydust_version": surveydust.__version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "mosaic_store_id": mosaic.attrs.get("store_id", ""),
+        "field": mosaic.attrs.get("field", ""),
+        "models": [{"name": model_name(m["bands"]), "path": str(p.resolve()), "sha256": m["checksums"]}
+                   for p, m in zip(bundles, metas)],
+        "catalogue_config": cfg.model_dump(mode="json"),
+        "sources_file": str(Path(sources).resolve()) if sources is not None else "",
+        "flag_meanings": ", ".join(f"{v}={k}" for k, v in FLAGS.items()),
+        "pixel_convention": "x, y are 0-based pixel centres of the mosaic",
+    }
+
+
+def _log_summary(ds: Any) -> None:
+    flags = ds["flag"].values
+    counts = ", ".join(f"{name} {int(((flags & bit) > 0).sum())}" for name, bit in FLAGS.items())
+    logger.info("catalogue: %d sources (flags: %s)", ds.sizes["source"], counts)
+
+
+__all__ = ["catalogue_tile", "run_catalogue"]

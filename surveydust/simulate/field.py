@@ -1,0 +1,335 @@
+"""A small JWST-like demo field with known truth: mock galaxies in i2d-style FITS mosaics.
+
+``simulate_field`` draws galaxies from the built-in simulator's population,
+renders each one (one random view, one dust-to-metal ratio drawn from the
+configuration's ``dtm_values``) with the simulator's own imaging code, adds
+the noiseless PSF-convolved stamps into a common rotated TAN pixel grid, adds
+Gaussian noise at the configured survey depth (with a smooth spatial variation,
+like the exposure map of a real mosaic), blanks a NaN border (and a corner
+triangle, like the rotated edge of a real mosaic), and writes
+
+- ``<field>_<band>_i2d.fits`` per band, laid out like the JWST pipeline's i2d
+  products: an empty primary HDU and image extensions ``SCI``, ``ERR`` (MJy/sr)
+  and ``WHT`` (= 1 / ERR^2; 0 where there is no data), float32, with the same
+  celestial WCS in every band;
+- ``<field>_truth.ecsv``, one row per injected galaxy with its position, labels
+  and noiseless total flux per band (nJy).
+
+The field's galaxies come from their own random streams
+(``default_rng([seed, FIELD_STREAM, galaxy])``), so they are never the same
+galaxies as those of a training store simulated with the same seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+from astropy.wcs import WCS
+from scipy.ndimage import distance_transform_edt
+
+import surveydust
+from surveydust.config import SimulationConfig, load_simulation_config
+from surveydust.instrument import pixel_noise_njy, psf_kernel
+from surveydust.physics import kpc_per_arcsec, mjy_per_sr_to_njy, pixel_area_sr, r_v
+from surveydust.simulate.imaging import PSFSet, galaxy_photometry, observe
+from surveydust.simulate.morphology import draw_view, render_maps
+from surveydust.simulate.population import draw_galaxy
+from surveydust.simulate.sed_library import load_sed_library
+
+FIELD_NAME = "demo"
+#: separates the field's random streams from those of training stores with the same seed
+FIELD_STREAM = 0xF1E1D
+#: stamp each galaxy is rendered on unless ``stamp_size`` is overridden [pixels]
+FIELD_STAMP_SIZE = 64
+#: smallest distance of a galaxy centre from the nearest pixel without data [pixels]
+EDGE_MARGIN_PIX = 20.0
+#: smallest separation of two galaxy centres [pixels]
+MIN_SEPARATION_PIX = 24.0
+#: deliberately placed galaxies sit within this distance of a tile boundary [pixels]
+STRADDLE_HALF_WIDTH_PIX = 2.0
+MAX_PLACEMENT_TRIES = 2000
+
+
+@dataclass(frozen=True)
+class FieldFiles:
+    """Files written by :func:`simulate_field`."""
+
+    bands: dict[str, Path]   # band -> <field>_<band>_i2d.fits
+    truth: Path              # <field>_truth.ecsv
+
+
+def field_wcs(shape: tuple[int, int], centre: tuple[float, float], rotation_deg: float,
+              pixel_scale_arcsec: float) -> WCS:
+    """TAN WCS of an ``(ny, nx)`` grid centred on ``centre`` (RA, Dec deg), rotated by
+    ``rotation_deg`` (the CROTA2 angle, written as a PC matrix as in real mosaics)."""
+    ny, nx = shape
+    cdelt = pixel_scale_arcsec / 3600.0
+    rho = np.deg2rad(rotation_deg)
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.cunit = ["deg", "deg"]
+    w.wcs.crval = [float(centre[0]), float(centre[1])]
+    w.wcs.crpix = [(nx + 1) / 2.0, (ny + 1) / 2.0]
+    w.wcs.cdelt = [-cdelt, cdelt]
+    w.wcs.pc = [[np.cos(rho), np.sin(rho)], [-np.sin(rho), np.cos(rho)]]
+    w.wcs.radesys = "ICRS"
+    w.wcs.set()
+    return w
+
+
+def data_mask(shape: tuple[int, int], border_pix: int, corner_cut: float) -> np.ndarray:
+    """True where the mosaic has data: inside ``border_pix`` of the edges and outside a
+    triangle cut off the high-x, high-y corner (legs ``corner_cut`` of each side)."""
+    ny, nx = shape
+    valid = np.zeros(shape, bool)
+    b = int(border_pix)
+    valid[b:ny - b, b:nx - b] = True
+    if corner_cut > 0:
+        y, x = np.ogrid[:ny, :nx]
+        ax, ay = corner_cut * (nx - 2 * b), corner_cut * (ny - 2 * b)
+        valid &= (nx - b - x) / ax + (ny - b - y) / ay >= 1.0
+    return valid
+
+
+def _noise_pattern(shape: tuple[int, int], amplitude: float, rng: np.random.Generator) -> np.ndarray:
+    """A smooth relative depth variation 1 +- ``amplitude`` (low-order sinusoids)."""
+    ny, nx = shape
+    y = np.linspace(0.0, 1.0, ny)[:, None]
+    x = np.linspace(0.0, 1.0, nx)[None, :]
+    kx, ky = rng.uniform(0.6, 1.4, size=2)
+    px, py, pxy = rng.uniform(0, 2 * np.pi, size=3)
+    s = (np.sin(2 * np.pi * kx * x + px) + np.sin(2 * np.pi * ky * y + py)
+         + 0.5 * np.sin(2 * np.pi * (x + y) + pxy))
+    s /= np.abs(s).max()
+    return (1.0 + amplitude * s).astype(np.float32)
+
+
+def _place(n: int, allowed: np.ndarray, tile_pix: int, n_straddle: int,
+           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Galaxy centres (x, y) [0-based pixels] on ``allowed`` pixels, at least
+    MIN_SEPARATION_PIX apart; the first ``n_straddle`` within STRADDLE_HALF_WIDTH_PIX of a
+    tile boundary (between pixels k * tile_pix - 1 and k * tile_pix). Also returns
+    which ones were placed on a boundary."""
+    ny, nx = allowed.shape
+    lines = [(axis, k * tile_pix - 0.5) for axis, size in ((0, nx), (1, ny))
+             for k in range(1, -(-size // tile_pix)) if k * tile_pix < size]
+    n_straddle = min(n_straddle, n) if lines else 0
+    xy: list[tuple[float, float]] = []
+    for i in range(n):
+        for _ in range(MAX_PLACEMENT_TRIES):
+            x, y = rng.uniform(-0.5, nx - 0.5), rng.uniform(-0.5, ny - 0.5)
+            if i < n_straddle:
+                axis, at = lines[int(rng.integers(len(lines)))]
+                offset = rng.uniform(-STRADDLE_HALF_WIDTH_PIX, STRADDLE_HALF_WIDTH_PIX)
+                x, y = (at + offset, y) if axis == 0 else (x, at + offset)
+            if not allowed[int(round(y)), int(round(x))]:
+                continue
+            if xy and np.min(np.hypot(*(np.asarray(xy) - (x, y)).T)) < MIN_SEPARATION_PIX:
+                continue
+            xy.append((x, y))
+            break
+        else:
+            raise ValueError(f"cannot place {n} galaxies at least {MIN_SEPARATION_PIX:g} px apart "
+                             f"and {EDGE_MARGIN_PIX:g} px from the data edge of a {nx}x{ny} field; "
+                             "ask for fewer galaxies or a larger field")
+    placed = np.asarray(xy, float).reshape(-1, 2)
+    return placed, np.arange(n) < n_straddle
+
+
+def _check_outputs(paths: list[Path], overwrite: bool) -> None:
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} already exists; pass overwrite=True to replace it")
+
+
+def _write_atomic(data: fits.HDUList | Table, path: Path) -> None:
+    """Write to a hidden file next to ``path``, then move it into place."""
+    tmp = path.with_name(f".{path.name}.partial")
+    if isinstance(data, Table):
+        data.write(tmp, format="ascii.ecsv", overwrite=True)
+    else:
+        data.writeto(tmp, overwrite=True)
+    os.replace(tmp, path)
+
+
+def simulate_field(
+    out_dir: Path | str,
+    *,
+    n_galaxies: int = 40,
+    shape: tuple[int, int] = (1024, 1024),
+    bands: list[str] | tuple[str, ...] | None = None,
+    seed: int = 0,
+    depth: str | dict[str, float] | None = "ceers",
+    rotation_deg: float = 30.0,
+    centre: tuple[float, float] = (53.16, -27.78),
+    border_pix: int = 40,
+    config: SimulationConfig | Path | str | None = None,
+    field: str = FIELD_NAME,
+    noise_variation: float = 0.2,
+    corner_cut: float = 0.25,
+    tile_pix: int = 256,
+    n_straddle: int = 4,
+    overwrite: bool = False,
+    **sim_overrides: Any,
+) -> FieldFiles:
+    """Write a small JWST-like field of mock z = 6-8 galaxies with known truth.
+
+    Parameters
+    ----------
+    out_dir : folder for ``<field>_<band>_i2d.fits`` and ``<field>_truth.ecsv``.
+    n_galaxies : galaxies injected (one view and one random DTM from ``dtm_values`` each).
+    shape : (ny, nx) of the mosaic, 0.03"/px (``pixel_scale_arcsec`` of the config).
+    bands : NIRCam bands; None: the simulation config's bands.
+    seed : everything (galaxies, positions, noise) follows from it.
+    depth : preset name (``ceers``, ``jades``) or {band: 5-sigma AB mag in 0.1" radius};
+        None: the config's depth.
+    rotation_deg : rotation of the pixel grid on the sky (the CROTA2 angle, written as a
+        PC matrix): north points ``rotation_deg`` from +y towards -x; east is to the left.
+    centre : (RA, Dec) of the field centre [deg].
+    border_pix : width of the NaN (WHT = 0) border.
+    config : simulation config (object, YAML file or None for the defaults);
+        ``sim_overrides`` (e.g. ``redshift_range=(6, 7)``, ``stamp_size=48``) go on top.
+    noise_variation : relative amplitude of the smooth spatial variation of the noise.
+    corner_cut : legs of the NaN triangle cut off one corner, as a fraction of the
+        data width (0: none).
+    tile_pix, n_straddle : ``n_straddle`` galaxies are placed across the boundaries of
+        ``tile_pix`` tiles (the first rows of the truth table, ``on_tile_boundary``).
+    overwrite : replace existing files.
+    """
+    sim_overrides.setdefault("stamp_size", FIELD_STAMP_SIZE)
+    cfg = load_simulation_config(config, seed=seed, n_galaxies=n_galaxies, depth=depth,
+                                 bands=list(bands) if bands is not None else None, **sim_overrides)
+    shape = (int(shape[0]), int(shape[1]))
+    if border_pix < 0 or tile_pix < 1 or n_straddle < 0:
+        raise ValueError("border_pix and n_straddle must be >= 0 and tile_pix >= 1")
+    if not (0 <= noise_variation < 1 and 0 <= corner_cut < 1):
+        raise ValueError("noise_variation and corner_cut must lie in [0, 1)")
+    if min(shape) <= 2 * border_pix + 2 * EDGE_MARGIN_PIX:
+        raise ValueError(f"field shape {shape} leaves no room inside a {border_pix} px border")
+    out_dir = Path(out_dir)
+    paths = {b: out_dir / f"{field}_{b}_i2d.fits" for b in cfg.bands}
+    truth_path = out_dir / f"{field}_truth.ecsv"
+    _check_outputs([*paths.values(), truth_path], overwrite)
+
+    # the grid, where there are data, where galaxies go
+    wcs = field_wcs(shape, centre, rotation_deg, cfg.pixel_scale_arcsec)
+    valid = data_mask(shape, border_pix, corner_cut)
+    edge_dist = distance_transform_edt(np.pad(valid, 1))[1:-1, 1:-1]
+    rng = np.random.default_rng([cfg.seed, FIELD_STREAM])
+    xy, on_boundary = _place(n_galaxies, edge_dist >= EDGE_MARGIN_PIX, tile_pix, n_straddle, rng)
+
+    # noiseless galaxies, rendered by the simulator itself
+    lib = load_sed_library()
+    kernels = np.stack([psf_kernel(b, cfg.pixel_scale_arcsec, cfg.psf, cfg.psf_dir) for b in cfg.bands])
+    n = cfg.stamp_size
+    psfs = PSFSet(kernels, n)
+    depth_mag = cfg.depth_mag()
+    sigma = np.array([pixel_noise_njy(depth_mag[b], cfg.pixel_scale_arcsec) for b in cfg.bands])
+    n_band = len(cfg.bands)
+    image = np.zeros((n_band, *shape), np.float32)
+    rows: list[dict[str, Any]] = []
+    for g, ((x, y), straddles) in enumerate(zip(xy, on_boundary)):
+        grng = np.random.default_rng([cfg.seed, FIELD_STREAM, g])
+        gal = draw_galaxy(grng, cfg, lib)
+        phot = galaxy_photometry(gal, cfg, lib)
+        dtm = float(grng.choice(np.asarray(cfg.dtm_values)))
+        # the stamp's centre sits at (n - 1) / 2 + offset: an integer origin plus a sub-pixel offset
+        x0, y0 = (int(np.floor(c - (n - 1) / 2.0 + 0.5)) for c in (x, y))
+        view = dataclasses.replace(draw_view(grng), offset_pix=(y - y0 - (n - 1) / 2.0,
+                                                                x - x0 - (n - 1) / 2.0))
+        pix_kpc = cfg.pixel_scale_arcsec * kpc_per_arcsec(gal.redshift)
+        maps = render_maps(gal, view, n, pix_kpc, cfg.oversample)
+        obs = observe(maps, phot, gal, dtm, cfg, psfs, sigma, grng, noise=False)
+        stamp = obs.image.astype(np.float64)
+        ys, xs = slice(max(y0, 0), min(y0 + n, shape[0])), slice(max(x0, 0), min(x0 + n, shape[1]))
+        image[:, ys, xs] += obs.image[:, ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+        light = stamp.sum(axis=0)
+        yy, xx = np.indices(light.shape)
+        xc, yc = x0 + (xx * light).sum() / light.sum(), y0 + (yy * light).sum() / light.sum()
+        (ra, rac), (dec, decc) = wcs.pixel_to_world_values([x, xc], [y, yc])
+        rows.append({
+            "id": g, "ra": float(ra), "dec": float(dec), "x": float(x), "y": float(y),
+            "x_centroid": float(xc), "y_centroid": float(yc),
+            "ra_centroid": float(rac), "dec_centroid": float(decc),
+            "on_tile_boundary": bool(straddles),
+            "redshift": gal.redshift, "A_V": obs.a_v, "EBV": obs.ebv,
+            "R_V": float(r_v(obs.a_v, obs.ebv)), "log_ssfr": gal.log_ssfr, "dtm": dtm,
+            "log_mstar": gal.log_mstar, "log_sfr": gal.log_sfr, "r_eff_kpc": gal.r_eff_kpc,
+            "inclination_deg": float(np.rad2deg(view.inclination)),
+            **{f"flux_{b}": float(stamp[i].sum()) for i, b in enumerate(cfg.bands)},
+        })
+
+    # noise, units, blanking, files
+    pixar = pixel_area_sr(cfg.pixel_scale_arcsec)
+    njy_per_mjysr = float(mjy_per_sr_to_njy(1.0, pixar))
+    relative = _noise_pattern(shape, noise_variation, rng)
+    header = wcs.to_header()
+    primary = fits.Header()
+    primary.update({"TELESCOP": ("JWST", "simulated"), "INSTRUME": "NIRCAM", "TARGNAME": field,
+                    "ORIGIN": "surveydust", "SDVERS": (surveydust.__version__, "surveydust version"),
+                    "SIMSEED": (cfg.seed, "simulate_field seed"),
+                    "NGAL": (n_galaxies, "injected galaxies"),
+                    "DEPTH": (cfg.depth if isinstance(cfg.depth, str) else "custom", "noise depth preset")})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, band in enumerate(cfg.bands):
+        err_njy = (sigma[i] * relative).astype(np.float32)
+        noise = rng.standard_normal(shape, dtype=np.float32) * err_njy
+        sci = ((image[i] + noise) / njy_per_mjysr).astype(np.float32)
+        err = (err_njy / njy_per_mjysr).astype(np.float32)
+        wht = (1.0 / err.astype(np.float64) ** 2).astype(np.float32)
+        sci[~valid], err[~valid], wht[~valid] = np.nan, np.nan, 0.0
+        ext = header.copy()
+        ext.update({"BUNIT": "MJy/sr", "PIXAR_SR": (pixar, "nominal pixel area [sr]"),
+                    "PIXAR_A2": (cfg.pixel_scale_arcsec**2, "nominal pixel area [arcsec^2]"),
+                    "FILTER": band})
+        phdr = primary.copy()
+        phdr.update({"FILTER": band, "PUPIL": "CLEAR",
+                     "NOISENJY": (float(sigma[i]), "nominal per-pixel noise sigma [nJy]")})
+        wht_hdr = header.copy()
+        wht_hdr["FILTER"] = band
+        wht_hdr.add_comment("WHT = 1 / ERR^2 [(MJy/sr)^-2]; 0 where there are no data")
+        hdul = fits.HDUList([fits.PrimaryHDU(header=phdr),
+                             fits.ImageHDU(sci, header=ext, name="SCI"),
+                             fits.ImageHDU(err, header=ext, name="ERR"),
+                             fits.ImageHDU(wht, header=wht_hdr, name="WHT")])
+        _write_atomic(hdul, paths[band])
+
+    truth = Table(rows=rows)
+    units = {"ra": "deg", "dec": "deg", "x": "pix", "y": "pix", "x_centroid": "pix",
+             "y_centroid": "pix", "ra_centroid": "deg", "dec_centroid": "deg", "A_V": "mag",
+             "EBV": "mag", "log_ssfr": "dex(1/yr)",
+             "log_mstar": "dex(solMass)", "log_sfr": "dex(solMass/yr)", "r_eff_kpc": "kpc",
+             "inclination_deg": "deg", **{f"flux_{b}": "nJy" for b in cfg.bands}}
+    descriptions = {
+        "x": "galaxy centre, 0-based pixel (x) in the mosaic", "y": "galaxy centre, 0-based pixel (y)",
+        "ra": "ICRS RA of (x, y)", "dec": "ICRS Dec of (x, y)",
+        "x_centroid": "light-weighted centroid of the noiseless image (all bands)",
+        "y_centroid": "light-weighted centroid of the noiseless image (all bands)",
+        "ra_centroid": "ICRS RA of the light-weighted centroid",
+        "dec_centroid": "ICRS Dec of the light-weighted centroid",
+        "on_tile_boundary": f"placed across a boundary of {tile_pix} px tiles",
+        "A_V": "from integrated attenuated vs intrinsic light at 5500 A rest",
+        "EBV": "from integrated light at 4400 and 5500 A rest", "R_V": "A_V / E(B-V); NaN without reddening",
+        "log_ssfr": "100 Myr SFR over stellar mass", "dtm": "dust-to-metal ratio",
+        **{f"flux_{b}": f"noiseless total {b} flux (PSF-convolved stamp)" for b in cfg.bands},
+    }
+    for name, col in truth.columns.items():
+        if name in units:
+            col.unit = units[name]
+        if name in descriptions:
+            col.description = descriptions[name]
+    truth.meta.update({"field": field, "seed": cfg.seed, "shape": list(shape),
+                       "pixel_scale_arcsec": cfg.pixel_scale_arcsec, "bands": list(cfg.bands),
+                       "depth_mag": depth_mag, "noise_sigma_njy": dict(zip(cfg.bands, sigma.tolist())),
+                       "rotation_deg": float(rotation_deg), "centre": [float(c) for c in centre],
+                       "border_pix": int(border_pix), "tile_pix": int(tile_pix),
+                       "simulation_config": cfg.to_json(), "surveydust_version": surveydust.__version__})
+    _write_atomic(truth, truth_path)
+    return FieldFiles(bands=paths, truth=truth_path)

@@ -1,0 +1,140 @@
+"""Bulk inference on a mosaic store: the demo field end to end on a real LocalCluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from astropy.table import Table
+
+from conftest import kill_worker_running
+from surveydust.catalogue import open_catalogue
+from surveydust.demo import make_demo_field, match_truth
+from surveydust.infer import run_catalogue
+from surveydust.stores.mosaic import open_mosaic
+
+SIZE = 640  # 3 x 3 tiles of 256 px (the demo's chunks)
+
+
+@pytest.fixture(scope="module")
+def field(tmp_path_factory, client) -> tuple[Path, Path]:
+    return make_demo_field(tmp_path_factory.mktemp("field"), n_galaxies=30, size=SIZE, seed=3, client=client,
+                           progress=False)
+
+
+@pytest.fixture(scope="module")
+def reference(field, tmp_path_factory, client) -> xr.Dataset:
+    out = tmp_path_factory.mktemp("ref") / "cat.zarr"
+    run_catalogue(field[0], out, client=client, progress=False)
+    return open_catalogue(out)
+
+
+def _same(a: xr.Dataset, b: xr.Dataset) -> None:
+    assert a.sizes == b.sizes
+    for name in a.data_vars:
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+
+
+def test_catalogue_recovers_injected_galaxies_once(field, reference) -> None:
+    store, truth = field
+    match = match_truth(reference, truth)
+    assert match["matched"] >= 15 and match["median_sep_arcsec"] < 0.05, match
+    assert match["spurious"] <= 3, match
+    positions = np.round(np.stack([reference["x"].values, reference["y"].values], axis=1), 1)
+    assert len(np.unique(positions, axis=0)) == reference.sizes["source"]  # no source twice
+    assert len(set(reference["tile"].values)) > 3
+    # galaxies placed on tile boundaries are found once, by one tile
+    on_edge = Table.read(truth)
+    on_edge = on_edge[on_edge["on_tile_boundary"]]
+    sep = np.hypot(reference["x"].values[:, None] - np.asarray(on_edge["x_centroid"])[None],
+                   reference["y"].values[:, None] - np.asarray(on_edge["y_centroid"])[None])
+    found = (sep < 3.3).sum(axis=0)
+    assert found.max() == 1 and found.sum() >= 2
+    # nothing detected where the mosaic has no data
+    sci = open_mosaic(store)["sci"].sel(band="F277W").values
+    xi, yi = np.rint(reference["x"].values).astype(int), np.rint(reference["y"].values).astype(int)
+    assert np.isfinite(sci[yi, xi]).all()
+    good = reference["flag"].values == 0
+    for name in ("A_V", "A_V_err", "EBV", "EBV_err", "log_ssfr", "log_ssfr_err"):
+        assert np.isfinite(reference[name].values[good]).all(), name
+    assert (reference["A_V_err"].values[good] > 0).all()
+
+
+def test_export_opens_in_astropy(reference, tmp_path: Path) -> None:
+    from surveydust.catalogue import export
+
+    for suffix in (".fits", ".ecsv"):
+        table = Table.read(export(reference, tmp_path / f"cat{suffix}"))
+        assert len(table) == reference.sizes["source"]
+        assert {"ra", "dec", "A_V", "A_V_err", "flux_F277W", "flag"} <= set(table.colnames)
+        assert str(table["ra"].unit) == "deg"
+    with pytest.raises(ValueError, match=".fits or .ecsv"):
+        export(reference, tmp_path / "cat.txt")
+
+
+def test_sources_mode_counts_positions_off_the_mosaic(field, tmp_path: Path, client, caplog) -> None:
+    store, truth = field
+    truth = Table.read(truth)
+    rows = Table({"ra": np.r_[truth["ra_centroid"][:5], 150.1, 53.0],
+                  "dec": np.r_[truth["dec_centroid"][:5], 2.2, -27.0],
+                  "z": np.r_[truth["redshift"][:5], 7.0, 6.5]})
+    sources = tmp_path / "dja.csv"
+    rows.write(sources, format="ascii.csv")
+    with caplog.at_level(logging.WARNING, logger="surveydust"):
+        cat = run_catalogue(store, client=client, sources=sources, progress=False)
+    assert "2 of 7 sources fall outside" in caplog.text
+    assert cat.sizes["source"] == 5
+    order = np.argsort(cat["input_id"].values.astype(int))
+    np.testing.assert_allclose(cat["z"].values[order], truth["redshift"][:5])
+    np.testing.assert_allclose(cat["ra"].values[order], truth["ra_centroid"][:5], atol=1e-9)
+
+
+def test_bad_input_is_a_clear_error(field, tmp_path: Path, client) -> None:
+    store, _ = field
+    bad = tmp_path / "bad.csv"
+    bad.write_text("alpha,beta\n1,2\n")
+    with pytest.raises(ValueError, match="no RA column"):
+        run_catalogue(store, client=client, sources=bad, progress=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_catalogue(store, client=client, model=tmp_path / "nomodel", progress=False)
+    with pytest.raises(ValueError, match=r"no band\(s\) \['F090W'\]"):
+        run_catalogue(store, client=client, detection_bands=["F090W"], progress=False)
+
+
+def test_killed_worker_gives_the_same_catalogue(field, reference, tmp_path: Path) -> None:
+    from surveydust.cluster import get_client
+
+    with get_client("local", workers=2) as c:
+        killer = kill_worker_running(c, "catalogue-tile-", delay_s=0.5)
+        run_catalogue(field[0], tmp_path / "cat.zarr", client=c, progress=False)
+        assert killer.result(timeout=60)
+    _same(open_catalogue(tmp_path / "cat.zarr"), reference)
+
+
+def test_interrupted_run_resumes_to_the_same_catalogue(field, reference, tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("surveydust")
+    out = tmp_path / "cat.zarr"
+    args = [str(exe), "run-catalogue", str(field[0]), "--out", str(out), "--workers", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    parts = tmp_path / ".cat.zarr.parts"
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list(parts.glob("tile-*.npz"))) < 2 and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    kept = len(list(parts.glob("tile-*.npz")))
+    assert 2 <= kept < 9 and not out.exists()
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"({kept} done before)" in again.stderr
+    _same(open_catalogue(out), reference)
+    assert not parts.exists()
