@@ -117,8 +117,8 @@ def to_table(ds: xr.Dataset) -> Any:
     """Flatten the catalogue into an astropy Table (one column per band / model value).
 
     Per-band columns are named ``flux_F277W``; with one model, predictions keep
-    their names (``A_V``), with several they get the model as a suffix
-    (``A_V_F277W+F356W+F444W``).
+    their names (``A_V``), with several they get the model's bands as a suffix
+    (``A_V_F277W_F356W_F444W``).
     """
     from astropy.table import Table
 
@@ -126,7 +126,8 @@ def to_table(ds: xr.Dataset) -> Any:
     models = list(ds["model"].values)
     for name, var in ds.data_vars.items():
         columns = [(name, var.values)] if var.dims == ("source",) else [
-            (name if var.dims[1] == "model" and len(models) == 1 else f"{name}_{label}", var.values[:, i])
+            (name if var.dims[1] == "model" and len(models) == 1 else f"{name}_{label.replace('+', '_')}",
+             var.values[:, i])
             for i, label in enumerate(ds[var.dims[1]].values)]
         for col, values in columns:
             table[col] = values

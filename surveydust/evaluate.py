@@ -30,7 +30,6 @@ import logging
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +44,8 @@ from scipy.ndimage import gaussian_filter  # noqa: E402
 
 from surveydust.bundle import MIN_EBV_FOR_RV, Predictor, load_model  # noqa: E402
 from surveydust.config import TrainingConfig, load_training_config  # noqa: E402
-from surveydust.instrument import circular_aperture  # noqa: E402
 from surveydust.physics import r_v  # noqa: E402
-from surveydust.preprocess import NORM_APERTURE_PIX, NORM_FLOOR_NJY, crop_centre, select_samples  # noqa: E402
+from surveydust.preprocess import NORM_APERTURE_PIX, colour_features, select_samples  # noqa: E402
 from surveydust.stores.training import open_training_store  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -263,20 +261,6 @@ def _warn_if_samples_differ(results: dict[str, xr.Dataset]) -> None:
 
 
 # ---------------------------------------------------------------- baseline
-
-
-def colour_features(images: np.ndarray, crop: int, radius_pix: float) -> np.ndarray:
-    """Integrated photometry of images ``(n, band, y, x)`` [nJy].
-
-    Columns: log10 of the flux [nJy] inside a central ``radius_pix`` aperture
-    of the ``crop`` x ``crop`` centre, per band (floored at 1 nJy), then the
-    colours [mag] ``-2.5 log10(f_i / f_j)`` of every band pair ``i < j``.
-    """
-    cut = crop_centre(np.asarray(images, dtype=np.float64), crop)
-    mask = circular_aperture(crop, radius_pix)
-    log_flux = np.log10(np.maximum(cut[:, :, mask].sum(axis=-1), NORM_FLOOR_NJY))
-    colours = [-2.5 * (log_flux[:, i] - log_flux[:, j]) for i, j in combinations(range(log_flux.shape[1]), 2)]
-    return np.column_stack([log_flux, *colours])
 
 
 def _aperture_radius_pix(ds: xr.Dataset) -> float:

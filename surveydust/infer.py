@@ -28,7 +28,7 @@ from surveydust.catalogue import TileParts, assemble, export, write_catalogue
 from surveydust.cluster import open_client, worker_resources
 from surveydust.config import CatalogueConfig, TrainingConfig, load_catalogue_config
 from surveydust.detect import FLAGS, Tile, aperture_photometry, cut_stamps, detect, make_tiles
-from surveydust.evaluate import model_name
+from surveydust.preprocess import ood_score
 
 logger = logging.getLogger(__name__)
 
@@ -94,11 +94,11 @@ def run_catalogue(
     parts = TileParts(out_path or Path(scratch.name) / "catalogue.zarr", token)
     todo = [t for t in tiles if t.index not in parts.done()]
     logger.info("%d tiles of %d x %d pixels (%d done before), halo %d px, models: %s", len(tiles), tile_size,
-                tile_size, len(tiles) - len(todo), halo, ", ".join(model_name(m["bands"]) for m in metas))
+                tile_size, len(tiles) - len(todo), halo, ", ".join(_name(m) for m in metas))
     with open_client(client, profile=cluster, workers=workers) as c:
         _run_tiles(c, todo, parts, str(store), halo, [str(p) for p in bundles], cfg, positions, token, progress)
     attrs = _provenance(mosaic, bundles, metas, cfg, sources)
-    ds = assemble(parts.load_all(), list(mosaic["band"].values), [model_name(m["bands"]) for m in metas], attrs)
+    ds = assemble(parts.load_all(), list(mosaic["band"].values), [_name(m) for m in metas], attrs)
     _log_summary(ds)
     if out_path is not None:
         write_catalogue(ds, out_path, overwrite=overwrite)
@@ -109,6 +109,11 @@ def run_catalogue(
     if export_to is not None:
         logger.info("wrote %s", export(ds, export_to, overwrite=overwrite))
     return ds
+
+
+def _name(meta: dict[str, Any]) -> str:
+    """A model's name in the catalogue: its bands, e.g. ``F277W+F356W+F444W``."""
+    return "+".join(meta["bands"])
 
 
 def _bundle_paths(model: Path | str | list[Path | str] | None) -> list[Path]:
@@ -244,9 +249,9 @@ def catalogue_tile(store: str, tile: Tile, halo: int, bundles: list[str], cfg: C
     ra, dec = mosaic_wcs(mosaic).all_pix2world(x, y, 0)
     columns.update(ra=ra, dec=dec, x=x, y=y, tile=np.full(x.size, tile.index), flux=flux, flux_err=flux_err,
                    snr=snr)
-    preds, low = _predict_all(predictors, stamps, snr, bands, cfg.batch_size)
+    preds, model_flags = _predict_all(predictors, stamps, snr, bands, cfg)
     columns.update(preds)
-    columns["flag"] = (flag | np.where(low, FLAGS["low_snr"], 0)).astype(np.uint16)
+    columns["flag"] = (flag | model_flags).astype(np.uint16)
     columns["tile_index"] = np.array(tile.index)
     return columns
 
@@ -266,20 +271,25 @@ def _geometry_flags(x: np.ndarray, y: np.ndarray, size: int, shape: tuple[int, i
 
 
 def _predict_all(predictors: list[Predictor], stamps: np.ndarray, snr: np.ndarray, bands: list[str],
-                 batch_size: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Predictions ``(source, model)`` per output, and the low-SNR flag of the first model."""
+                 cfg: CatalogueConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Predictions and OOD scores ``(source, model)``, and flags (low SNR for the first
+    model's selection, out of distribution for any model)."""
     out: dict[str, list[np.ndarray]] = {}
-    low = np.zeros(len(stamps), dtype=bool)
+    flag = np.zeros(len(stamps), dtype=np.uint16)
     for i, p in enumerate(predictors):
-        idx = [bands.index(b) for b in p.bands]
-        images = np.nan_to_num(stamps[:, idx], nan=0.0)
-        result = p.predict(images, batch_size=batch_size)
+        images = np.nan_to_num(stamps[:, [bands.index(b) for b in p.bands]], nan=0.0)
+        result = p.predict(images, batch_size=cfg.batch_size)
         for name in result.data_vars:
             out.setdefault(name, []).append(result[name].values)
-        if i == 0:
-            train = TrainingConfig.model_validate(p.meta["training_config"])
-            low = ~(snr[:, bands.index(train.snr_band)] >= train.snr_min) if train.snr_band in bands else low
-    return {k: np.stack(v, axis=1) if v else np.zeros((0, len(predictors))) for k, v in out.items()}, low
+        stats = p.meta.get("ood")
+        ood = ood_score(images, p.crop, stats) if stats else np.full(len(images), np.nan)
+        out.setdefault("ood", []).append(ood.astype(np.float32))
+        flag |= np.where(ood > cfg.ood_sigma, FLAGS["out_of_distribution"], 0).astype(np.uint16)
+        train = TrainingConfig.model_validate(p.meta["training_config"])
+        if i == 0 and train.snr_band in bands:
+            low = ~(snr[:, bands.index(train.snr_band)] >= train.snr_min)
+            flag |= np.where(low, FLAGS["low_snr"], 0).astype(np.uint16)
+    return {k: np.stack(v, axis=1) for k, v in out.items()}, flag
 
 
 def _provenance(mosaic: Any, bundles: list[Path], metas: list[dict[str, Any]], cfg: CatalogueConfig,
@@ -289,7 +299,7 @@ def _provenance(mosaic: Any, bundles: list[Path], metas: list[dict[str, Any]], c
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "mosaic_store_id": mosaic.attrs.get("store_id", ""),
         "field": mosaic.attrs.get("field", ""),
-        "models": [{"name": model_name(m["bands"]), "path": str(p.resolve()), "sha256": m["checksums"]}
+        "models": [{"name": _name(m), "path": str(p.resolve()), "sha256": m["checksums"]}
                    for p, m in zip(bundles, metas)],
         "catalogue_config": cfg.model_dump(mode="json"),
         "sources_file": str(Path(sources).resolve()) if sources is not None else "",

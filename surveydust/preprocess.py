@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from itertools import combinations
 
 import numpy as np
 import xarray as xr
@@ -111,3 +112,40 @@ def split_by_galaxy(galaxy_id: np.ndarray, selected: np.ndarray, cfg: TrainingCo
         test_galaxies=test_g,
         validation_galaxies=val_g,
     )
+
+
+def colour_features(images: np.ndarray, crop: int, radius_pix: float) -> np.ndarray:
+    """Integrated photometry of images ``(n, band, y, x)`` [nJy].
+
+    Columns: log10 of the flux [nJy] inside a central ``radius_pix`` aperture
+    of the ``crop`` x ``crop`` centre, per band (floored at 1 nJy), then the
+    colours [mag] ``-2.5 log10(f_i / f_j)`` of every band pair ``i < j``.
+    """
+    cut = crop_centre(np.asarray(images, dtype=np.float64), crop)
+    mask = circular_aperture(crop, radius_pix)
+    log_flux = np.log10(np.maximum(cut[:, :, mask].sum(axis=-1), NORM_FLOOR_NJY))
+    colours = [-2.5 * (log_flux[:, i] - log_flux[:, j]) for i, j in combinations(range(log_flux.shape[1]), 2)]
+    return np.column_stack([log_flux, *colours])
+
+
+def feature_stats(images: np.ndarray, crop: int) -> dict[str, list]:
+    """Mean and covariance of the log10 aperture fluxes of training images ``(n, band, y, x)``.
+
+    Stored in model bundles (``ood``) to score how far a new stamp is from
+    the training set (:func:`ood_score`).
+    """
+    logf = colour_features(images, crop, NORM_APERTURE_PIX)[:, : images.shape[1]]
+    cov = np.atleast_2d(np.cov(logf, rowvar=False))
+    return {"mean": logf.mean(axis=0).tolist(), "cov": cov.tolist(), "aperture_pix": NORM_APERTURE_PIX}
+
+
+def ood_score(images: np.ndarray, crop: int, stats: dict[str, list]) -> np.ndarray:
+    """Mahalanobis distance of images' log10 aperture fluxes from the training set's (``stats``).
+
+    About 1-3 for stamps like the training set; large for ones unlike any of
+    it (much brighter or fainter, or with colours it never had).
+    """
+    logf = colour_features(images, crop, float(stats["aperture_pix"]))[:, : images.shape[1]]
+    d = logf - np.asarray(stats["mean"])
+    inv = np.linalg.pinv(np.atleast_2d(np.asarray(stats["cov"])))
+    return np.sqrt(np.einsum("ni,ij,nj->n", d, inv, d))

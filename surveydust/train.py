@@ -21,7 +21,7 @@ from surveydust.augment import augment_store
 from surveydust.bundle import save_bundle
 from surveydust.cluster import open_client, worker_resources
 from surveydust.config import TrainingConfig, load_training_config
-from surveydust.preprocess import Split, network_inputs, select_samples, split_by_galaxy
+from surveydust.preprocess import Split, feature_stats, network_inputs, select_samples, split_by_galaxy
 from surveydust.stores.training import check_output_path, open_training_store, replace_atomically
 
 logger = logging.getLogger(__name__)
@@ -90,10 +90,11 @@ def prepare_training(store: Path | str, cfg: TrainingConfig) -> tuple[Split, dic
     return split, meta
 
 
-def _arrays(ds: Any, cfg: TrainingConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _arrays(ds: Any, cfg: TrainingConfig) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, list]]:
+    """Network inputs, labels and the feature statistics (for out-of-distribution scores)."""
     images = ds["image"].sel(band=list(cfg.bands)).values
     labels = np.stack([ds[t].values.astype(np.float64) for t in cfg.targets], axis=1)
-    return network_inputs(images, cfg.bands, cfg.crop), labels
+    return network_inputs(images, cfg.bands, cfg.crop), labels, feature_stats(images, cfg.crop)
 
 
 def _print_epoch(event: tuple[float, dict[str, Any]]) -> None:
@@ -133,8 +134,8 @@ def fit_bundle(train_store: str, store: str, validation: np.ndarray, cfg: Traini
 
     keras.utils.set_random_seed(cfg.seed)
     with dask.config.set(scheduler="synchronous"):  # read on this worker, not through the cluster
-        x, y = _arrays(open_training_store(train_store), cfg)
-        xv, yv = _arrays(open_training_store(store).isel(sample=validation), cfg)
+        x, y, ood = _arrays(open_training_store(train_store), cfg)
+        xv, yv, _ = _arrays(open_training_store(store).isel(sample=validation), cfg)
     if cfg.loss == "gaussian_nll":
         mean, std = y.mean(axis=0), np.maximum(y.std(axis=0), 1e-6)
     else:
@@ -150,7 +151,7 @@ def fit_bundle(train_store: str, store: str, validation: np.ndarray, cfg: Traini
     meta = {**meta,
             "target_scaling": {t: [float(mean[i]), float(std[i])] for i, t in enumerate(cfg.targets)},
             "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
-            "epochs_run": len(history.history["loss"]), "n_train_augmented": int(len(y))}
+            "epochs_run": len(history.history["loss"]), "n_train_augmented": int(len(y)), "ood": ood}
     inference = build_model(cfg.bands, cfg.crop, len(cfg.targets), cfg.model, cfg.loss)
     inference.set_weights(model.get_weights())  # uncompiled: no optimizer state in the bundle
     save_bundle(inference, Path(out), meta)

@@ -14,14 +14,13 @@ from surveydust.evaluate import (
     BASELINE,
     METRICS,
     TARGETS,
-    colour_features,
     density_levels,
     evaluate,
     model_name,
     residual_metrics,
     slug,
 )
-from surveydust.preprocess import network_inputs, select_samples, split_by_galaxy
+from surveydust.preprocess import colour_features, network_inputs, select_samples, split_by_galaxy
 from surveydust.stores.training import open_training_store
 
 BANDS_1 = ("F277W",)

@@ -66,6 +66,8 @@ def test_catalogue_recovers_injected_galaxies_once(field, reference) -> None:
     for name in ("A_V", "A_V_err", "EBV", "EBV_err", "log_ssfr", "log_ssfr_err"):
         assert np.isfinite(reference[name].values[good]).all(), name
     assert (reference["A_V_err"].values[good] > 0).all()
+    ood = reference["ood"].values
+    assert np.isfinite(ood).all() and np.median(ood) < 3.0  # the demo field looks like the training set
 
 
 def test_export_opens_in_astropy(reference, tmp_path: Path) -> None:

@@ -70,3 +70,17 @@ def test_normalisation_keeps_colours() -> None:
         np.testing.assert_allclose(out[f"band_{b}"].sum(axis=(1, 2, 3)), frac * n_ap, rtol=1e-6)
     with pytest.raises(ValueError, match="larger than"):
         crop_centre(images, 64)
+
+
+def test_ood_score_is_small_for_training_like_stamps_and_large_for_others() -> None:
+    from surveydust.preprocess import feature_stats, ood_score
+
+    rng = np.random.default_rng(0)
+    base = rng.lognormal(0.0, 0.5, size=(400, 3, 1, 1)) * np.ones((1, 1, 32, 32))
+    images = base * (1.0 + 0.1 * rng.normal(size=(400, 3, 1, 1)))
+    stats = feature_stats(images, 32)
+    typical = ood_score(images[:100], 32, stats)
+    assert np.median(typical) < 2.5
+    odd = images[:5].copy()
+    odd[:, 0] *= 1000.0  # one band far brighter than anything seen: a colour never trained on
+    assert (ood_score(odd, 32, stats) > 10).all()

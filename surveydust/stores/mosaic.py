@@ -18,15 +18,18 @@ error is known (from ERR, or 1/sqrt(WHT)) and is not finite and > 0 (JWST
 pipeline mosaics set ERR = 0 and WHT = 0 outside the coverage). Without ERR
 and WHT, ``err`` is all NaN.
 
-Input images are read block by block in Dask tasks (FITS memmap, one block of
-one band per task) and written to a hidden temporary sibling of the output,
-which is moved into place only when complete, so no process ever holds a whole
-band and an interrupted ingest leaves nothing that looks finished.
+Input images are read block by block in Dask tasks (one block of one band per
+task: a numpy memmap at the data offset found once in the header, so no header
+is parsed per block; scaled or tile-compressed images through astropy's
+``hdu.section``) and written to a hidden temporary sibling of the output, which
+is moved into place only when complete: no process ever holds a whole band, and
+an interrupted ingest leaves nothing that looks finished.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -153,8 +156,9 @@ def ingest_mosaic(
     ValueError for unknown bands, missing ``SCI``, unsupported units, bands on
     different pixel grids and other unusable input.
     """
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < MIN_CHUNK:
+    if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < MIN_CHUNK:
         raise ValueError(f"chunk must be an integer >= {MIN_CHUNK} pixels, got {chunk!r}")
+    chunk = int(chunk)
     out = check_output_path(out, overwrite)
     sources = resolve_bands(bands)
     check_common_grid(sources)
@@ -162,7 +166,7 @@ def ingest_mosaic(
     inputs = {s.band: _input_record(s) for s in sources}
     ds.attrs.update(
         field=str(field) if field is not None else (out.stem or out.name),
-        wcs_header=sources[0].wcs.to_header_string(),
+        wcs_header=sources[0].wcs.to_header_string(relax=True),  # relax: keeps SIP terms if any
         pixel_scale_arcsec=_pixel_scale_arcsec(sources[0].wcs),
         shape=list(sources[0].shape),
         units="nJy",
@@ -258,7 +262,9 @@ def _existing(band: str, role: str, path: Any) -> Path | None:
 
 def _open(band: str, path: Path) -> fits.HDUList:
     try:
-        return fits.open(path, memmap=True, lazy_load_hdus=False)
+        with warnings.catch_warnings():  # truncation is reported by _plane, as one line
+            warnings.filterwarnings("ignore", message="File may have been truncated")
+            return fits.open(path, memmap=True, lazy_load_hdus=False)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{band}: {path.name} is not a readable FITS file ({exc})") from None
 
@@ -519,7 +525,7 @@ def _read_into(out: np.ndarray, plane: Plane, ys: slice, xs: slice) -> np.ndarra
         raw = np.memmap(plane.path, dtype=plane.dtype, mode="r", offset=plane.offset, shape=plane.shape)
         np.copyto(out, raw[ys, xs], casting="unsafe")
         return out
-    with fits.open(plane.path, memmap=True, lazy_load_hdus=True) as hdul:
+    with fits.open(plane.path, memmap=False, lazy_load_hdus=True) as hdul:  # section reads only the block
         np.copyto(out, hdul[plane.hdu].section[ys, xs], casting="unsafe")
     return out
 
