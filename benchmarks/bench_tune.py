@@ -28,8 +28,10 @@ networks. From the trial table (``start``/``end`` measured on the worker):
 * busy = sum of in-task times / (wall * workers); max par = most trials seen
   running at once; cores = CPU seconds of all worker processes (every thread,
   ``time.process_time`` on each worker) / wall: how many of the machine's cores
-  the trials kept busy. A single worker whose TensorFlow already uses most
-  cores leaves little for a second worker on the same machine.
+  the trials kept busy, and CPU s/trial = those CPU seconds / N (the work of
+  a trial, whatever else the machine is doing). A worker whose TensorFlow
+  already uses most cores leaves little for a second worker on the same
+  machine; other processes on the machine show as cores well below workers.
 
 Run:  .venv/bin/python benchmarks/bench_tune.py [--trials N] [--galaxies G]
 """
@@ -90,7 +92,7 @@ def bench(store: Path, out: Path, workers: int, trials: int) -> dict:
     return {"workers": workers, "startup": startup, "warmup": warmup, "wall": wall, "n": len(timed),
             "per_hour": len(timed) / wall * 3600, "in_task": in_task.mean(),
             "overhead": (wall * workers - in_task.sum()) / len(timed),
-            "busy": in_task.sum() / (wall * workers), "cores": cpu / wall,
+            "busy": in_task.sum() / (wall * workers), "cores": cpu / wall, "cpu": cpu / len(timed),
             "states": states, "epochs": float(np.mean(timed["epochs"])),
             "overlap": _max_overlap(timed)}
 
@@ -130,15 +132,15 @@ def main() -> None:
     print(f"timed: a resumed tune() of {args.trials} new trials after cluster start-up and a warm-up "
           f"tune() of {WARMUP_TRIALS} trials\n  (augmented split written, TensorFlow loaded on every worker); "
           "overhead/trial = (wall x workers - sum in-task) / trials;\n"
-          "  cores = worker-process CPU seconds / wall (all threads)\n")
+          "  cores = worker-process CPU seconds (all threads) / wall; CPU s/trial = the same / trials\n")
     print(f"{'workers':>7}{'startup s':>11}{'warm-up s':>11}{'timed s':>9}{'trials/h':>10}{'ratio':>7}"
-          f"{'in-task s':>11}{'overhead s':>12}{'busy':>6}{'max par':>9}{'cores':>7}  states")
+          f"{'in-task s':>11}{'overhead s':>12}{'busy':>6}{'max par':>9}{'cores':>7}{'CPU s/trial':>13}  states")
     base = results[0]["per_hour"]
     for r in results:
         states = ", ".join(f"{n} {s}" for s, n in r["states"].items())
         print(f"{r['workers']:>7}{r['startup']:>11.1f}{r['warmup']:>11.1f}{r['wall']:>9.1f}{r['per_hour']:>10.0f}"
               f"{r['per_hour'] / base:>7.2f}{r['in_task']:>11.2f}{r['overhead']:>12.2f}{r['busy']:>6.0%}"
-              f"{r['overlap']:>9}{r['cores']:>7.2f}  {states}")
+              f"{r['overlap']:>9}{r['cores']:>7.2f}{r['cpu']:>13.2f}  {states}")
     speedup = results[-1]["per_hour"] / base
     print(f"\nspeed-up 2 workers vs 1: {speedup:.2f}x  (goal >= 1.8x: {'met' if speedup >= 1.8 else 'NOT met'})")
     print(f"in-task time per trial, 2 workers vs 1: {results[-1]['in_task'] / results[0]['in_task']:.2f}x  "

@@ -11,6 +11,8 @@ Public API::
     surveydust.train("sims.zarr", "model/")          # CNN -> model bundle
     surveydust.tune("sims.zarr", "study/", trials=6) # hyper-parameter search -> trial table
     surveydust.load_model(path=None).predict(images) # None: the shipped bundle -> xarray.Dataset
+    surveydust.run_catalogue("field.zarr", "cat.zarr")  # detect + predict per tile -> xarray.Dataset
+    surveydust.open_catalogue("cat.zarr")            # -> xarray.Dataset (dim source)
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -21,7 +23,9 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 from surveydust.bundle import load_model  # noqa: E402
+from surveydust.catalogue import open_catalogue  # noqa: E402
 from surveydust.cluster import get_client  # noqa: E402
+from surveydust.infer import run_catalogue  # noqa: E402
 from surveydust.simulate import simulate  # noqa: E402
 from surveydust.stores.mosaic import ingest_mosaic, open_mosaic  # noqa: E402
 from surveydust.stores.skirt import ingest_skirt  # noqa: E402
@@ -29,5 +33,5 @@ from surveydust.stores.training import open_training_store  # noqa: E402
 from surveydust.train import train  # noqa: E402
 from surveydust.tune import tune  # noqa: E402
 
-__all__ = ["__version__", "get_client", "ingest_mosaic", "ingest_skirt", "load_model", "open_mosaic",
-           "open_training_store", "simulate", "train", "tune"]
+__all__ = ["__version__", "get_client", "ingest_mosaic", "ingest_skirt", "load_model", "open_catalogue",
+           "open_mosaic", "open_training_store", "run_catalogue", "simulate", "train", "tune"]

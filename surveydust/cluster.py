@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import logging
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -65,7 +64,6 @@ __all__ = [
     "worker_resources",
 ]
 
-logger = logging.getLogger(__name__)
 
 KINDS: tuple[str, ...] = ("local", "address", "slurm", "pbs")
 _JOBQUEUE_KINDS = frozenset({"slurm", "pbs"})
@@ -268,13 +266,12 @@ def _scale(
 
 
 def _announce_dashboard(client: Client) -> None:
-    """Log and print ``Dask dashboard: <url>`` when the scheduler serves one."""
+    """Print ``Dask dashboard: <url>`` (to stderr) when the scheduler serves one."""
     try:
         link = client.dashboard_link
     except (KeyError, AttributeError):
         link = None
     if link:
-        logger.info("Dask dashboard: %s", link)
         print(f"Dask dashboard: {link}", file=sys.stderr, flush=True)
 
 

@@ -248,12 +248,14 @@ def test_open_mosaic_refuses_other_stores(tmp_path) -> None:
         open_mosaic(tmp_path / "other.zarr")
 
 
-def test_cli_ingest_mosaic(tmp_path, images) -> None:
+def test_cli_ingest_mosaic(tmp_path, images, client, monkeypatch) -> None:
     sci = write_image(tmp_path / "sci.fits", images["sci"])
     err = write_image(tmp_path / "err.fits", images["err"])
     out = tmp_path / "cli.zarr"
+    # the command runs on the session's (warm) cluster through the address profile
+    monkeypatch.setenv("DASK_SURVEYDUST__CLUSTER__PROFILES__ADDRESS__ADDRESS", client.scheduler.address)
     result = run("ingest-mosaic", str(out), "--band", f"F277W={sci}", "--err", f"f277w={err}",
-                 "--chunk", "256", "--workers", "1", "--quiet")
+                 "--chunk", "256", "--cluster", "address", "--quiet")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "F277W, 300 x 500 pixels at 0.03 arcsec/pixel, nJy" in result.stdout
     ds = open_mosaic(out)
