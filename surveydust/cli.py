@@ -366,11 +366,16 @@ def run_catalogue_command(store: Path | None, out: Path | None, models: tuple[Pa
     interrupted run, re-run, does only the rest.
     """
     from surveydust.cluster import get_client
+    from surveydust.config import load_catalogue_config
     from surveydust.demo import make_demo_field, match_truth
     from surveydust.infer import run_catalogue
+    from surveydust.stores.mosaic import open_mosaic
 
     if demo == (store is not None):
         raise click.UsageError("give a mosaic STORE, or --demo (not both)")
+    settings_cfg = load_catalogue_config(config, **_settings(settings))  # fail before any work
+    if store is not None:
+        open_mosaic(store)
     if demo:
         out = out or Path("demo") / "catalogue.zarr"
     if export_format and out is None:
@@ -380,9 +385,8 @@ def run_catalogue_command(store: Path | None, out: Path | None, models: tuple[Pa
     with get_client(cluster, workers=workers) as client:
         if demo:
             store, truth = make_demo_field(Path("demo"), client=client, overwrite=overwrite, progress=not quiet)
-        cat = run_catalogue(store, out, model=list(models) or None, sources=sources, config=config,
-                            client=client, export_to=export_to, overwrite=overwrite, progress=not quiet,
-                            **_settings(settings))
+        cat = run_catalogue(store, out, model=list(models) or None, sources=sources, config=settings_cfg,
+                            client=client, export_to=export_to, overwrite=overwrite, progress=not quiet)
     click.echo(f"{cat.sizes['source']} sources" + (f"; wrote {out}" if out else ""))
     if truth is not None:
         for key, value in match_truth(cat, truth).items():

@@ -140,3 +140,34 @@ def test_interrupted_run_resumes_to_the_same_catalogue(field, reference, tmp_pat
     assert f"({kept} done before)" in again.stderr
     _same(open_catalogue(out), reference)
     assert not parts.exists()
+
+
+def test_one_and_three_band_models_run_in_one_pass(field, reference, tmp_path: Path, client) -> None:
+    from surveydust.catalogue import export
+    from surveydust.simulate import simulate
+    from surveydust.train import train
+
+    sims = simulate(tmp_path / "s.zarr", client=client, progress=False, n_galaxies=12, views_per_galaxy=1,
+                    bands=["F277W"])
+    one_band = train(sims, tmp_path / "m1", client=client, progress=False, bands=["F277W"], max_epochs=1,
+                     snr_min=0)
+    cat = run_catalogue(field[0], client=client, model=[one_band, reference.attrs["models"][0]["path"]],
+                        progress=False)
+    assert list(cat["model"].values) == ["F277W", "F277W+F356W+F444W"]
+    assert cat["A_V"].shape == (reference.sizes["source"], 2)
+    np.testing.assert_array_equal(cat["A_V"].sel(model="F277W+F356W+F444W").values,
+                                  reference["A_V"].sel(model="F277W+F356W+F444W").values)
+    table = Table.read(export(cat, tmp_path / "cat.ecsv"))
+    assert {"A_V_F277W", "A_V_F277W_F356W_F444W"} <= set(table.colnames)
+
+
+def test_cli_bad_input(tmp_path: Path) -> None:
+    from test_cli import run
+
+    for args, message in ((["run-catalogue"], "give a mosaic STORE, or --demo"),
+                          (["run-catalogue", str(tmp_path / "none.zarr")], "does not exist"),
+                          (["run-catalogue", "--demo", "--out", str(tmp_path / "c.zarr"), "--set", "threshold=-1"],
+                           "catalogue.threshold")):
+        result = run(*args, cwd=tmp_path)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert message in result.stderr, result.stderr[-2000:]

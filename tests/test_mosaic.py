@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -252,21 +253,26 @@ def test_cli_ingest_mosaic(tmp_path, images, client, monkeypatch) -> None:
     sci = write_image(tmp_path / "sci.fits", images["sci"])
     err = write_image(tmp_path / "err.fits", images["err"])
     out = tmp_path / "cli.zarr"
-    # the command runs on the session's (warm) cluster through the address profile
+    # in process (the console script is exercised below), on the session's warm cluster
     monkeypatch.setenv("DASK_SURVEYDUST__CLUSTER__PROFILES__ADDRESS__ADDRESS", client.scheduler.address)
-    result = run("ingest-mosaic", str(out), "--band", f"F277W={sci}", "--err", f"f277w={err}",
-                 "--chunk", "256", "--cluster", "address", "--quiet")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "F277W, 300 x 500 pixels at 0.03 arcsec/pixel, nJy" in result.stdout
+    monkeypatch.setattr(logging.getLogger("surveydust"), "handlers", [])  # main() adds one per call
+    result = CliRunner().invoke(main, ["ingest-mosaic", str(out), "--band", f"F277W={sci}", "--err",
+                                       f"f277w={err}", "--chunk", "256", "--cluster", "address", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "F277W, 300 x 500 pixels at 0.03 arcsec/pixel, nJy" in result.output
     ds = open_mosaic(out)
     assert ds["sci"].encoding["chunks"] == (1, 256, 256)
     assert float(ds["sci"][0, 0, 0]) == pytest.approx(40.0, rel=1e-6)
+    assert ds.attrs["input"]["F277W"]["err"] == str(err.resolve())
+    help_text = CliRunner().invoke(main, ["ingest-mosaic", "--help"]).output
+    assert "nJy" in help_text and "MJy/sr" in help_text
 
+
+def test_console_script_bad_input_is_one_line_error(tmp_path, images) -> None:
+    sci = write_image(tmp_path / "sci.fits", images["sci"])
     bad = write_image(tmp_path / "bad.fits", images["sci"], bunit="DN/s")
     result = run("ingest-mosaic", str(tmp_path / "bad.zarr"), "--band", f"F277W={sci}", "--band", f"F444W={bad}")
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.startswith("Error:") and "BUNIT 'DN/s'" in result.stderr
+    assert result.stderr.startswith("Error:") and "F444W: BUNIT 'DN/s' of bad.fits is not supported" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "bad.zarr").exists()
-    help_text = CliRunner().invoke(main, ["ingest-mosaic", "--help"]).output
-    assert "nJy" in help_text and "MJy/sr" in help_text
