@@ -79,6 +79,8 @@ def assemble(columns: dict[str, np.ndarray], bands: list[str], models: list[str]
     ds["source_id"] = ("source", np.arange(n, dtype=np.int64))
     for name, values in columns.items():
         values = values[order]
+        if values.dtype.kind == "U":  # fixed-width strings have no Zarr v3 spec: store variable-length
+            values = values.astype(object)
         dims = ("source", "band") if name in ("flux", "flux_err", "snr") else \
             ("source", "model") if values.ndim == 2 else ("source",)
         ds[name] = (dims, values)

@@ -392,3 +392,24 @@ def run_catalogue_command(store: Path | None, out: Path | None, models: tuple[Pa
         for key, value in match_truth(cat, truth).items():
             click.echo(f"  demo truth: {key} = {value:.3g}" if isinstance(value, float) else
                        f"  demo truth: {key} = {value}")
+
+
+@main.command("compare")
+@click.argument("catalogue", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the table and figures.")
+@click.option("--truth", type=click.Path(path_type=Path), default=None,
+              help="Truth table (ra, dec, A_V, log_ssfr), e.g. demo/fits/demo_truth.ecsv: adds 'truth'.")
+@click.option("--flagged", is_flag=True, help="Also use sources with flags set.")
+@_friendly_errors
+def compare_command(catalogue: Path, out: Path, truth: Path | None, flagged: bool) -> None:
+    """Compare the CNN, Meurer (UV slope) and SED-fit estimates of a catalogue pair by pair.
+
+    For A_V [mag] and log sSFR [yr^-1]: N, MAE, standard deviation and
+    variance of the differences (comparison.ecsv) and scatter plots
+    (compare_A_V.png, compare_log_ssfr.png), as in the paper's Figs. 9-11.
+    """
+    from surveydust.compare import compare
+
+    table = compare(catalogue, out, truth=truth, flagged=flagged)
+    table.pprint_all()
+    click.echo(f"wrote {out}")

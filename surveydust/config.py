@@ -250,6 +250,7 @@ class CatalogueConfig(_Config):
     aperture_arcsec: float = Field(gt=0)
     ood_sigma: float = Field(gt=0)
     batch_size: int = Field(ge=1)
+    default_redshift: float = Field(ge=0, le=30)
 
     @field_validator("detection_bands")
     @classmethod

@@ -47,9 +47,10 @@ def match_truth(catalogue: Any, truth: Path | str, radius_arcsec: float = MATCH_
     """Match catalogue sources to the injected galaxies' light-weighted centroids
     (nearest within ``radius_arcsec``).
 
-    Returns the numbers of matches, missed galaxies and spurious sources, the
-    median separation [arcsec], and the A_V / E(B-V) / log sSFR MAE against
-    the truth for each model.
+    Returns the numbers of matches, missed galaxies (mostly those below the
+    detection limit) and spurious sources, the median separation [arcsec], and
+    the A_V / E(B-V) / log sSFR MAE against the truth for each model (and the
+    Meurer A_V when the catalogue has it).
     """
     from astropy.coordinates import SkyCoord
     from astropy.table import Table
@@ -64,10 +65,14 @@ def match_truth(catalogue: Any, truth: Path | str, radius_arcsec: float = MATCH_
     result: dict[str, Any] = {"matched": int(ok.sum()), "missed": int((~ok).sum()),
                               "spurious": int(len(cat) - np.unique(idx[ok]).size),
                               "median_sep_arcsec": float(np.median(sep.arcsec[ok])) if ok.any() else np.nan}
+    def mae(pred: np.ndarray, target: str) -> float:
+        return float(np.nanmean(np.abs(pred[idx[ok]] - np.asarray(truth[target])[ok])))
+
     for model in catalogue["model"].values:
         for target in ("A_V", "EBV", "log_ssfr"):
-            pred = catalogue[target].sel(model=model).values[idx[ok]]
-            result[f"{target} MAE ({model})"] = float(np.mean(np.abs(pred - np.asarray(truth[target])[ok])))
+            result[f"{target} MAE (CNN {model})"] = mae(catalogue[target].sel(model=model).values, target)
+    if "A_V_meurer" in catalogue:
+        result["A_V MAE (Meurer, UV slope)"] = mae(catalogue["A_V_meurer"].values, "A_V")
     return result
 
 

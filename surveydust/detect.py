@@ -17,7 +17,7 @@ from surveydust.config import CatalogueConfig
 from surveydust.instrument import circular_aperture
 
 #: flag bits of the catalogue's ``flag`` variable
-FLAGS = {"edge": 1, "masked": 2, "low_snr": 4, "out_of_distribution": 8, "blended": 16}
+FLAGS = {"edge": 1, "masked": 2, "low_snr": 4, "out_of_distribution": 8, "blended": 16, "no_redshift": 32}
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from surveydust.cluster import open_client, worker_resources
 from surveydust.config import CatalogueConfig, TrainingConfig, load_catalogue_config
 from surveydust.detect import FLAGS, Tile, aperture_photometry, cut_stamps, detect, make_tiles
 from surveydust.preprocess import ood_score
+from surveydust.uvslope import uv_slopes
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ def run_catalogue(
         _run_tiles(c, todo, parts, str(store), halo, [str(p) for p in bundles], cfg, positions, token, progress)
     attrs = _provenance(mosaic, bundles, metas, cfg, sources)
     ds = assemble(parts.load_all(), list(mosaic["band"].values), [_name(m) for m in metas], attrs)
+    add_uv_slopes(ds, cfg.default_redshift)
     _log_summary(ds)
     if out_path is not None:
         write_catalogue(ds, out_path, overwrite=overwrite)
@@ -292,6 +294,28 @@ def _predict_all(predictors: list[Predictor], stamps: np.ndarray, snr: np.ndarra
     return {k: np.stack(v, axis=1) for k, v in out.items()}, flag
 
 
+def add_uv_slopes(ds: Any, default_redshift: float) -> None:
+    """Add ``beta``, ``A_V_meurer`` (and errors, bands used) to a catalogue, in place.
+
+    The band choice uses each source's ``z`` (from the sources table); sources
+    without one get ``default_redshift`` and the ``no_redshift`` flag.
+    """
+    n = ds.sizes["source"]
+    z = ds["z"].values.astype(float) if "z" in ds else np.full(n, np.nan)
+    missing = ~np.isfinite(z)
+    fits = uv_slopes(ds["flux"].values, ds["flux_err"].values, list(ds["band"].values),
+                     np.where(missing, default_redshift, z))
+    for name, values in fits.items():
+        ds[name] = ("source", values.astype(object) if values.dtype.kind == "U" else values)
+    for name in ("A_V_meurer", "A_V_meurer_err"):
+        ds[name].attrs["units"] = "mag"
+    ds["beta"].attrs["long_name"] = "UV continuum slope (f_lambda ~ lambda^beta)"
+    ds["flag"].values[:] = ds["flag"].values | np.where(missing, FLAGS["no_redshift"], 0).astype(np.uint16)
+    if missing.any():
+        logger.info("%d of %d sources have no redshift: UV-slope bands chosen for z = %g (flag no_redshift)",
+                    int(missing.sum()), n, default_redshift)
+
+
 def _provenance(mosaic: Any, bundles: list[Path], metas: list[dict[str, Any]], cfg: CatalogueConfig,
                 sources: Path | str | None) -> dict[str, Any]:
     return {
@@ -314,4 +338,4 @@ def _log_summary(ds: Any) -> None:
     logger.info("catalogue: %d sources (flags: %s)", ds.sizes["source"], counts)
 
 
-__all__ = ["catalogue_tile", "run_catalogue"]
+__all__ = ["add_uv_slopes", "catalogue_tile", "run_catalogue"]

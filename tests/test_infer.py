@@ -66,6 +66,10 @@ def test_catalogue_recovers_injected_galaxies_once(field, reference) -> None:
     for name in ("A_V", "A_V_err", "EBV", "EBV_err", "log_ssfr", "log_ssfr_err"):
         assert np.isfinite(reference[name].values[good]).all(), name
     assert (reference["A_V_err"].values[good] > 0).all()
+    assert ((reference["flag"].values & 32) > 0).all()  # detected sources have no redshift
+    has_beta = np.isfinite(reference["beta"].values)
+    assert has_beta.mean() > 0.8 and set(reference["beta_bands"].values[has_beta]) == {"F115W+F150W+F200W"}
+    assert (reference["A_V_meurer"].values[has_beta] >= 0).all()
     ood = reference["ood"].values
     assert np.isfinite(ood).all() and np.median(ood) < 3.0  # the demo field looks like the training set
 
@@ -97,6 +101,25 @@ def test_sources_mode_counts_positions_off_the_mosaic(field, tmp_path: Path, cli
     order = np.argsort(cat["input_id"].values.astype(int))
     np.testing.assert_allclose(cat["z"].values[order], truth["redshift"][:5])
     np.testing.assert_allclose(cat["ra"].values[order], truth["ra_centroid"][:5], atol=1e-9)
+    assert not (cat["flag"].values & 32).any()  # every source has its z
+    from surveydust.uvslope import uv_bands
+
+    expected = ["+".join(uv_bands(list(cat["band"].values), z)) for z in cat["z"].values]
+    assert list(cat["beta_bands"].values) == expected  # bands chosen by each source's z
+
+
+def test_compare_reports_every_pair_and_truth(reference, field, tmp_path: Path) -> None:
+    from surveydust.compare import compare
+
+    table = compare(reference, tmp_path / "cmp", truth=field[1])
+    pairs = {(r["quantity"], r["method_a"], r["method_b"]) for r in table}
+    assert ("A_V", "CNN F277W+F356W+F444W", "Meurer") in pairs
+    assert ("A_V", "Meurer", "truth") in pairs and ("log_ssfr", "CNN F277W+F356W+F444W", "truth") in pairs
+    row = table[(table["method_a"] == "CNN F277W+F356W+F444W") & (table["method_b"] == "truth")
+                & (table["quantity"] == "A_V")][0]
+    assert 5 <= row["N"] and row["variance"] == pytest.approx(row["std"] ** 2)
+    for png in ("compare_A_V.png", "compare_log_ssfr.png"):
+        assert (tmp_path / "cmp" / png).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_bad_input_is_a_clear_error(field, tmp_path: Path, client) -> None:

@@ -6,6 +6,7 @@ import logging
 import warnings
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 import zarr
@@ -254,10 +255,10 @@ def test_cli_ingest_mosaic(tmp_path, images, client, monkeypatch) -> None:
     err = write_image(tmp_path / "err.fits", images["err"])
     out = tmp_path / "cli.zarr"
     # in process (the console script is exercised below), on the session's warm cluster
-    monkeypatch.setenv("DASK_SURVEYDUST__CLUSTER__PROFILES__ADDRESS__ADDRESS", client.scheduler.address)
     monkeypatch.setattr(logging.getLogger("surveydust"), "handlers", [])  # main() adds one per call
-    result = CliRunner().invoke(main, ["ingest-mosaic", str(out), "--band", f"F277W={sci}", "--err",
-                                       f"f277w={err}", "--chunk", "256", "--cluster", "address", "--quiet"])
+    with dask.config.set({"surveydust.cluster.profiles.address.address": client.scheduler.address}):
+        result = CliRunner().invoke(main, ["ingest-mosaic", str(out), "--band", f"F277W={sci}", "--err",
+                                           f"f277w={err}", "--chunk", "256", "--cluster", "address", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "F277W, 300 x 500 pixels at 0.03 arcsec/pixel, nJy" in result.output
     ds = open_mosaic(out)

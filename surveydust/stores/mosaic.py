@@ -148,8 +148,10 @@ def ingest_mosaic(
     ``Jy/sr``) are converted too. ``ERR`` is in the units of ``SCI`` (its own
     ``BUNIT`` when it has one); ``WHT`` is an inverse variance in units of
     ``SCI``, used for ``err = 1/sqrt(WHT)`` when no ``ERR`` is given and for
-    the no-data mask. Input files are checksummed (SHA-256) on the workers
-    while the store is written.
+    the no-data mask. A pixel is NaN in ``sci`` and ``err`` where the input
+    is not finite, the weight is not > 0, or the error is not finite and > 0.
+    Input files are checksummed (SHA-256) on the workers while the store is
+    written.
 
     Returns the store path. Raises FileNotFoundError for a missing file,
     FileExistsError for an existing ``out`` without ``overwrite``, and

@@ -1,0 +1,127 @@
+"""Compare the dust and sSFR estimates in a catalogue with each other (the paper's section 3.2).
+
+Methods found in the catalogue: each CNN model (``A_V``, ``log_ssfr`` per
+``model``), Meurer's IRX-beta relation (``A_V_meurer``), SED fits when present
+(``A_V_sed_<timescale>``, ``log_ssfr_sed_<timescale>``), and the simulated
+truth when a truth table is given (matched by position). For every pair: N,
+MAE, standard deviation and variance of the differences (like the paper's
+Figs. 9-11 and their numbers), as an ECSV table, plus one scatter figure per
+quantity with all pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from surveydust.detect import FLAGS
+
+logger = logging.getLogger(__name__)
+
+QUALITY_FLAGS = ("edge", "masked", "low_snr", "out_of_distribution")
+QUANTITIES = {"A_V": "A_V [mag]", "log_ssfr": "log sSFR [yr^-1]"}
+
+
+def methods(cat: xr.Dataset, quantity: str) -> dict[str, np.ndarray]:
+    """Estimates of ``quantity`` per method, each an array over the catalogue's sources."""
+    out = {f"CNN {m}": cat[quantity].sel(model=m).values.astype(float) for m in cat["model"].values}
+    if quantity == "A_V" and "A_V_meurer" in cat:
+        out["Meurer"] = cat["A_V_meurer"].values.astype(float)
+    for name in sorted(cat.data_vars):
+        if name.startswith(f"{quantity}_sed_") and not name.endswith("_err"):
+            out[f"SED {name.rsplit('_', 1)[-1]}"] = cat[name].values.astype(float)
+    return out
+
+
+def truth_values(cat: xr.Dataset, truth: Path | str, radius_arcsec: float = 0.1) -> dict[str, np.ndarray]:
+    """Truth per catalogue source (NaN where no injected galaxy lies within ``radius_arcsec``)."""
+    from astropy.coordinates import SkyCoord
+    from astropy.table import Table
+
+    table = Table.read(truth)
+    ra = table["ra_centroid"] if "ra_centroid" in table.colnames else table["ra"]
+    dec = table["dec_centroid"] if "dec_centroid" in table.colnames else table["dec"]
+    idx, sep, _ = SkyCoord(cat["ra"].values, cat["dec"].values, unit="deg").match_to_catalog_sky(
+        SkyCoord(np.asarray(ra), np.asarray(dec), unit="deg"))
+    ok = sep.arcsec < radius_arcsec
+    return {q: np.where(ok, np.asarray(table[q], float)[idx], np.nan) for q in QUANTITIES}
+
+
+def pair_metrics(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """N, MAE, standard deviation and variance of ``a - b`` over sources where both are finite."""
+    ok = np.isfinite(a) & np.isfinite(b)
+    d = a[ok] - b[ok]
+    if not d.size:
+        return {"N": 0, "MAE": np.nan, "std": np.nan, "variance": np.nan, "mean": np.nan}
+    return {"N": int(d.size), "MAE": float(np.mean(np.abs(d))), "std": float(np.std(d)),
+            "variance": float(np.var(d)), "mean": float(np.mean(d))}
+
+
+def compare(catalogue: Path | str | xr.Dataset, out: Path | str, truth: Path | str | None = None,
+            flagged: bool = False) -> Any:
+    """Write ``comparison.ecsv`` and ``compare_<quantity>.png`` to ``out``; return the table.
+
+    Sources flagged edge, masked, low_snr or out_of_distribution are left out
+    unless ``flagged`` (blended and no_redshift ones are kept).
+    """
+    from astropy.table import Table
+
+    from surveydust.catalogue import open_catalogue
+
+    cat = catalogue if isinstance(catalogue, xr.Dataset) else open_catalogue(catalogue)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    bad = sum(FLAGS[f] for f in QUALITY_FLAGS)
+    keep = np.ones(cat.sizes["source"], bool) if flagged else (cat["flag"].values & bad) == 0
+    truths = truth_values(cat, truth) if truth is not None else {}
+    rows = []
+    for quantity, label in QUANTITIES.items():
+        est = {k: v[keep] for k, v in methods(cat, quantity).items()}
+        if quantity in truths:
+            est["truth"] = truths[quantity][keep]
+        for a, b in combinations(est, 2):
+            rows.append({"quantity": quantity, "method_a": a, "method_b": b, **pair_metrics(est[a], est[b])})
+        _plot(est, label, out / f"compare_{quantity}.png")
+    if not rows:
+        raise ValueError("the catalogue has fewer than two estimates to compare")
+    table = Table(rows=rows)
+    table.meta["sources"] = int(keep.sum())
+    table.meta["note"] = "differences are method_a - method_b" + ("" if flagged else
+                                                                  f"; sources without {', '.join(QUALITY_FLAGS)} flags")
+    table.write(out / "comparison.ecsv", format="ascii.ecsv", overwrite=True)
+    logger.info("compared %d sources: %s", int(keep.sum()), out / "comparison.ecsv")
+    return table
+
+
+def _plot(est: dict[str, np.ndarray], label: str, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = list(combinations(est, 2))
+    if not pairs:
+        return None
+    fig, axes = plt.subplots(1, len(pairs), figsize=(3.6 * len(pairs), 3.6), squeeze=False)
+    for ax, (a, b) in zip(axes[0], pairs):
+        ok = np.isfinite(est[a]) & np.isfinite(est[b])
+        ax.scatter(est[b][ok], est[a][ok], s=8, alpha=0.7)
+        lo = np.nanmin([est[a][ok].min(initial=0), est[b][ok].min(initial=0)])
+        hi = np.nanmax([est[a][ok].max(initial=1), est[b][ok].max(initial=1)])
+        ax.plot([lo, hi], [lo, hi], "r-", lw=1)
+        m = pair_metrics(est[a], est[b])
+        ax.set_title(f"MAE {m['MAE']:.2f}, sigma {m['std']:.2f} (N={m['N']})", fontsize=9)
+        ax.set_xlabel(f"{b}: {label}", fontsize=8)
+        ax.set_ylabel(f"{a}: {label}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["compare", "methods", "pair_metrics", "truth_values"]
