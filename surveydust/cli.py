@@ -65,7 +65,9 @@ cluster_options = [
     click.option("--cluster", "cluster", default=None, metavar="PROFILE",
                  help="Dask cluster profile (local, address, slurm, pbs, or your own; "
                       "see configs/cluster.yaml). Default: local."),
-    click.option("--workers", type=int, default=None, help="Number of Dask workers (local profile)."),
+    click.option("--workers", type=int, default=None,
+                 help="Number of Dask workers (local: processes; slurm/pbs: workers to scale to)."),
+    click.option("--jobs", type=int, default=None, help="Number of batch jobs to submit (slurm/pbs profiles)."),
 ]
 
 
@@ -73,6 +75,13 @@ def with_cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(cluster_options):
         func = option(func)
     return func
+
+
+def _client(cluster: str | None, workers: int | None, jobs: int | None) -> Any:
+    """The Dask client of a command's --cluster/--workers/--jobs (closed with its cluster)."""
+    from surveydust.cluster import get_client
+
+    return get_client(cluster, workers=workers, jobs=jobs)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -109,8 +118,8 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_friendly_errors
 def simulate(out: Path, config: Path | None, bands: str | None, settings: tuple[str, ...],
-             cluster: str | None, workers: int | None, overwrite: bool, plots: bool, quiet: bool,
-             **options: Any) -> None:
+             cluster: str | None, workers: int | None, jobs: int | None, overwrite: bool, plots: bool,
+             quiet: bool, **options: Any) -> None:
     """Simulate mock z = 6-8 galaxies with known dust into a training store.
 
     Each galaxy is imaged in every view at every dust-to-metal ratio
@@ -120,8 +129,8 @@ def simulate(out: Path, config: Path | None, bands: str | None, settings: tuple[
     from surveydust.simulate import simulate as run_simulation
 
     overrides = {**options, **_settings(settings), "bands": _bands(bands)}
-    path = run_simulation(out, config, cluster=cluster, workers=workers, overwrite=overwrite,
-                          progress=not quiet, **overrides)
+    with _client(cluster, workers, jobs) as client:
+        path = run_simulation(out, config, client=client, overwrite=overwrite, progress=not quiet, **overrides)
     click.echo(f"wrote {path}")
     if plots:
         _write_plots(path)
@@ -149,7 +158,7 @@ def _write_plots(store: Path, out_dir: Path | None = None) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_friendly_errors
 def ingest_sims(cubes: tuple[Path, ...], properties: Path, out: Path, bands: str | None, stamp_size: int,
-                pixel_scale: float, cluster: str | None, workers: int | None, overwrite: bool,
+                pixel_scale: float, cluster: str | None, workers: int | None, jobs: int | None, overwrite: bool,
                 quiet: bool) -> None:
     """Read SKIRT mock NIRCam cubes (TNG50 format) into a training store.
 
@@ -159,9 +168,10 @@ def ingest_sims(cubes: tuple[Path, ...], properties: Path, out: Path, bands: str
     """
     from surveydust.stores.skirt import ingest_skirt
 
-    path = ingest_skirt(list(cubes), properties, out, bands=_bands(bands), stamp_size=stamp_size,
-                        pixel_scale_arcsec=pixel_scale, overwrite=overwrite, cluster=cluster,
-                        workers=workers, progress=not quiet)
+    with _client(cluster, workers, jobs) as client:
+        path = ingest_skirt(list(cubes), properties, out, bands=_bands(bands), stamp_size=stamp_size,
+                            pixel_scale_arcsec=pixel_scale, overwrite=overwrite, client=client,
+                            progress=not quiet)
     click.echo(f"wrote {path}")
 
 
@@ -193,7 +203,7 @@ def plot_store(store: Path, out: Path | None) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_friendly_errors
 def train_command(store: Path, out: Path, bands: str | None, config: Path | None, settings: tuple[str, ...],
-                  cluster: str | None, workers: int | None, overwrite: bool, quiet: bool,
+                  cluster: str | None, workers: int | None, jobs: int | None, overwrite: bool, quiet: bool,
                   **options: Any) -> None:
     """Train a CNN on a training store and write a model bundle.
 
@@ -205,8 +215,8 @@ def train_command(store: Path, out: Path, bands: str | None, config: Path | None
     from surveydust.train import train
 
     overrides = {**options, **_nested(_settings(settings)), "bands": _bands(bands)}
-    path = train(store, out, config, cluster=cluster, workers=workers, overwrite=overwrite,
-                 progress=not quiet, **overrides)
+    with _client(cluster, workers, jobs) as client:
+        path = train(store, out, config, client=client, overwrite=overwrite, progress=not quiet, **overrides)
     click.echo(f"wrote {path}")
 
 
@@ -253,8 +263,8 @@ def evaluate_command(paths: tuple[Path, ...], out: Path, baseline: bool) -> None
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_friendly_errors
 def tune_command(store: Path, out: Path, bands: str | None, search_space: Path | None, config: Path | None,
-                 settings: tuple[str, ...], cluster: str | None, workers: int | None, quiet: bool,
-                 **options: Any) -> None:
+                 settings: tuple[str, ...], cluster: str | None, workers: int | None, jobs: int | None,
+                 quiet: bool, **options: Any) -> None:
     """Bayesian hyper-parameter search (Optuna TPE), one trial per Dask (GPU) worker.
 
     The paper's Table 1 search space by default: 1-4 conv blocks of 4-64
@@ -263,11 +273,13 @@ def tune_command(store: Path, out: Path, bands: str | None, search_space: Path |
     same command on the same --out resumes the study. Writes trials.ecsv,
     loss.png, importance.png and the best trial's bundle (best-model/).
     """
+    from surveydust.config import load_tuning_config
     from surveydust.tune import tune
 
     training = {**_nested(_settings(settings)), "bands": _bands(bands)}
-    table = tune(store, out, search_space, config, cluster=cluster, workers=workers, progress=not quiet,
-                 training_overrides=training, **options)
+    tuning = load_tuning_config(search_space, **options)  # bad settings fail before the cluster starts
+    with _client(cluster, workers, jobs) as client:
+        table = tune(store, out, tuning, config, client=client, progress=not quiet, training_overrides=training)
     table[[c for c in table.colnames if c not in ("start", "end")]].pprint_all()
     click.echo(f"wrote {out}")
 
@@ -304,7 +316,7 @@ def _band_paths(pairs: tuple[str, ...], option: str) -> dict[str, Path]:
 @_friendly_errors
 def ingest_mosaic_command(out: Path, band_files: tuple[str, ...], err_files: tuple[str, ...],
                           wht_files: tuple[str, ...], field: str | None, chunk: int, cluster: str | None,
-                          workers: int | None, overwrite: bool, quiet: bool) -> None:
+                          workers: int | None, jobs: int | None, overwrite: bool, quiet: bool) -> None:
     """Ingest FITS survey mosaics (one per band, one pixel grid) into a mosaic store OUT (Zarr).
 
     Input BUNIT MJy/sr (converted with PIXAR_SR, or the WCS pixel area) or
@@ -324,8 +336,9 @@ def ingest_mosaic_command(out: Path, band_files: tuple[str, ...], err_files: tup
             raise click.BadParameter(f"band(s) {', '.join(unknown)} have no --band image", param_hint=f"--{role}")
     for band in {*extra["err"], *extra["wht"]}:
         bands[band] = {"sci": bands[band], "err": extra["err"].get(band), "wht": extra["wht"].get(band)}
-    path = ingest_mosaic(out, bands, field=field, chunk=chunk, cluster=cluster, workers=workers,
-                         overwrite=overwrite, progress=not quiet)
+    with _client(cluster, workers, jobs) as client:
+        path = ingest_mosaic(out, bands, field=field, chunk=chunk, client=client, overwrite=overwrite,
+                             progress=not quiet)
     ds = open_mosaic(path)
     ny, nx = ds.attrs["shape"]
     click.echo(f"wrote {path}: {', '.join(map(str, ds['band'].values))}, {ny} x {nx} pixels at "
@@ -356,7 +369,8 @@ def ingest_mosaic_command(out: Path, band_files: tuple[str, ...], err_files: tup
 @_friendly_errors
 def run_catalogue_command(store: Path | None, out: Path | None, models: tuple[Path, ...], sources: Path | None,
                           export_format: str | None, config: Path | None, settings: tuple[str, ...], demo: bool,
-                          cluster: str | None, workers: int | None, overwrite: bool, quiet: bool) -> None:
+                          cluster: str | None, workers: int | None, jobs: int | None, overwrite: bool,
+                          quiet: bool) -> None:
     """Detect galaxies on a mosaic STORE (from ingest-mosaic) and predict their dust and sSFR.
 
     Tiles (the store's chunks plus a halo) are Dask tasks: detection on the
@@ -365,7 +379,6 @@ def run_catalogue_command(store: Path | None, out: Path | None, models: tuple[Pa
     log sSFR [log10 yr^-1] with uncertainties. Finished tiles are kept: an
     interrupted run, re-run, does only the rest.
     """
-    from surveydust.cluster import get_client
     from surveydust.config import load_catalogue_config
     from surveydust.demo import make_demo_field, match_truth
     from surveydust.infer import run_catalogue
@@ -382,7 +395,7 @@ def run_catalogue_command(store: Path | None, out: Path | None, models: tuple[Pa
         raise click.UsageError("--format needs --out")
     export_to = out.with_suffix(f".{export_format}") if out is not None and export_format else None
     truth = None
-    with get_client(cluster, workers=workers) as client:
+    with _client(cluster, workers, jobs) as client:
         if demo:
             store, truth = make_demo_field(Path("demo"), client=client, overwrite=overwrite, progress=not quiet)
         cat = run_catalogue(store, out, model=list(models) or None, sources=sources, config=settings_cfg,

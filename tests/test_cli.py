@@ -115,5 +115,5 @@ def test_tune_bad_input_is_one_line_error(tmp_path: Path) -> None:
                           (["--search-space", str(tmp_path / "none.yaml")], "does not exist")):
         result = run("tune", "--store", str(store), "--out", str(tmp_path / "study"), *args)
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-        assert result.stderr.startswith("Error:") and message in result.stderr, result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith("Error:") and message in result.stderr, result.stderr
     assert "Table 1" in run("tune", "--help").stdout
