@@ -17,6 +17,11 @@ Each profile has a ``kind``:
 
 ``local``
     a :class:`distributed.LocalCluster` on this machine (the default);
+``local-gpu``
+    one worker process per visible NVIDIA GPU, each with ``CUDA_VISIBLE_DEVICES``
+    set to its own device and the worker resource ``GPU=1`` (dask-cuda's
+    ``LocalCUDACluster`` when installed, else plain ``distributed``); on a
+    machine without GPUs it falls back to CPU workers with a warning;
 ``address``
     a running scheduler, reached at ``address`` within ``timeout``;
 ``slurm`` / ``pbs``
@@ -39,6 +44,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import os
+import shutil
+import subprocess
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -49,12 +57,13 @@ import dask.config
 import yaml
 from dask.system import CPU_COUNT
 from dask.utils import parse_timedelta
-from distributed import Client, LocalCluster, Nanny, SpecCluster, Worker
+from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, Worker
 from distributed.core import Server
 from distributed.deploy.cluster import Cluster
 
 __all__ = [
     "KINDS",
+    "visible_gpus",
     "ClusterClient",
     "get_client",
     "make_cluster",
@@ -65,7 +74,7 @@ __all__ = [
 ]
 
 
-KINDS: tuple[str, ...] = ("local", "address", "slurm", "pbs")
+KINDS: tuple[str, ...] = ("local", "local-gpu", "address", "slurm", "pbs")
 _JOBQUEUE_KINDS = frozenset({"slurm", "pbs"})
 
 
@@ -164,6 +173,53 @@ def _local_cluster(name: str, settings: dict[str, Any]) -> LocalCluster:
     return LocalCluster(**settings)
 
 
+def visible_gpus() -> list[str]:
+    """Device ids of the NVIDIA GPUs this process may use.
+
+    ``CUDA_VISIBLE_DEVICES`` when set, else the indices listed by ``nvidia-smi``
+    (none when it is missing or fails).
+    """
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
+    nvidia_smi = shutil.which("nvidia-smi")
+    if nvidia_smi is None:
+        return []
+    try:
+        out = subprocess.run([nvidia_smi, "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+def _local_gpu_cluster(name: str, settings: dict[str, Any]) -> Cluster:
+    """One worker per visible GPU, pinned with CUDA_VISIBLE_DEVICES, resource GPU=1."""
+    gpus = visible_gpus()
+    wanted = settings.pop("n_workers", None)
+    if not gpus:
+        warnings.warn(f"cluster profile {name!r}: no NVIDIA GPU is visible; running CPU workers "
+                      "without the GPU resource instead", UserWarning, stacklevel=4)
+        return _local_cluster(name, {**settings, "n_workers": wanted})
+    if wanted is not None:
+        if _positive_int(wanted, "workers") > len(gpus):
+            raise ValueError(f"cluster profile {name!r}: {wanted} GPU workers asked for, but only "
+                             f"{len(gpus)} GPU(s) are visible ({','.join(gpus)})")
+        gpus = gpus[:wanted]
+    _check_keys(name, settings, LocalCluster, Nanny, Worker, Server)
+    host = settings.get("host") or "127.0.0.1"
+    with contextlib.suppress(ImportError):
+        from dask_cuda import LocalCUDACluster
+
+        return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(gpus), resources={"GPU": 1}, **settings)
+    worker = {"nthreads": settings.get("threads_per_worker") or 1, "host": host,
+              "memory_limit": settings.get("memory_limit", "auto"), "resources": {"GPU": 1}}
+    specs = {f"gpu-{g}": {"cls": Nanny, "options": {**worker, "env": {"CUDA_VISIBLE_DEVICES": g}}} for g in gpus}
+    scheduler = {"cls": Scheduler,
+                 "options": {"host": host, "dashboard_address": settings.get("dashboard_address", "127.0.0.1:0")}}
+    return SpecCluster(workers=specs, scheduler=scheduler, name=f"surveydust-{name}")
+
+
 def _resources_arg(name: str, spec: Any) -> str:
     """``{GPU: 1, MEM: 1e9}`` -> ``"GPU=1,MEM=1000000000.0"`` for ``dask worker --resources``."""
     if not isinstance(spec, Mapping):
@@ -196,6 +252,8 @@ def _build_cluster(name: str, kind: str, settings: dict[str, Any]) -> Cluster:
     try:
         if kind == "local":
             return _local_cluster(name, settings)
+        if kind == "local-gpu":
+            return _local_gpu_cluster(name, settings)
         return _jobqueue_cluster(name, kind, settings)
     except TypeError as exc:
         raise ValueError(f"cluster profile {name!r}: {exc}") from exc
@@ -246,7 +304,7 @@ def _check_scaling(name: str, kind: str, workers: int | None, jobs: int | None) 
         raise ValueError(
             f"cluster profile {name!r} connects to a running scheduler; workers=/jobs= do not apply"
         )
-    if kind == "local" and jobs is not None:
+    if kind in ("local", "local-gpu") and jobs is not None:
         raise ValueError(
             f"jobs= applies to slurm/pbs profiles; profile {name!r} is local (use workers=)"
         )
@@ -327,7 +385,7 @@ def _start(
     name: str, kind: str, settings: dict[str, Any], workers: int | None, jobs: int | None
 ) -> ClusterClient:
     """Build the cluster, scale it, and attach an owning client (closing the cluster on failure)."""
-    if kind == "local" and workers is not None:
+    if kind in ("local", "local-gpu") and workers is not None:
         settings["n_workers"] = workers
     scaling = dict(settings)
     cluster = _build_cluster(name, kind, settings)

@@ -138,7 +138,7 @@ def test_bad_settings_raise_one_line_value_error(kwargs: dict, message: str) -> 
 
 def test_profile_without_kind_or_with_unknown_kind() -> None:
     with dask.config.set({"surveydust.cluster.profiles.nokind": {"n_workers": 1}}):
-        message = r"profile 'nokind' has no 'kind' \(one of: local, address, slurm, pbs\)"
+        message = r"profile 'nokind' has no 'kind' \(one of: local, local-gpu, address, slurm, pbs\)"
         with pytest.raises(ValueError, match=message):
             get_client("nokind")
     with dask.config.set({"surveydust.cluster.profiles.odd": {"kind": "kubernetes"}}):
@@ -236,3 +236,37 @@ def test_environment_and_hyphenated_user_keys_override_defaults() -> None:
         local = profile_settings("local")[1]
         assert local["n_workers"] == 3
         assert local["threads_per_worker"] == 1  # untouched defaults survive
+
+
+def test_local_tls_profile_encrypts_client_scheduler_and_workers() -> None:
+    with get_client("local-tls", workers=1) as client:
+        assert client.scheduler.address.startswith("tls://127.0.0.1:")
+        assert all(w.startswith("tls://127.0.0.1:") for w in client.scheduler_info()["workers"])
+        assert client.submit(sum, [1, 2]).result() == 3
+
+
+def test_slurm_tls_profile_passes_certificates_to_workers(tmp_path) -> None:
+    cluster = make_cluster("slurm-tls", shared_temp_directory=str(tmp_path))
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "--protocol tls://" in script and "--tls-ca-file" in script and "--tls-key" in script
+
+
+def test_local_gpu_profile_pins_one_worker_per_gpu(monkeypatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # two visible devices (no CUDA work is done)
+    with get_client("local-gpu") as client:
+        pinned = client.run(lambda: __import__("os").environ.get("CUDA_VISIBLE_DEVICES"))
+        assert sorted(pinned.values()) == ["0", "1"]
+        assert all(r == {"GPU": 1.0} for r in worker_resources(client).values())
+    with pytest.raises(ValueError, match="3 GPU workers asked for, but only 2 GPU"):
+        get_client("local-gpu", workers=3)
+
+
+def test_local_gpu_profile_falls_back_to_cpu_workers_with_a_warning(monkeypatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.warns(UserWarning, match="no NVIDIA GPU is visible"):
+        client = get_client("local-gpu", workers=1)
+    with client:
+        assert worker_resources(client) and not any(worker_resources(client).values())
