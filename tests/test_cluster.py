@@ -270,3 +270,25 @@ def test_local_gpu_profile_falls_back_to_cpu_workers_with_a_warning(monkeypatch)
         client = get_client("local-gpu", workers=1)
     with client:
         assert worker_resources(client) and not any(worker_resources(client).values())
+
+
+def test_pbs_job_script_gpu_directives_and_resources() -> None:
+    with make_cluster(
+        "pbs",
+        cores=2,
+        memory="8GiB",
+        walltime="00:30:00",
+        queue="gpuq",
+        job_extra_directives=["-l ngpus=1"],
+        worker_resources={"GPU": 1},
+        scheduler_options=QUIET_SCHEDULER,
+    ) as cluster:
+        script = cluster.job_script()
+    for line in (
+        "#PBS -l select=1:ncpus=2:mem=8192MB",
+        "#PBS -l walltime=00:30:00",
+        "#PBS -q gpuq",
+        "#PBS -l ngpus=1",
+    ):
+        assert line in script, line
+    assert "--nthreads 2" in script and "--resources GPU=1" in script
