@@ -9,7 +9,6 @@ from functools import lru_cache
 
 import extinction
 import numpy as np
-from astropy.cosmology import Planck18
 
 AB_ZEROPOINT_NJY = 3631.0e9
 #: total-to-selective ratio of the local attenuation laws the simulator offers
@@ -56,12 +55,16 @@ def pixel_area_sr(pixel_scale_arcsec: float) -> float:
 @lru_cache(maxsize=256)
 def luminosity_distance_cm(redshift: float) -> float:
     """Luminosity distance [cm] in the Planck 2018 cosmology."""
+    from astropy.cosmology import Planck18  # 2 s to import: only where needed
+
     return float(Planck18.luminosity_distance(redshift).to("cm").value)
 
 
 @lru_cache(maxsize=256)
 def kpc_per_arcsec(redshift: float) -> float:
     """Proper transverse scale [kpc / arcsec] in the Planck 2018 cosmology."""
+    from astropy.cosmology import Planck18
+
     return float(1.0 / Planck18.arcsec_per_kpc_proper(redshift).value)
 
 
