@@ -48,6 +48,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from importlib import resources
@@ -324,12 +325,19 @@ def _scale(
 
 
 def _announce_dashboard(client: Client) -> None:
-    """Print ``Dask dashboard: <url>`` (to stderr) when the scheduler serves one."""
+    """Print ``Dask dashboard: <url>`` (to stderr) when the scheduler serves one.
+
+    Also switches on the scheduler's task-stream recording, which Dask
+    otherwise starts only when a dashboard page is first opened: a user who
+    opens the link mid-run then sees the tasks from the start.
+    """
     try:
         link = client.dashboard_link
     except (KeyError, AttributeError):
         link = None
     if link:
+        with contextlib.suppress(Exception):  # recording is a convenience; never fail a run for it
+            client.get_task_stream(start=time.time())
         print(f"Dask dashboard: {link}", file=sys.stderr, flush=True)
 
 

@@ -292,3 +292,10 @@ def test_pbs_job_script_gpu_directives_and_resources() -> None:
     ):
         assert line in script, line
     assert "--nthreads 2" in script and "--resources GPU=1" in script
+
+
+def test_task_stream_is_recorded_from_the_start() -> None:
+    with get_client("local", workers=1) as client:
+        client.submit(sum, [1, 2], key="early-task").result()
+        names = {t["key"] for t in client.get_task_stream(start=0)}
+        assert "early-task" in names  # recorded before any dashboard page was opened
