@@ -132,7 +132,7 @@ def to_table(ds: xr.Dataset) -> Any:
              var.values[:, i])
             for i, label in enumerate(ds[var.dims[1]].values)]
         for col, values in columns:
-            table[col] = values
+            table[col] = np.asarray(values.tolist(), dtype=str) if values.dtype.kind in "OT" else values
             _set_unit(table[col], var.attrs.get("units"))
     table.meta.update({k: v if isinstance(v, (str, int, float)) else json.dumps(v) for k, v in ds.attrs.items()})
     return table

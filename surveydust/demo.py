@@ -66,7 +66,8 @@ def match_truth(catalogue: Any, truth: Path | str, radius_arcsec: float = MATCH_
                               "spurious": int(len(cat) - np.unique(idx[ok]).size),
                               "median_sep_arcsec": float(np.median(sep.arcsec[ok])) if ok.any() else np.nan}
     def mae(pred: np.ndarray, target: str) -> float:
-        return float(np.nanmean(np.abs(pred[idx[ok]] - np.asarray(truth[target])[ok])))
+        diff = np.abs(pred[idx[ok]] - np.asarray(truth[target])[ok])
+        return float(np.mean(diff[np.isfinite(diff)])) if np.isfinite(diff).any() else np.nan
 
     for model in catalogue["model"].values:
         for target in ("A_V", "EBV", "log_ssfr"):

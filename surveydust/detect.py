@@ -9,6 +9,7 @@ mosaic's 0-based (x, y) pixel-centre convention; fluxes in nJy.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,6 +74,7 @@ def detect(sci: np.ndarray, err: np.ndarray, cfg: CatalogueConfig) -> tuple[np.n
     """
     from astropy.convolution import Gaussian2DKernel, convolve
     from photutils.segmentation import SourceCatalog, deblend_sources, detect_sources
+    from photutils.utils.exceptions import NoDetectionsWarning
 
     snr, valid = detection_image(sci, err)
     smoothed = snr
@@ -80,7 +82,9 @@ def detect(sci: np.ndarray, err: np.ndarray, cfg: CatalogueConfig) -> tuple[np.n
         kernel = Gaussian2DKernel(cfg.smooth_fwhm_pix / 2.3548)
         smoothed = convolve(snr, kernel, mask=~valid, nan_treatment="fill", fill_value=0.0,
                             preserve_nan=False, normalize_kernel=True)
-    segm = detect_sources(smoothed, cfg.threshold, cfg.npixels, mask=~valid)
+    with warnings.catch_warnings():  # an empty tile (e.g. all NaN) is not worth a warning
+        warnings.simplefilter("ignore", NoDetectionsWarning)
+        segm = detect_sources(smoothed, cfg.threshold, cfg.npixels, mask=~valid)
     empty = np.zeros(0)
     if segm is None:
         return empty, empty, np.zeros(0, dtype=bool)

@@ -99,7 +99,11 @@ def run_catalogue(
     with open_client(client, profile=cluster, workers=workers) as c:
         _run_tiles(c, todo, parts, str(store), halo, [str(p) for p in bundles], cfg, positions, token, progress)
     attrs = _provenance(mosaic, bundles, metas, cfg, sources)
-    ds = assemble(parts.load_all(), list(mosaic["band"].values), [_name(m) for m in metas], attrs)
+    columns = parts.load_all()
+    if not columns or not len(columns["x"]):
+        raise ValueError("no sources: nothing was detected" if positions is None else
+                         "no sources: none of the given positions lies on the mosaic's data")
+    ds = assemble(columns, list(mosaic["band"].values), [_name(m) for m in metas], attrs)
     add_uv_slopes(ds, cfg.default_redshift)
     _log_summary(ds)
     if out_path is not None:
@@ -191,10 +195,14 @@ def _run_tiles(client: Any, todo: list[Tile], parts: TileParts, store: str, halo
         mine = None
         if positions is not None:
             own = tile.owns(positions["x"], positions["y"])
+            if not own.any():
+                continue  # no given position here: the tile is not even read
             mine = {k: v[own] for k, v in positions.items()}
         futures.append(client.submit(catalogue_tile, store, tile, halo, bundles, cfg, mine,
                                      key=f"catalogue-tile-{token[:8]}-{tile.index}", pure=False,
                                      resources={"GPU": 1} if gpu else None))
+    if not futures:
+        return
     start, n_sources = time.perf_counter(), 0
     for i, future in enumerate(as_completed(futures), 1):
         columns = future.result()
@@ -202,7 +210,7 @@ def _run_tiles(client: Any, todo: list[Tile], parts: TileParts, store: str, halo
         parts.save(index, columns)
         n_sources += len(columns["x"])
         if progress:
-            logger.info("tile %d/%d done: %d sources so far (%.0f s)", i, len(todo), n_sources,
+            logger.info("tile %d/%d done: %d sources so far (%.0f s)", i, len(futures), n_sources,
                         time.perf_counter() - start)
 
 
