@@ -49,7 +49,7 @@ worker process (``psutil``, via ``client.run``) every 0.5 s; the peak of any
 one worker is printed with its RSS just before the run, next to the mosaic
 size and the size of one tile read (core + halo, sci + err, all bands).
 ``ru_maxrss`` is no use: Linux carries it over from the parent process.
-Also printed: worker CPU seconds / wall (cores kept busy), the in-task time of
+Also printed: CPU seconds / wall (cores kept busy, see below), the in-task time of
 the tile tasks (``get_task_stream``), and two checks: (b) against (a) on the
 same sources (``Cutout2D``'s ``ceil(x - 16)`` and ``cut_stamps``'
 ``rint(x - 15.5)`` give the same stamp origin, so A_V should agree), and (c)
@@ -255,13 +255,17 @@ def timed_catalogue(client, store: Path, sources: Path | None, warmup: str, warm
     else:
         client.run(catalogue_tile, *warm_tile)
     before = client.run(_rss)
+    pids = client.run(os.getpid)
     peak = dict(before)
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            for addr, rss in client.run(_rss).items():
-                peak[addr] = max(peak.get(addr, 0), rss)
+            try:
+                for addr, rss in client.run(_rss).items():
+                    peak[addr] = max(peak.get(addr, 0), rss)
+            except Exception:  # a worker going away mid-call (CommClosedError): keep sampling the others
+                pass
             done.wait(SAMPLE_S)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -276,8 +280,12 @@ def timed_catalogue(client, store: Path, sources: Path | None, warmup: str, warm
     for addr, rss in client.run(_rss).items():
         peak[addr] = max(peak.get(addr, 0), rss)
     cpu = sum(client.run(time.process_time).values()) + time.process_time() - cpu0
+    restarted = sorted(set(pids.values()) - set(client.run(os.getpid).values()))
+    if restarted:
+        print(f"WARNING: worker process(es) {restarted} died during the timed call and were replaced: its wall "
+              "time includes the lost tiles and a restart, its CPU seconds miss the dead worker's", flush=True)
     return {"ds": ds, "wall": wall, "n": int(ds.sizes["source"]), "cpu": cpu, "in_task": _tile_seconds(ts.data),
-            "rss_before": max(before.values()), "rss_peak": max(peak.values())}
+            "rss_before": max(before.values()), "rss_peak": max(peak.values()), "restarted": restarted}
 
 
 # --------------------------------------------------------------------------- main
