@@ -51,7 +51,12 @@ from surveydust.cluster import open_client, run_with_progress
 from surveydust.instrument import KNOWN_BANDS
 from surveydust.physics import mjy_per_sr_to_njy, pixel_area_sr
 from surveydust.provenance import sha256
-from surveydust.stores.training import check_output_path, write_store_atomically, zarr_compressor
+from surveydust.stores.training import (
+    check_output_path,
+    open_complete_store,
+    write_store_atomically,
+    zarr_compressor,
+)
 
 __all__ = ["DEFAULT_CHUNK", "STORE_KIND", "ingest_mosaic", "mosaic_wcs", "open_mosaic"]
 
@@ -190,19 +195,7 @@ def ingest_mosaic(
 
 def open_mosaic(path: Path | str) -> xr.Dataset:
     """Open a complete mosaic store lazily (dask-backed, one dask chunk per Zarr chunk)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"mosaic store {path} does not exist")
-    try:
-        with warnings.catch_warnings():  # ours are consolidated; others are refused below
-            warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
-            ds = xr.open_zarr(path, chunks={})
-    except Exception as exc:  # zarr raises several types for non-stores
-        raise ValueError(f"{path} is not a readable Zarr store ({type(exc).__name__})") from None
-    if ds.attrs.get("store_kind") != STORE_KIND:
-        raise ValueError(f"{path} is not a surveydust mosaic store (store_kind={ds.attrs.get('store_kind')!r})")
-    if not ds.attrs.get("complete", False):
-        raise ValueError(f"mosaic store {path} is incomplete (an interrupted write?)")
+    ds = open_complete_store(path, STORE_KIND, "mosaic store", chunks={})
     missing = [v for v in ("sci", "err") if v not in ds]
     if missing:
         raise ValueError(f"mosaic store {path} lacks {', '.join(missing)}")

@@ -22,6 +22,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import xarray as xr
 import zarr
@@ -184,19 +185,28 @@ def replace_atomically(src: Path, dst: Path) -> None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
-def open_training_store(path: Path | str) -> xr.Dataset:
-    """Open a complete training store lazily (dask-backed)."""
+def open_complete_store(path: Path | str, store_kind: str, what: str, **open_kwargs: Any) -> xr.Dataset:
+    """Open a surveydust Zarr store of ``store_kind`` lazily; refuse missing, foreign or
+    incomplete ones with a one-line error (``what`` names the store in messages)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"training store {path} does not exist")
+        raise FileNotFoundError(f"{what} {path} does not exist")
     try:
-        ds = xr.open_zarr(path)
+        with warnings.catch_warnings():  # stores not consolidated are refused below anyway
+            warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
+            ds = xr.open_zarr(path, **open_kwargs)
     except Exception as exc:  # zarr raises several types for non-stores
         raise ValueError(f"{path} is not a readable Zarr store ({type(exc).__name__})") from None
-    if ds.attrs.get("store_kind") != STORE_KIND:
-        raise ValueError(f"{path} is not a surveydust training store")
+    if ds.attrs.get("store_kind") != store_kind:
+        raise ValueError(f"{path} is not a surveydust {what} (store_kind={ds.attrs.get('store_kind')!r})")
     if not ds.attrs.get("complete", False):
-        raise ValueError(f"training store {path} is incomplete (an interrupted write?)")
+        raise ValueError(f"{what} {path} is incomplete (an interrupted write?)")
+    return ds
+
+
+def open_training_store(path: Path | str) -> xr.Dataset:
+    """Open a complete training store lazily (dask-backed)."""
+    ds = open_complete_store(path, STORE_KIND, "training store")
     validate_training_dataset(ds)
     return ds
 
