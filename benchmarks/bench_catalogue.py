@@ -20,8 +20,8 @@ baseline taken on the same (noisy) machine at the same time:
    (memmap) and their WCS once, then per source ``Cutout2D(sci, SkyCoord(ra,
    dec), size=32, wcs=wcs, mode="partial", fill_value=nan)`` per band, times
    ``1e15 * PIXAR_SR`` (MJy/sr -> nJy per pixel, the stores' unit), NaN -> 0
-   (as ``run_catalogue`` does), the three bands stacked and
-   ``predictor.predict(stamp[None])``. Timed on the first ``--baseline-sources``
+   (as ``run_catalogue`` does), the three bands stacked, normalised as the
+   bundle expects and Keras' ``model.predict`` called on it. Timed on the first ``--baseline-sources``
    sources after two untimed predicts (TensorFlow warm-up: after batches of 1
    and 2, Keras has traced a function for any batch size); model loading is
    not timed. ``(a')`` is the same loop with one batched predict at the end,
@@ -93,6 +93,7 @@ from surveydust.config import load_catalogue_config
 from surveydust.demo import match_truth
 from surveydust.detect import make_tiles
 from surveydust.infer import catalogue_tile, run_catalogue
+from surveydust.preprocess import network_inputs
 from surveydust.simulate import simulate_field
 from surveydust.simulate.field import field_wcs
 from surveydust.stores.mosaic import ingest_mosaic, open_mosaic
@@ -209,6 +210,7 @@ def hand_written(files: dict[str, Path], table: Table, n: int, predictor, batche
     wcss = [WCS(h["SCI"].header) for h in hduls]
     to_njy = [1e15 * h["SCI"].header["PIXAR_SR"] for h in hduls]
     a_v, stamps = {}, []
+    i_av, scale_av = predictor.targets.index("A_V"), predictor.meta["target_scaling"]["A_V"]
     for row in table[:n]:
         pos = SkyCoord(row["ra"], row["dec"], unit="deg")
         stamp = np.stack([Cutout2D(sci, pos, size=STAMP, wcs=wcs, mode="partial", fill_value=np.nan).data * f
@@ -216,8 +218,9 @@ def hand_written(files: dict[str, Path], table: Table, n: int, predictor, batche
         stamp = np.nan_to_num(stamp.astype(np.float32), nan=0.0)
         if batched:
             stamps.append(stamp)
-        else:
-            a_v[int(row["id"])] = float(predictor.predict(stamp[None])["A_V"].values[0])
+        else:  # the issue's baseline: Keras' model.predict per source
+            raw = predictor.model.predict(network_inputs(stamp[None], predictor.bands, predictor.crop), verbose=0)
+            a_v[int(row["id"])] = float(raw[0, i_av] * scale_av[1] + scale_av[0])
     if batched:
         result = predictor.predict(np.stack(stamps))
         a_v = dict(zip(np.asarray(table["id"][:n]).astype(int).tolist(), result["A_V"].values.tolist()))

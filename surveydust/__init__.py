@@ -13,6 +13,7 @@ Public API::
     surveydust.load_model(path=None).predict(images) # None: the shipped bundle -> xarray.Dataset
     surveydust.run_catalogue("field.zarr", "cat.zarr")  # detect + predict per tile -> xarray.Dataset
     surveydust.open_catalogue("cat.zarr")            # -> xarray.Dataset (dim source)
+    surveydust.sedfit.fit_sed("cat.zarr")            # Bagpipes fits per source on Dask (extra [sed])
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -474,21 +474,16 @@ def fit_sed_command(catalogue: Path, out: Path | None, n_live: int, default_reds
     nebular log U -4..-2. Adds A_V_sed [mag] and log_ssfr_sed_10 / _100
     [log10 yr^-1, SFR over the last 10 / 100 Myr], each with _lo/_hi (16th/84th
     percentiles), for sources without edge, masked or low_snr flags; about
-    45 s per source and core at --n-live 100. Finished sources are kept: an
+    1 min per source and core at --n-live 100. Finished sources are kept: an
     interrupted run, re-run, fits only the rest. Compare with `surveydust compare`.
     """
-    from surveydust.catalogue import open_catalogue
     from surveydust.sedfit import fit_sed, import_bagpipes
-    from surveydust.stores.training import check_output_path
 
     try:
         import_bagpipes()
     except ModuleNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
-    open_catalogue(catalogue)  # a bad catalogue or --out fails before the cluster starts
-    if out is not None:
-        check_output_path(out, overwrite)
-    with _client(cluster, workers, jobs) as client:
+    with _client(cluster, workers, jobs) as client:  # started only when there is a source to fit
         cat = fit_sed(catalogue, out, n_live=n_live, default_redshift=default_redshift, client=client,
                       overwrite=overwrite, progress=not quiet)
     fitted = int(cat["A_V_sed"].notnull().sum())

@@ -2,7 +2,7 @@
 
 Methods found in the catalogue: each CNN model (``A_V``, ``log_ssfr`` per
 ``model``), Meurer's IRX-beta relation (``A_V_meurer``), SED fits when present
-(``A_V_sed_<timescale>``, ``log_ssfr_sed_<timescale>``), and the simulated
+(``A_V_sed``, ``log_ssfr_sed_<Myr>``, from :mod:`surveydust.sedfit`), and the simulated
 truth when a truth table is given (matched by position). For every pair: N,
 MAE, standard deviation and variance of the differences (like the paper's
 Figs. 9-11 and their numbers), as an ECSV table, plus one scatter figure per
@@ -32,9 +32,10 @@ def methods(cat: xr.Dataset, quantity: str) -> dict[str, np.ndarray]:
     out = {f"CNN {m}": cat[quantity].sel(model=m).values.astype(float) for m in cat["model"].values}
     if quantity == "A_V" and "A_V_meurer" in cat:
         out["Meurer"] = cat["A_V_meurer"].values.astype(float)
-    for name in sorted(cat.data_vars):
-        if name.startswith(f"{quantity}_sed_") and not name.endswith("_err"):
-            out[f"SED {name.rsplit('_', 1)[-1]}"] = cat[name].values.astype(float)
+    for name in sorted(cat.data_vars):  # A_V_sed -> "SED"; log_ssfr_sed_10 -> "SED 10 Myr"
+        timescale = name.removeprefix(f"{quantity}_sed").removeprefix("_")
+        if name.startswith(f"{quantity}_sed") and (timescale == "" or timescale.isdigit()):
+            out["SED" + (f" {timescale} Myr" if timescale else "")] = cat[name].values.astype(float)
     return out
 
 
