@@ -410,7 +410,7 @@ def trial_table(study: Any) -> Any:
     trials = counted_trials(study)
     names = sorted({k for t in trials for k in t.params}, key=_param_order)
     rows = {"trial": [t.number for t in trials], "state": [t.state.name.lower() for t in trials],
-            "value": [np.nan if t.value is None else t.value for t in trials]}
+            "value": [_best_value(t) for t in trials]}
     for key in ("epochs", "worker", "start", "end"):
         rows[key] = [t.user_attrs.get(key, "" if key != "epochs" else 0) for t in trials]
     table = Table(rows)
@@ -422,10 +422,14 @@ def trial_table(study: Any) -> Any:
         kind = float if any(isinstance(v, float) for v in values) else int
         table[name] = MaskedColumn([kind(v) if v is not None else 0 for v in values],
                                    mask=[v is None for v in values])
-    for t, row in zip(trials, table):
-        if t.state.name == "PRUNED" and t.intermediate_values:
-            row["value"] = min(t.intermediate_values.values())
     return table
+
+
+def _best_value(trial: Any) -> float:
+    """A trial's best validation loss: its value, for a pruned trial its best epoch, NaN if failed."""
+    if trial.state.name == "PRUNED" and trial.intermediate_values:
+        return min(trial.intermediate_values.values())
+    return np.nan if trial.value is None else trial.value
 
 
 def _param_order(name: str) -> tuple[int, str]:
