@@ -6,7 +6,7 @@ fwhm 0.3-1.2 Gyr, log mass formed 8.5-9.5, Z 0.1-0.4 Z_sun, log U -3..-2,
 Calzetti A_V 0.05-1.5 mag, seed 0) in the eight NIRCam bands F090W-F444W, with
 Gaussian noise of ``--noise`` nJy per band (2 nJy: 5 sigma = 29.0 AB).
 
-For a ``LocalCluster`` of 1 and then of 2 workers (one thread each),
+For a ``LocalCluster`` of 1 and then of 2 workers (``--workers``; one thread each),
 ``fit_sed(catalogue, n_live=--n-live, client=client)`` fits every source, one
 Dask task each. Not timed: cluster start-up and Bagpipes' import on every
 worker (``client.run``, one worker at a time). Printed per cluster size: wall
@@ -19,7 +19,7 @@ On a machine shared with other jobs the wall times (and so the ratio) follow
 the other load; CPU seconds per source do not, and wall ~ CPU per source on an
 idle core.
 
-Run:  .venv/bin/python benchmarks/bench_sedfit.py [--sources 8] [--n-live 100] [--noise 2]
+Run:  .venv/bin/python benchmarks/bench_sedfit.py [--sources 8] [--n-live 100] [--noise 2] [--workers 1,2]
 """
 
 from __future__ import annotations
@@ -97,27 +97,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sources", type=int, default=8, help="sources to fit per cluster size (default 8)")
     parser.add_argument("--n-live", type=int, default=100, help="nautilus live points (default 100)")
+    parser.add_argument("--workers", type=lambda v: [int(k) for k in v.split(",")], default=list(WORKERS),
+                        help="cluster sizes to run, in this order (default 1,2)")
     parser.add_argument("--noise", type=float, default=2.0, help="flux error per band [nJy] (default 2)")
     args = parser.parse_args()
     logging.getLogger("distributed").setLevel(logging.WARNING)
     logging.getLogger("surveydust").setLevel(logging.WARNING)
 
     cat = make_catalogue(args.sources, args.noise)
-    results = [bench(cat, k, args.n_live) for k in WORKERS]
-
-    print(f"\n{args.sources} z = {REDSHIFT:g} Bagpipes model galaxies, {len(BANDS)} bands, noise {args.noise:g} nJy; "
+    print(f"{args.sources} z = {REDSHIFT:g} Bagpipes model galaxies, {len(BANDS)} bands, noise {args.noise:g} nJy; "
           f"n_live {args.n_live}; {os.cpu_count()} CPUs")
     print("timed: fit_sed() after cluster start-up and Bagpipes imported on every worker; cores = worker CPU s / "
           "wall;\n  load = 1-min load average just before the run (other jobs on the machine count too)\n")
-    print(f"{'workers':>7}{'wall s':>9}{'sources/min':>13}{'ratio':>7}{'CPU s/source':>14}{'cores':>7}"
-          f"{'load':>6}{'fitted':>8}{'med |dA_V|':>12}{'A_V in 16-84%':>15}")
-    base = results[0]["per_min"]
-    for r in results:
-        print(f"{r['workers']:>7}{r['wall']:>9.1f}{r['per_min']:>13.2f}{r['per_min'] / base:>7.2f}{r['cpu']:>14.1f}"
-              f"{r['cores']:>7.2f}{r['load']:>6.1f}{r['fitted']:>8}{r['mae']:>12.2f}{r['inside']:>15.0%}")
-    print(f"\nspeed-up 2 workers vs 1: {results[-1]['per_min'] / base:.2f}x; CPU s per source 2 vs 1: "
-          f"{results[-1]['cpu'] / results[0]['cpu']:.2f}x (> 1: fits slow each other down, e.g. shared cores)")
-
+    print(f"{'workers':>7}{'wall s':>9}{'sources/min':>13}{'CPU s/source':>14}{'cores':>7}"
+          f"{'load':>6}{'fitted':>8}{'med |dA_V|':>12}{'A_V in 16-84%':>15}", flush=True)
+    results = {}
+    for k in args.workers:  # each row printed as soon as it is measured
+        r = results[k] = bench(cat, k, args.n_live)
+        print(f"{r['workers']:>7}{r['wall']:>9.1f}{r['per_min']:>13.2f}{r['cpu']:>14.1f}"
+              f"{r['cores']:>7.2f}{r['load']:>6.1f}{r['fitted']:>8}{r['mae']:>12.2f}{r['inside']:>15.0%}", flush=True)
+    if 1 in results and 2 in results:
+        print(f"\nspeed-up 2 workers vs 1: {results[2]['per_min'] / results[1]['per_min']:.2f}x; CPU s per source "
+              f"2 vs 1: {results[2]['cpu'] / results[1]['cpu']:.2f}x (> 1: fits slow each other down, e.g. shared "
+              "cores)")
 
 if __name__ == "__main__":
     main()

@@ -378,6 +378,10 @@ def ingest_mosaic_command(out: Path, band_files: tuple[str, ...], err_files: tup
 @click.option("--sources", type=click.Path(path_type=Path), default=None,
               help="CSV/FITS/ECSV table with RA/Dec [deg] (and optional id, z): predict at these positions "
                    "instead of detecting.")
+@click.option("--redshifts", type=click.Path(path_type=Path), default=None,
+              help="CSV/FITS/ECSV table with RA/Dec [deg] and z (e.g. a spectroscopic catalogue): sources "
+                   "without a z take the nearest entry's within redshift_match_arcsec (0.2\"), for the "
+                   "UV-slope bands and SED fits [default with --demo: the injected redshifts].")
 @click.option("--format", "export_format", type=click.Choice(["fits", "ecsv"]), default=None,
               help="Also export the catalogue as a FITS or ECSV table next to --out.")
 @click.option("--config", "config", type=click.Path(path_type=Path), default=None,
@@ -391,9 +395,9 @@ def ingest_mosaic_command(out: Path, band_files: tuple[str, ...], err_files: tup
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @_friendly_errors
 def run_catalogue_command(store: Path | None, out: Path | None, models: tuple[Path, ...], sources: Path | None,
-                          export_format: str | None, config: Path | None, settings: tuple[str, ...], demo: bool,
-                          cluster: str | None, workers: int | None, jobs: int | None, overwrite: bool,
-                          quiet: bool) -> None:
+                          redshifts: Path | None, export_format: str | None, config: Path | None,
+                          settings: tuple[str, ...], demo: bool, cluster: str | None, workers: int | None,
+                          jobs: int | None, overwrite: bool, quiet: bool) -> None:
     """Detect galaxies on a mosaic STORE (from ingest-mosaic) and predict their dust and sSFR.
 
     Tiles (the store's chunks plus a halo) are Dask tasks: detection on the
@@ -421,8 +425,10 @@ def run_catalogue_command(store: Path | None, out: Path | None, models: tuple[Pa
     with _client(cluster, workers, jobs) as client:
         if demo:
             store, truth = make_demo_field(Path("demo"), client=client, overwrite=overwrite, progress=not quiet)
-        cat = run_catalogue(store, out, model=list(models) or None, sources=sources, config=settings_cfg,
-                            client=client, export_to=export_to, overwrite=overwrite, progress=not quiet)
+            redshifts = redshifts or truth  # the injected redshifts stand in for a spectroscopic catalogue
+        cat = run_catalogue(store, out, model=list(models) or None, sources=sources, redshifts=redshifts,
+                            config=settings_cfg, client=client, export_to=export_to, overwrite=overwrite,
+                            progress=not quiet)
     click.echo(f"{cat.sizes['source']} sources" + (f"; wrote {out}" if out else ""))
     if truth is not None:
         for key, value in match_truth(cat, truth).items():

@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 
 from surveydust.detect import FLAGS
+from surveydust.sources import nearest
 
 logger = logging.getLogger(__name__)
 
@@ -41,15 +42,12 @@ def methods(cat: xr.Dataset, quantity: str) -> dict[str, np.ndarray]:
 
 def truth_values(cat: xr.Dataset, truth: Path | str, radius_arcsec: float = 0.1) -> dict[str, np.ndarray]:
     """Truth per catalogue source (NaN where no injected galaxy lies within ``radius_arcsec``)."""
-    from astropy.coordinates import SkyCoord
     from astropy.table import Table
 
     table = Table.read(truth)
     ra = table["ra_centroid"] if "ra_centroid" in table.colnames else table["ra"]
     dec = table["dec_centroid"] if "dec_centroid" in table.colnames else table["dec"]
-    idx, sep, _ = SkyCoord(cat["ra"].values, cat["dec"].values, unit="deg").match_to_catalog_sky(
-        SkyCoord(np.asarray(ra), np.asarray(dec), unit="deg"))
-    ok = sep.arcsec < radius_arcsec
+    idx, _, ok = nearest(cat["ra"].values, cat["dec"].values, np.asarray(ra), np.asarray(dec), radius_arcsec)
     return {q: np.where(ok, np.asarray(table[q], float)[idx], np.nan) for q in QUANTITIES}
 
 

@@ -251,6 +251,7 @@ class CatalogueConfig(_Config):
     ood_sigma: float = Field(gt=0)
     batch_size: int = Field(ge=1)
     default_redshift: float = Field(ge=0, le=30)
+    redshift_match_arcsec: float = Field(gt=0, le=10)
 
     @field_validator("detection_bands")
     @classmethod

@@ -52,19 +52,19 @@ def match_truth(catalogue: Any, truth: Path | str, radius_arcsec: float = MATCH_
     the A_V / E(B-V) / log sSFR MAE against the truth for each model (and the
     Meurer A_V when the catalogue has it).
     """
-    from astropy.coordinates import SkyCoord
     from astropy.table import Table
 
+    from surveydust.sources import nearest
+
     truth = Table.read(truth)
-    cat = SkyCoord(catalogue["ra"].values, catalogue["dec"].values, unit="deg")
-    inj = SkyCoord(np.asarray(truth["ra_centroid"]), np.asarray(truth["dec_centroid"]), unit="deg")
-    if len(cat) == 0:
+    n_cat = catalogue.sizes["source"]
+    if n_cat == 0:
         return {"matched": 0, "missed": len(truth), "spurious": 0}
-    idx, sep, _ = inj.match_to_catalog_sky(cat)
-    ok = sep.arcsec < radius_arcsec
+    idx, sep, ok = nearest(np.asarray(truth["ra_centroid"]), np.asarray(truth["dec_centroid"]),
+                           catalogue["ra"].values, catalogue["dec"].values, radius_arcsec)
     result: dict[str, Any] = {"matched": int(ok.sum()), "missed": int((~ok).sum()),
-                              "spurious": int(len(cat) - np.unique(idx[ok]).size),
-                              "median_sep_arcsec": float(np.median(sep.arcsec[ok])) if ok.any() else np.nan}
+                              "spurious": int(n_cat - np.unique(idx[ok]).size),
+                              "median_sep_arcsec": float(np.median(sep[ok])) if ok.any() else np.nan}
     def mae(pred: np.ndarray, target: str) -> float:
         diff = np.abs(pred[idx[ok]] - np.asarray(truth[target])[ok])
         return float(np.mean(diff[np.isfinite(diff)])) if np.isfinite(diff).any() else np.nan

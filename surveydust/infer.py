@@ -29,15 +29,10 @@ from surveydust.cluster import open_client, worker_resources
 from surveydust.config import CatalogueConfig, TrainingConfig, load_catalogue_config
 from surveydust.detect import FLAGS, Tile, aperture_photometry, cut_stamps, detect, make_tiles
 from surveydust.preprocess import ood_score
+from surveydust.sources import match_redshifts, redshift_table, source_positions
 from surveydust.uvslope import uv_slopes
 
 logger = logging.getLogger(__name__)
-
-RA_NAMES = ("ra", "ra_deg", "raj2000", "alpha_j2000")
-DEC_NAMES = ("dec", "dec_deg", "dej2000", "decj2000", "delta_j2000")
-ID_NAMES = ("id", "source_id", "objid", "object_id")
-Z_NAMES = ("z", "z_spec", "zspec", "redshift")
-
 
 def run_catalogue(
     store: Path | str,
@@ -45,6 +40,7 @@ def run_catalogue(
     *,
     model: Path | str | list[Path | str] | None = None,
     sources: Path | str | None = None,
+    redshifts: Path | str | None = None,
     config: CatalogueConfig | Path | str | None = None,
     client: Any = None,
     cluster: str | None = None,
@@ -65,6 +61,10 @@ def run_catalogue(
     sources : table (CSV, FITS, ECSV) with RA/Dec columns in degrees (and
         optionally an id and a redshift ``z``): predict at those positions
         instead of detecting. Positions off the mosaic are counted, not errors.
+    redshifts : table with RA/Dec [deg] and a redshift column (``z``,
+        ``z_spec``, ``redshift``), e.g. a spectroscopic catalogue: each source
+        without a ``z`` takes the redshift of the nearest entry within
+        ``redshift_match_arcsec`` (for the UV-slope bands and SED fits).
     config : detection settings (``configs/catalogue.yaml``), ``overrides`` on top.
     export_to : also write a ``.fits`` or ``.ecsv`` table.
 
@@ -78,7 +78,8 @@ def run_catalogue(
     metas = [read_meta(p) for p in bundles]
     _check_bands(mosaic, metas, cfg, detecting=sources is None)
     wcs = mosaic_wcs(mosaic)
-    positions = _source_positions(sources, wcs, mosaic) if sources is not None else None
+    positions = source_positions(sources, wcs, mosaic) if sources is not None else None
+    z_table = redshift_table(redshifts) if redshifts is not None else None
     shape = (mosaic.sizes["y"], mosaic.sizes["x"])
     tile_size = cfg.tile_pix or int(mosaic["sci"].encoding.get("chunks", (1, 2048, 2048))[-1])
     crop = max(int(m["crop"]) for m in metas)
@@ -98,12 +99,14 @@ def run_catalogue(
                 tile_size, len(tiles) - len(todo), halo, ", ".join(_name(m) for m in metas))
     with open_client(client, profile=cluster, workers=workers) as c:
         _run_tiles(c, todo, parts, str(store), halo, [str(p) for p in bundles], cfg, positions, token, progress)
-    attrs = _provenance(mosaic, bundles, metas, cfg, sources)
+    attrs = _provenance(mosaic, bundles, metas, cfg, sources, redshifts)
     columns = parts.load_all()
     if not columns or not len(columns["x"]):
         raise ValueError("no sources: nothing was detected" if positions is None else
                          "no sources: none of the given positions lies on the mosaic's data")
     ds = assemble(columns, list(mosaic["band"].values), [_name(m) for m in metas], attrs)
+    if z_table is not None:
+        add_redshifts(ds, z_table, cfg.redshift_match_arcsec, Path(redshifts).name)
     add_uv_slopes(ds, cfg.default_redshift)
     _log_summary(ds)
     if out_path is not None:
@@ -138,49 +141,6 @@ def _check_bands(mosaic: Any, metas: list[dict[str, Any]], cfg: CatalogueConfig,
     if missing:
         raise ValueError(f"the mosaic store has no band(s) {missing} (it has {sorted(have)}); "
                          "they are needed by the model(s) or the detection image")
-
-
-def _column(table: Any, names: tuple[str, ...], what: str, required: bool = True) -> np.ndarray | None:
-    lower = {c.lower(): c for c in table.colnames}
-    for name in names:
-        if name in lower:
-            return np.asarray(table[lower[name]])
-    if required:
-        raise ValueError(f"the sources table has no {what} column (looked for {', '.join(names)}; "
-                         f"it has {', '.join(table.colnames[:12])})")
-    return None
-
-
-def _source_positions(sources: Path | str, wcs: Any, mosaic: Any) -> dict[str, np.ndarray]:
-    """Pixel positions of a sources table; the ones off the mosaic's data are dropped with a count."""
-    from astropy.table import Table
-
-    path = Path(sources)
-    if not path.is_file():
-        raise FileNotFoundError(f"sources file {path} does not exist")
-    try:
-        table = Table.read(path, format="ascii.csv" if path.suffix.lower() == ".csv" else None)
-    except Exception as exc:  # astropy raises many types for unreadable tables
-        raise ValueError(f"cannot read sources file {path}: {exc}".splitlines()[0]) from None
-    ra = _column(table, RA_NAMES, "RA").astype(float)
-    dec = _column(table, DEC_NAMES, "Dec").astype(float)
-    ids = _column(table, ID_NAMES, "id", required=False)
-    z = _column(table, Z_NAMES, "redshift", required=False)
-    x, y = wcs.all_world2pix(ra, dec, 0)
-    ny, nx = mosaic.sizes["y"], mosaic.sizes["x"]
-    inside = np.isfinite(x) & np.isfinite(y) & (x > -0.5) & (x < nx - 0.5) & (y > -0.5) & (y < ny - 0.5)
-    xi, yi = np.rint(x[inside]).astype(int), np.rint(y[inside]).astype(int)
-    has_data = np.isfinite(mosaic["sci"].isel(band=0).data.vindex[yi, xi].compute()) if inside.any() else \
-        np.zeros(0, dtype=bool)
-    keep = np.flatnonzero(inside)[has_data]
-    if keep.size < len(table):
-        logger.warning("%d of %d sources fall outside the mosaic's data (off the footprint or on "
-                       "masked pixels); they are not in the catalogue", len(table) - keep.size, len(table))
-    out = {"x": x[keep], "y": y[keep], "row": keep}
-    out["input_id"] = np.asarray(ids[keep]).astype(str) if ids is not None else keep.astype(str)
-    if z is not None:
-        out["z"] = np.asarray(z[keep], dtype=float)
-    return out
 
 
 def _run_tiles(client: Any, todo: list[Tile], parts: TileParts, store: str, halo: int, bundles: list[str],
@@ -302,6 +262,22 @@ def _predict_all(predictors: list[Predictor], stamps: np.ndarray, snr: np.ndarra
     return {k: np.stack(v, axis=1) for k, v in out.items()}, flag
 
 
+def add_redshifts(ds: Any, table: dict[str, np.ndarray], radius_arcsec: float, name: str) -> None:
+    """Fill a catalogue's missing ``z`` from the nearest entry of a redshift ``table``
+    (:func:`surveydust.sources.redshift_table`, read from file ``name``) within ``radius_arcsec``,
+    in place; ``z_sep`` [arcsec] records each match's separation."""
+    n = ds.sizes["source"]
+    z = ds["z"].values.astype(float) if "z" in ds else np.full(n, np.nan)
+    matched, sep = match_redshifts(ds["ra"].values, ds["dec"].values, table, radius_arcsec)
+    take = ~np.isfinite(z) & np.isfinite(matched)
+    z[take] = matched[take]
+    ds["z"] = ("source", z)
+    ds["z_sep"] = ("source", np.where(take, sep, np.nan))
+    ds["z_sep"].attrs.update(units="arcsec", long_name=f"separation of the redshift's match in {name}")
+    logger.info("%d of %d sources took a redshift from %s (nearest within %g arcsec)", int(take.sum()), n,
+                name, radius_arcsec)
+
+
 def add_uv_slopes(ds: Any, default_redshift: float) -> None:
     """Add ``beta``, ``A_V_meurer`` (and errors, bands used) to a catalogue, in place.
 
@@ -325,7 +301,7 @@ def add_uv_slopes(ds: Any, default_redshift: float) -> None:
 
 
 def _provenance(mosaic: Any, bundles: list[Path], metas: list[dict[str, Any]], cfg: CatalogueConfig,
-                sources: Path | str | None) -> dict[str, Any]:
+                sources: Path | str | None, redshifts: Path | str | None) -> dict[str, Any]:
     return {
         "surveydust_version": surveydust.__version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -335,6 +311,7 @@ def _provenance(mosaic: Any, bundles: list[Path], metas: list[dict[str, Any]], c
                    for p, m in zip(bundles, metas)],
         "catalogue_config": cfg.model_dump(mode="json"),
         "sources_file": str(Path(sources).resolve()) if sources is not None else "",
+        "redshifts_file": str(Path(redshifts).resolve()) if redshifts is not None else "",
         "flag_meanings": ", ".join(f"{v}={k}" for k, v in FLAGS.items()),
         "pixel_convention": "x, y are 0-based pixel centres of the mosaic",
     }
@@ -346,4 +323,4 @@ def _log_summary(ds: Any) -> None:
     logger.info("catalogue: %d sources (flags: %s)", ds.sizes["source"], counts)
 
 
-__all__ = ["add_uv_slopes", "catalogue_tile", "run_catalogue"]
+__all__ = ["add_redshifts", "add_uv_slopes", "catalogue_tile", "run_catalogue"]

@@ -108,6 +108,26 @@ def test_sources_mode_counts_positions_off_the_mosaic(field, tmp_path: Path, cli
     assert list(cat["beta_bands"].values) == expected  # bands chosen by each source's z
 
 
+def test_redshifts_table_fills_z_by_position(field, reference, tmp_path: Path, client) -> None:
+    store, truth = field
+    cat = run_catalogue(store, client=client, redshifts=truth, progress=False)
+    _same(cat[["x", "y", "A_V", "flux"]], reference[["x", "y", "A_V", "flux"]])  # only z and what follows change
+    table = Table.read(truth)
+    has_z = np.isfinite(cat["z"].values)
+    assert has_z.sum() >= 15 and (cat["z_sep"].values[has_z] <= 0.2).all()
+    match = match_truth(cat, truth)
+    assert has_z.sum() >= match["matched"] - 1
+    # each z is the redshift of the nearest injected galaxy
+    ra, dec = cat["ra"].values[has_z, None], cat["dec"].values[has_z, None]
+    d = np.hypot((ra - np.asarray(table["ra"])[None]) * np.cos(np.deg2rad(dec)), dec - np.asarray(table["dec"])[None])
+    np.testing.assert_allclose(cat["z"].values[has_z], np.asarray(table["redshift"])[d.argmin(axis=1)])
+    assert not (cat["flag"].values[has_z] & 32).any() and (cat["flag"].values[~has_z] & 32).all()
+    from surveydust.uvslope import uv_bands
+
+    expected = ["+".join(uv_bands(list(cat["band"].values), z)) for z in cat["z"].values[has_z]]
+    assert list(cat["beta_bands"].values[has_z]) == expected
+
+
 def test_compare_reports_every_pair_and_truth(reference, field, tmp_path: Path) -> None:
     from surveydust.compare import compare
 
@@ -128,6 +148,10 @@ def test_bad_input_is_a_clear_error(field, tmp_path: Path, client) -> None:
     bad.write_text("alpha,beta\n1,2\n")
     with pytest.raises(ValueError, match="no RA column"):
         run_catalogue(store, client=client, sources=bad, progress=False)
+    no_z = tmp_path / "noz.csv"
+    no_z.write_text("ra,dec\n1,2\n")
+    with pytest.raises(ValueError, match="no redshift column"):
+        run_catalogue(store, client=client, redshifts=no_z, progress=False)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run_catalogue(store, client=client, model=tmp_path / "nomodel", progress=False)
     with pytest.raises(ValueError, match=r"no band\(s\) \['F090W'\]"):
