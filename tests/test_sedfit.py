@@ -58,12 +58,12 @@ def test_fit_recovers_a_v_of_a_bagpipes_model(bagpipes, tmp_path: Path) -> None:
 
 
 def tiny_catalogue(bagpipes, tmp_path: Path) -> xr.Dataset:
-    """Four sources in the catalogue layout: two to fit (z given / not), one flagged edge, one
-    with two usable bands only."""
+    """Four sources in the catalogue layout: two to fit (flagged low SNR with a z; no z), one
+    flagged edge, one with two usable bands only."""
     flux = np.stack([model_photometry_njy(bagpipes, tmp_path, a_v) for a_v in (0.3, 1.0, 0.3, 0.3)])
     flux_err = np.full_like(flux, 1.0)  # nJy
     flux[3, 2:] = np.nan
-    flag = np.array([0, FLAGS["no_redshift"], FLAGS["edge"], 0], dtype=np.uint16)
+    flag = np.array([FLAGS["low_snr"], FLAGS["no_redshift"], FLAGS["edge"], 0], dtype=np.uint16)
     n = len(flux)
     ds = xr.Dataset(coords={"source": np.arange(n), "band": np.array(BANDS, dtype=object),
                             "model": np.array(["F277W+F356W+F444W"], dtype=object)})
@@ -130,8 +130,18 @@ def test_missing_bagpipes_is_one_clear_line(monkeypatch, tmp_path: Path) -> None
         "Error: SED fitting needs Bagpipes and nautilus (no module 'bagpipes'): pip install 'surveydust[sed]'"]
 
 
+def test_av_prior_choices(bagpipes) -> None:
+    from surveydust.sedfit import fit_instructions
+
+    assert fit_instructions(7.0)["dust"] == {"type": "Calzetti", "Av": (1e-4, 10.0), "Av_prior": "log_10"}
+    assert fit_instructions(7.0, "uniform")["dust"]["Av"] == (0.0, 4.0)
+    with pytest.raises(ValueError, match="av_prior must be one of log, uniform, got 'flat'"):
+        fit_sed(xr.Dataset(), av_prior="flat")
+
+
 def test_fit_sed_help_has_units() -> None:
     from surveydust.cli import main
 
     text = CliRunner().invoke(main, ["fit-sed", "--help"]).output
     assert "--n-live" in text and "--workers" in text and "[mag]" in text and "nJy" in text
+    assert "--av-prior [log|uniform]" in text
