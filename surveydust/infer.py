@@ -34,6 +34,7 @@ from surveydust.uvslope import uv_slopes
 
 logger = logging.getLogger(__name__)
 
+
 def run_catalogue(
     store: Path | str,
     out: Path | str | None = None,
