@@ -89,6 +89,8 @@ def compare(catalogue: Path | str | xr.Dataset, out: Path | str, truth: Path | s
     if not rows:
         raise ValueError("the catalogue has fewer than two estimates to compare")
     table = Table(rows=rows)
+    for name in ("MAE", "std", "variance", "mean"):
+        table[name].info.format = ".4g"
     table.meta["sources"] = int(keep.sum())
     table.meta["note"] = "differences are method_a - method_b" + ("" if flagged else
                                                                   f"; sources without {', '.join(QUALITY_FLAGS)} flags")
