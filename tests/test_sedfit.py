@@ -48,7 +48,9 @@ def test_fit_recovers_a_v_of_a_bagpipes_model(bagpipes, tmp_path: Path) -> None:
     flux = model_photometry_njy(bagpipes, tmp_path, a_v=0.5)
     f, e, use = photometry_ujy(flux, np.zeros_like(flux))  # errors: the 5% floor
     assert use.all() and np.allclose(e, 0.05 * f)
-    result = fit_photometry(f, e, list(filter_curves(BANDS).values()), 7.0, n_live=50, seed=0)
+    # n_live 100 (the default): over seeds 0-2 the median is 0.45-0.47 and 0.5 lies inside the 16-84%
+    # interval; at n_live 50 the interval ends at 0.49-0.52 (the log prior pulls A_V down)
+    result = fit_photometry(f, e, list(filter_curves(BANDS).values()), 7.0, n_live=100, seed=0)
     assert result["A_V_sed_lo"] <= 0.5 <= result["A_V_sed_hi"], result
     assert result["A_V_sed_hi"] - result["A_V_sed_lo"] < 0.5
     for t in (10, 100):
