@@ -326,11 +326,13 @@ def fit_sed(
     curves = filter_curves([str(b) for b in cat["band"].values])
     if not curves:
         raise ValueError("no band of the catalogue has a filter curve for Bagpipes")
-    jobs = _jobs(cat, curves, _selection(cat, sources), default_redshift, max_z, overwrite)
     settings = {"n_live": n_live, "default_redshift": default_redshift, "error_floor": ERROR_FLOOR,
                 "av_prior": av_prior, "bands": list(curves),
                 "instructions_at_z7": repr(fit_instructions(7.0, av_prior)),
                 "n_posterior": N_POSTERIOR, "timescales_myr": list(TIMESCALES_MYR)}
+    if not overwrite and "A_V_sed" in cat and np.isfinite(cat["A_V_sed"].values).any():
+        _check_same_settings(cat.attrs.get("sed_fit", {}), settings)
+    jobs = _jobs(cat, curves, _selection(cat, sources), default_redshift, max_z, overwrite)
     token = dask.base.tokenize(settings, [(j["index"], j["flux"], j["err"], j["redshift"]) for j in jobs])
     scratch = tempfile.TemporaryDirectory(prefix="surveydust-sedfit-") if out_path is None else None
     parts = TileParts(Path(f"{out_path or Path(scratch.name) / 'catalogue.zarr'}-sed"), token)
@@ -361,6 +363,16 @@ def _version(package: str) -> str:
         return version(package)
     except PackageNotFoundError:
         return ""
+
+
+def _check_same_settings(old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Refuse to add fits made with other settings to a catalogue's kept SED results."""
+    changed = [k for k in ("av_prior", "n_live", "default_redshift", "error_floor", "bands")
+               if old.get(k) != new[k]]
+    if changed:
+        was = ", ".join(f"{k} {old.get(k)!r}" for k in changed)
+        raise ValueError(f"the catalogue has SED results made with other settings ({was}); "
+                         "pass overwrite to fit every source again with the new ones")
 
 
 def _selection(cat: xr.Dataset, sources: Any) -> np.ndarray:

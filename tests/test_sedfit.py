@@ -90,6 +90,12 @@ def test_fit_sed_with_nothing_to_fit_adds_empty_columns(bagpipes, tmp_path: Path
     assert list(methods(out, "log_ssfr")) == ["CNN F277W+F356W+F444W", "SED 10 Myr", "SED 100 Myr"]
     with pytest.raises(ValueError, match="row indices"):
         fit_sed(ds, sources=[4], client=client)
+    # results kept from a fit with other settings are not mixed with new ones
+    kept = out.copy(deep=True)
+    kept["A_V_sed"].values[0] = 0.3
+    with pytest.raises(ValueError, match="SED results made with other settings \\(av_prior 'log'\\)"):
+        fit_sed(kept, av_prior="uniform", client=client)
+    assert np.isnan(fit_sed(out, av_prior="uniform", client=client, progress=False)["A_V_sed"]).all()
 
 
 @pytest.mark.slow  # 60-90 s on the shared 2-core machine (two fits in parallel, Bagpipes imported on workers)
