@@ -30,7 +30,7 @@ from surveydust.config import CatalogueConfig, TrainingConfig, load_catalogue_co
 from surveydust.detect import FLAGS, Tile, aperture_photometry, cut_stamps, detect, make_tiles
 from surveydust.preprocess import ood_score
 from surveydust.sources import match_redshifts, redshift_table, source_positions
-from surveydust.uvslope import uv_slopes
+from surveydust.uvslope import meurer_av, uv_slopes
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,8 @@ def catalogue_tile(store: str, tile: Tile, halo: int, bundles: list[str], cfg: C
     else:
         x, y = positions["x"], positions["y"]
         blended = np.zeros(x.size, dtype=bool)
-        columns.update({k: v for k, v in positions.items() if k in ("input_id", "z")})
+        columns.update({k: v for k, v in positions.items() if k in ("input_id", "z", "beta_input",
+                                                                      "beta_input_err")})
     predictors = [_predictor(p) for p in bundles]
     size = max(p.crop for p in predictors)
     stamps = cut_stamps(sci, x - x0, y - y0, size)
@@ -264,16 +265,20 @@ def _predict_all(predictors: list[Predictor], stamps: np.ndarray, snr: np.ndarra
 
 
 def add_redshifts(ds: Any, table: dict[str, np.ndarray], radius_arcsec: float, name: str) -> None:
-    """Fill a catalogue's missing ``z`` from the nearest entry of a redshift ``table``
-    (:func:`surveydust.sources.redshift_table`, read from file ``name``) within ``radius_arcsec``,
-    in place; ``z_sep`` [arcsec] records each match's separation."""
+    """Fill a catalogue's missing ``z`` (and ``beta_input``, ``beta_input_err`` when the table has
+    them) from the nearest entry of a redshift ``table`` (:func:`surveydust.sources.redshift_table`,
+    read from file ``name``) within ``radius_arcsec``, in place; ``z_sep`` [arcsec] records each
+    match's separation."""
     n = ds.sizes["source"]
     z = ds["z"].values.astype(float) if "z" in ds else np.full(n, np.nan)
-    matched, sep = match_redshifts(ds["ra"].values, ds["dec"].values, table, radius_arcsec)
-    take = ~np.isfinite(z) & np.isfinite(matched)
-    z[take] = matched[take]
-    ds["z"] = ("source", z)
-    ds["z_sep"] = ("source", np.where(take, sep, np.nan))
+    matched = match_redshifts(ds["ra"].values, ds["dec"].values, table, radius_arcsec)
+    take = ~np.isfinite(z) & np.isfinite(matched["z"])
+    for key in ("z", "beta_input", "beta_input_err"):
+        if key in matched:
+            values = ds[key].values.astype(float) if key in ds else np.full(n, np.nan)
+            values[take] = matched[key][take]
+            ds[key] = ("source", values)
+    ds["z_sep"] = ("source", np.where(take, matched["sep"], np.nan))
     ds["z_sep"].attrs.update(units="arcsec", long_name=f"separation of the redshift's match in {name}")
     logger.info("%d of %d sources took a redshift from %s (nearest within %g arcsec)", int(take.sum()), n,
                 name, radius_arcsec)
@@ -283,7 +288,9 @@ def add_uv_slopes(ds: Any, default_redshift: float) -> None:
     """Add ``beta``, ``A_V_meurer`` (and errors, bands used) to a catalogue, in place.
 
     The band choice uses each source's ``z`` (from the sources table); sources
-    without one get ``default_redshift`` and the ``no_redshift`` flag.
+    without one get ``default_redshift`` and the ``no_redshift`` flag. Sources
+    with a ``beta_input`` (a UV slope from the sources or redshifts table) take
+    it instead of the fit (``beta_bands`` = ``"input"``).
     """
     n = ds.sizes["source"]
     z = ds["z"].values.astype(float) if "z" in ds else np.full(n, np.nan)
@@ -294,6 +301,13 @@ def add_uv_slopes(ds: Any, default_redshift: float) -> None:
         ds[name] = ("source", values.astype(object) if values.dtype.kind == "U" else values)
     for name in ("A_V_meurer", "A_V_meurer_err"):
         ds[name].attrs["units"] = "mag"
+    if "beta_input" in ds:  # UV slopes measured elsewhere (e.g. spectra) replace the photometric fit
+        given = np.isfinite(ds["beta_input"].values)
+        beta, beta_err = ds["beta_input"].values[given], ds["beta_input_err"].values[given]
+        av, av_err = meurer_av(beta, beta_err)
+        for key, values in zip(("beta", "beta_err", "A_V_meurer", "A_V_meurer_err"), (beta, beta_err, av, av_err)):
+            ds[key].values[given] = values
+        ds["beta_bands"].values[given] = "input"
     ds["beta"].attrs["long_name"] = "UV continuum slope (f_lambda ~ lambda^beta)"
     ds["flag"].values[:] = ds["flag"].values | np.where(missing, FLAGS["no_redshift"], 0).astype(np.uint16)
     if missing.any():

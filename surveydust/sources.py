@@ -4,6 +4,9 @@ Tables are CSV, FITS or ECSV with RA/Dec in degrees; column names are found
 case-insensitively among common spellings (``RA_NAMES``, ``DEC_NAMES``,
 ``ID_NAMES``, ``Z_NAMES``, e.g. the DJA spectroscopic compilation's ``ra``,
 ``dec``, ``z_spec``). Masked or empty redshifts read as NaN (no redshift).
+Either table may also give a UV slope measured elsewhere (e.g. from NIRSpec
+spectra, as in the paper): ``beta`` and ``beta_err`` (``BETA_NAMES``,
+``BETA_ERR_NAMES``), used instead of the photometric fit.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ RA_NAMES = ("ra", "ra_deg", "raj2000", "alpha_j2000")
 DEC_NAMES = ("dec", "dec_deg", "dej2000", "decj2000", "delta_j2000")
 ID_NAMES = ("id", "source_id", "objid", "object_id")
 Z_NAMES = ("z", "z_spec", "zspec", "redshift")
+BETA_NAMES = ("beta", "beta_uv", "beta_spec")
+BETA_ERR_NAMES = ("beta_err", "e_beta", "beta_error", "beta_uv_err", "beta_spec_err")
 
 
 def read_table(path: Path | str, what: str) -> Any:
@@ -81,14 +86,25 @@ def source_positions(sources: Path | str, wcs: Any, mosaic: Any) -> dict[str, np
     out["input_id"] = np.asarray(table[id_name])[keep].astype(str) if id_name else keep.astype(str)
     if z is not None:
         out["z"] = z[keep]
+    out.update({k: v[keep] for k, v in _beta_columns(table).items()})
     return out
 
 
+def _beta_columns(table: Any) -> dict[str, np.ndarray]:
+    """``beta_input`` and ``beta_input_err`` (NaN where not given) when the table has a beta column."""
+    beta = float_column(table, BETA_NAMES, "beta", required=False)
+    if beta is None:
+        return {}
+    err = float_column(table, BETA_ERR_NAMES, "beta error", required=False)
+    return {"beta_input": beta, "beta_input_err": err if err is not None else np.full(len(beta), np.nan)}
+
+
 def redshift_table(path: Path | str) -> dict[str, np.ndarray]:
-    """``ra``, ``dec`` [deg] and ``z`` of the entries of a redshifts table that have all three."""
+    """``ra``, ``dec`` [deg] and ``z`` of the entries of a redshifts table that have all three (and
+    ``beta_input``, ``beta_input_err`` when it gives UV slopes)."""
     table = read_table(path, "redshifts")
     cols = {"ra": float_column(table, RA_NAMES, "RA"), "dec": float_column(table, DEC_NAMES, "Dec"),
-            "z": float_column(table, Z_NAMES, "redshift")}
+            "z": float_column(table, Z_NAMES, "redshift"), **_beta_columns(table)}
     good = np.isfinite(cols["ra"]) & np.isfinite(cols["dec"]) & np.isfinite(cols["z"])
     if not good.any():
         raise ValueError(f"redshifts file {path} has no row with a finite RA, Dec and redshift")
@@ -108,13 +124,13 @@ def nearest(ra: np.ndarray, dec: np.ndarray, ref_ra: np.ndarray, ref_dec: np.nda
 
 
 def match_redshifts(ra: np.ndarray, dec: np.ndarray, table: dict[str, np.ndarray],
-                    radius_arcsec: float) -> tuple[np.ndarray, np.ndarray]:
-    """Redshifts of the ``table`` (:func:`redshift_table`) entries nearest to (``ra``, ``dec``) [deg].
-
-    Returns ``(z, separation_arcsec)``, NaN where no entry lies within ``radius_arcsec``.
-    """
+                    radius_arcsec: float) -> dict[str, np.ndarray]:
+    """The ``table`` (:func:`redshift_table`) columns other than ``ra``/``dec`` of the entries nearest
+    to (``ra``, ``dec``) [deg], and ``sep`` [arcsec]; NaN where no entry lies within ``radius_arcsec``."""
     idx, sep, close = nearest(ra, dec, table["ra"], table["dec"], radius_arcsec)
-    return np.where(close, table["z"][idx], np.nan), np.where(close, sep, np.nan)
+    out = {k: np.where(close, v[idx], np.nan) for k, v in table.items() if k not in ("ra", "dec")}
+    out["sep"] = np.where(close, sep, np.nan)
+    return out
 
 
 __all__ = ["column_name", "float_column", "match_redshifts", "nearest", "read_table", "redshift_table",

@@ -91,7 +91,9 @@ def test_sources_mode_counts_positions_off_the_mosaic(field, tmp_path: Path, cli
     truth = Table.read(truth)
     rows = Table({"ra": np.r_[truth["ra_centroid"][:5], 150.1, 53.0],
                   "dec": np.r_[truth["dec_centroid"][:5], 2.2, -27.0],
-                  "z": np.r_[truth["redshift"][:5], 7.0, 6.5]})
+                  "z": np.r_[truth["redshift"][:5], 7.0, 6.5],
+                  "beta": [-2.0, np.nan, -1.5, np.nan, np.nan, -2.0, -2.0],  # e.g. from spectra
+                  "beta_err": [0.1, np.nan, 0.2, np.nan, np.nan, 0.1, 0.1]})
     sources = tmp_path / "dja.csv"
     rows.write(sources, format="ascii.csv")
     with caplog.at_level(logging.WARNING, logger="surveydust"):
@@ -105,7 +107,14 @@ def test_sources_mode_counts_positions_off_the_mosaic(field, tmp_path: Path, cli
     from surveydust.uvslope import uv_bands
 
     expected = ["+".join(uv_bands(list(cat["band"].values), z)) for z in cat["z"].values]
-    assert list(cat["beta_bands"].values) == expected  # bands chosen by each source's z
+    given = np.isin(cat["input_id"].values.astype(int), [0, 2])
+    assert list(cat["beta_bands"].values[~given]) == [e for e, g in zip(expected, given) if not g]  # by each z
+    # given UV slopes replace the fit: Meurer A_1600 = 4.43 + 1.99 beta, A_V = A_1600 / 2.46
+    np.testing.assert_allclose(cat["beta"].values[order][[0, 2]], [-2.0, -1.5])
+    np.testing.assert_allclose(cat["A_V_meurer"].values[order][[0, 2]], [(4.43 - 3.98) / 2.46, (4.43 - 2.985) / 2.46],
+                               rtol=2e-3)
+    np.testing.assert_allclose(cat["A_V_meurer_err"].values[order][[0, 2]], [0.199 / 2.46, 0.398 / 2.46], rtol=2e-3)
+    assert set(cat["beta_bands"].values[given]) == {"input"}
 
 
 def test_redshifts_table_fills_z_by_position(field, reference, tmp_path: Path, client) -> None:

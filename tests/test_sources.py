@@ -28,6 +28,16 @@ def test_redshift_table_finds_columns_and_drops_missing_z(tmp_path: Path) -> Non
     np.testing.assert_array_equal(table["ra"], [10.0, 10.002])
 
 
+def test_uv_slopes_come_with_the_redshifts(tmp_path: Path) -> None:
+    path = tmp_path / "specz.csv"
+    path.write_text("ra,dec,z,beta_uv,e_beta\n10.0,2.0,7.1,-2.1,0.1\n10.001,2.0,6.5,,\n")
+    table = redshift_table(path)
+    np.testing.assert_array_equal(table["beta_input"], [-2.1, np.nan])
+    matched = match_redshifts(np.array([10.001, 10.0]), np.array([2.0, 2.0]), table, radius_arcsec=0.2)
+    np.testing.assert_array_equal(matched["z"], [6.5, 7.1])
+    np.testing.assert_array_equal(matched["beta_input_err"], [np.nan, 0.1])
+
+
 def test_empty_z_in_csv_is_missing(tmp_path: Path) -> None:
     path = tmp_path / "specz.csv"
     path.write_text("ra,dec,redshift\n10.0,2.0,\n10.001,2.0,6.5\n")
@@ -38,7 +48,8 @@ def test_nearest_entry_within_radius(tmp_path: Path) -> None:
     cos = np.cos(np.deg2rad(2.0))
     table = {"ra": np.array([10.0, 10.0 + 1.0 * ARCSEC / cos]), "dec": np.array([2.0, 2.0]), "z": np.array([6.0, 7.0])}
     ra = np.array([10.0 + 0.1 * ARCSEC / cos, 10.0 + 0.95 * ARCSEC / cos, 10.0 + 5 * ARCSEC / cos])
-    z, sep = match_redshifts(ra, np.full(3, 2.0), table, radius_arcsec=0.2)
+    matched = match_redshifts(ra, np.full(3, 2.0), table, radius_arcsec=0.2)
+    z, sep = matched["z"], matched["sep"]
     np.testing.assert_allclose(z[:2], [6.0, 7.0])
     np.testing.assert_allclose(sep[:2], [0.1, 0.05], atol=1e-6)
     assert np.isnan(z[2]) and np.isnan(sep[2])  # 4" from the nearest entry: no redshift
