@@ -117,8 +117,10 @@ def test_fit_sed_on_dask_writes_a_catalogue(bagpipes, tmp_path: Path, client) ->
     with pytest.raises(FileExistsError):
         fit_sed(cat_path, out, n_live=20, client=client, progress=False)
     # in place: sources that have results are kept, not fitted again (no task runs)
-    again = fit_sed(out, sources=[0, 1], client=client, progress=False)
+    again = fit_sed(out, sources=[0, 1], n_live=20, client=client, progress=False)
     assert np.allclose(again["A_V_sed"].values, cat["A_V_sed"].values, equal_nan=True)
+    with pytest.raises(ValueError, match=r"other settings \(n_live 20\)"):  # not mixed with n_live 100 fits
+        fit_sed(out, client=client, progress=False)
     from surveydust.cli import main
 
     result = CliRunner().invoke(main, ["fit-sed", str(out), "--workers", "1", "--n-live", "20", "--quiet"])
