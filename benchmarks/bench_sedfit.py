@@ -121,5 +121,6 @@ def main() -> None:
               f"2 vs 1: {results[2]['cpu'] / results[1]['cpu']:.2f}x (> 1: fits slow each other down, e.g. shared "
               "cores)")
 
+
 if __name__ == "__main__":
     main()

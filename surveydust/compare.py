@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 from surveydust.detect import FLAGS
-from surveydust.sources import nearest
+from surveydust.sources import TRUTH_MATCH_ARCSEC, nearest
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ def methods(cat: xr.Dataset, quantity: str) -> dict[str, np.ndarray]:
     return out
 
 
-def truth_values(cat: xr.Dataset, truth: Path | str, radius_arcsec: float = 0.1) -> dict[str, np.ndarray]:
+def truth_values(cat: xr.Dataset, truth: Path | str,
+                 radius_arcsec: float = TRUTH_MATCH_ARCSEC) -> dict[str, np.ndarray]:
     """Truth per catalogue source (NaN where no injected galaxy lies within ``radius_arcsec``)."""
     from astropy.table import Table
 

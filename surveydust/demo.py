@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from surveydust.sources import TRUTH_MATCH_ARCSEC, nearest
+
 logger = logging.getLogger(__name__)
 
 DEMO_TILE_PIX = 256  # small tiles, so the demo has several tiles and sources on their boundaries
-MATCH_RADIUS_ARCSEC = 0.1
 
 
 def make_demo_field(directory: Path | str, *, n_galaxies: int = 40, size: int = 768, seed: int = 0,
@@ -43,7 +44,7 @@ def make_demo_field(directory: Path | str, *, n_galaxies: int = 40, size: int = 
     return store, files.truth
 
 
-def match_truth(catalogue: Any, truth: Path | str, radius_arcsec: float = MATCH_RADIUS_ARCSEC) -> dict[str, Any]:
+def match_truth(catalogue: Any, truth: Path | str, radius_arcsec: float = TRUTH_MATCH_ARCSEC) -> dict[str, Any]:
     """Match catalogue sources to the injected galaxies' light-weighted centroids
     (nearest within ``radius_arcsec``).
 
@@ -54,12 +55,8 @@ def match_truth(catalogue: Any, truth: Path | str, radius_arcsec: float = MATCH_
     """
     from astropy.table import Table
 
-    from surveydust.sources import nearest
-
     truth = Table.read(truth)
     n_cat = catalogue.sizes["source"]
-    if n_cat == 0:
-        return {"matched": 0, "missed": len(truth), "spurious": 0}
     idx, sep, ok = nearest(np.asarray(truth["ra_centroid"]), np.asarray(truth["dec_centroid"]),
                            catalogue["ra"].values, catalogue["dec"].values, radius_arcsec)
     result: dict[str, Any] = {"matched": int(ok.sum()), "missed": int((~ok).sum()),

@@ -25,6 +25,7 @@ ID_NAMES = ("id", "source_id", "objid", "object_id")
 Z_NAMES = ("z", "z_spec", "zspec", "redshift")
 BETA_NAMES = ("beta", "beta_uv", "beta_spec")
 BETA_ERR_NAMES = ("beta_err", "e_beta", "beta_error", "beta_uv_err", "beta_spec_err")
+TRUTH_MATCH_ARCSEC = 0.1  # catalogue source <-> injected galaxy (light-weighted centroid)
 
 
 def read_table(path: Path | str, what: str) -> Any:
