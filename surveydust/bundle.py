@@ -4,19 +4,25 @@
 
     bundle/
       model.keras     the Keras 3 model (loaded in safe mode, compile=False)
-      bundle.json     bands, targets, crop, target scaling, loss, training config,
-                      training-store id, split (test / validation galaxy ids),
-                      metrics, Keras backend, SHA-256 of model.keras
+      bundle.json     bands, targets, crop, target scaling and transforms, loss,
+                      whether it takes redshifts, training config, training-store
+                      id, split (protocol; test / validation / calibration
+                      galaxies), calibrated percentile levels, Keras backend,
+                      SHA-256 of model.keras and of the metadata itself
 
 :func:`load_model` returns a :class:`Predictor` whose ``predict`` takes images
-``(n, band, y, x)`` in nJy (training-store units) and returns an
-``xarray.Dataset`` of ``A_V``, ``EBV``, ``R_V``, ``log_ssfr`` and their ``*_err``.
+``(n, band, y, x)`` in nJy (training-store units) and optional redshifts and
+returns an ``xarray.Dataset`` of ``A_V``, ``EBV``, ``R_V``, ``log_ssfr``, their
+``*_err`` and calibrated percentiles. Shipped bundles live in
+``surveydust/data/bundles/<name>/``, one per band set.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,28 +30,40 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from surveydust.posterior import LEVEL_NAMES, LEVELS, LOG_OFFSETS, percentiles
 from surveydust.preprocess import network_inputs
+from surveydust.quantities import UNITS, quantity
 from surveydust.provenance import sha256
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MODEL_FILE, META_FILE = "model.keras", "bundle.json"
 MIN_EBV_FOR_RV = 1e-3
 PREPROCESS_BATCHES = 8
-OUTPUT_UNITS = {"A_V": "mag", "EBV": "mag", "R_V": "", "log_ssfr": "log10(yr^-1)"}
+REQUIRED_META = ("bands", "targets", "crop", "loss", "target_scaling", "checksums")
+SHIPPED = "bundles"  # folder of the shipped bundles inside surveydust/data
+
+
+def meta_checksum(meta: dict[str, Any]) -> str:
+    """SHA-256 of a bundle's metadata (canonical JSON, without its ``checksums``)."""
+    body = {k: v for k, v in meta.items() if k != "checksums"}
+    text = json.dumps(body, sort_keys=True, default=_jsonable, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def save_bundle(model: Any, path: Path, meta: dict[str, Any]) -> Path:
-    """Write ``model`` and ``meta`` (plus format version and checksum) into ``path``.
+    """Write ``model`` and ``meta`` (plus format version and checksums) into ``path``.
 
     Pass an uncompiled model: a compiled one also stores its optimizer state (3x larger).
+    The checksums cover the model file and the metadata itself.
     """
     import keras
 
     path.mkdir(parents=True, exist_ok=True)
     model.save(path / MODEL_FILE)
-    meta = {**meta, "format_version": FORMAT_VERSION, "keras_backend": keras.backend.backend(),
-            "checksums": {MODEL_FILE: sha256(path / MODEL_FILE)}}
-    (path / META_FILE).write_text(json.dumps(meta, indent=2, default=_jsonable))
+    meta = json.loads(json.dumps({**meta, "format_version": FORMAT_VERSION,
+                                  "keras_backend": keras.backend.backend()}, default=_jsonable))
+    meta["checksums"] = {MODEL_FILE: sha256(path / MODEL_FILE), META_FILE: meta_checksum(meta)}
+    (path / META_FILE).write_text(json.dumps(meta, indent=2))
     return path
 
 
@@ -57,13 +75,40 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def default_bundle_path() -> Path:
-    """The bundle shipped with the package (trained on the built-in simulator)."""
-    return Path(str(resources.files("surveydust") / "data" / "bundles" / "default"))
+def shipped_bundles() -> dict[tuple[str, ...], Path]:
+    """The bundles shipped with the package (trained on the built-in simulator), by band set."""
+    root = Path(str(resources.files("surveydust") / "data" / SHIPPED))
+    found = {}
+    for d in sorted(p for p in root.iterdir() if (p / META_FILE).is_file()):
+        found[tuple(json.loads((d / META_FILE).read_text())["bands"])] = d
+    return found
+
+
+def default_bundle_path(bands: Sequence[str] | None = None) -> Path:
+    """The shipped bundle for exactly ``bands`` (any order); None: the one with the most bands."""
+    shipped = shipped_bundles()
+    if bands is None:
+        return shipped[max(shipped, key=len)]
+    want = {b.upper() for b in bands}
+    for have, path in shipped.items():
+        if set(have) == want:
+            return path
+    raise ValueError(f"no shipped bundle for bands {sorted(want)}; shipped: "
+                     + "; ".join("+".join(b) for b in shipped))
+
+
+def richest_bundle(available: Sequence[str]) -> Path:
+    """The shipped bundle with the most bands, all of which are in ``available``."""
+    have = {b.upper() for b in available}
+    usable = {bands: p for bands, p in shipped_bundles().items() if set(bands) <= have}
+    if not usable:
+        raise ValueError(f"no shipped bundle can run on bands {sorted(have)}: every one needs "
+                         + " or ".join("+".join(b) for b in shipped_bundles()))
+    return usable[max(usable, key=len)]
 
 
 def read_meta(path: Path) -> dict[str, Any]:
-    """Read and check ``bundle.json`` (existence, format version, checksum)."""
+    """Read and check ``bundle.json`` (existence, format version, keys, checksums)."""
     meta_file, model_file = path / META_FILE, path / MODEL_FILE
     for f in (meta_file, model_file):
         if not f.is_file():
@@ -72,16 +117,25 @@ def read_meta(path: Path) -> dict[str, Any]:
         meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError:
         raise ValueError(f"{meta_file} is not valid JSON") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"bundle {path} has format version {meta.get('format_version')}; "
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise ValueError(f"bundle {path} has format version {version}; "
                          f"this surveydust reads version {FORMAT_VERSION}: retrain or upgrade")
-    if sha256(model_file) != meta["checksums"][MODEL_FILE]:
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise ValueError(f"{meta_file} lacks {', '.join(missing)}: not a complete bundle")
+    sums = meta["checksums"]
+    if not isinstance(sums, dict) or sha256(model_file) != sums.get(MODEL_FILE):
         raise ValueError(f"{model_file} does not match its checksum in {META_FILE} (modified or corrupt)")
+    if meta_checksum(meta) != sums.get(META_FILE):
+        raise ValueError(f"{meta_file} does not match its checksum (edited or corrupt): retrain, "
+                         "or restore the bundle")
     return meta
 
 
 class Predictor:
-    """A loaded bundle. ``bands``/``targets`` say what it needs and gives."""
+    """A loaded bundle. ``bands``/``targets`` say what it needs and gives;
+    ``uses_redshift`` whether a redshift sharpens its predictions."""
 
     def __init__(self, path: Path | str):
         import keras
@@ -92,6 +146,7 @@ class Predictor:
         self.targets: tuple[str, ...] = tuple(self.meta["targets"])
         self.crop: int = int(self.meta["crop"])
         self.loss: str = self.meta["loss"]
+        self.uses_redshift: bool = bool(self.meta.get("uses_redshift", False))
         scaling = self.meta["target_scaling"]
         self._mean = np.array([scaling[t][0] for t in self.targets])
         self._std = np.array([scaling[t][1] for t in self.targets])
@@ -102,41 +157,70 @@ class Predictor:
         """Short id: the first 12 hex digits of the model file's SHA-256."""
         return self.meta["checksums"][MODEL_FILE][:12]
 
-    def predict(self, images: np.ndarray, batch_size: int = 1024) -> xr.Dataset:
-        """Predict from images ``(n, band, y, x)`` [nJy] with bands in ``self.bands`` order."""
+    @property
+    def name(self) -> str:
+        """``<bands>`` plus ``+z`` when the model takes redshifts, e.g. ``F277W+F356W+F444W+z``."""
+        return "+".join(self.bands) + ("+z" if self.uses_redshift else "")
+
+    def predict(self, images: np.ndarray, redshift: np.ndarray | float | None = None,
+                batch_size: int = 1024) -> xr.Dataset:
+        """Predict from images ``(n, band, y, x)`` [nJy] with bands in ``self.bands`` order.
+
+        ``redshift``: one value or one per image (NaN where unknown; ignored by
+        models without a redshift input). Returns per target the median
+        (``A_V``...), the 2.5/16/84/97.5 percentiles (``A_V_p025``...,
+        calibrated on held-out galaxies), ``*_err`` = (p84 - p16) / 2, and
+        ``R_V`` = A_V / E(B-V) of the medians; A_V and E(B-V) are never negative.
+        """
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[1] != len(self.bands):
             raise ValueError(f"expected images (n, {len(self.bands)} bands {list(self.bands)}, y, x), "
                              f"got shape {images.shape}")
+        z = np.full(len(images), np.nan) if redshift is None or not self.uses_redshift \
+            else np.broadcast_to(np.asarray(redshift, dtype=np.float64), (len(images),)).copy()
         n = len(self.targets)
         step = PREPROCESS_BATCHES * batch_size  # normalise a slice at a time: bounded memory
         raw = np.concatenate([
-            self._forward(network_inputs(images[i:i + step], self.bands, self.crop), batch_size)
+            self._forward(network_inputs(images[i:i + step], self.crop, z[i:i + step]), batch_size)
             for i in range(0, len(images), step)
         ]) if len(images) else np.zeros((0, 2 * n))
         mean = raw[:, :n] * self._std + self._mean
-        if self.loss == "gaussian_nll":
-            import keras
+        if self.loss != "gaussian_nll":
+            pct = {t: np.full((len(images), len(LEVELS)), np.nan) for t in self.targets}
+            return self._dataset({t: np.maximum(mean[:, i], 0.0) if t in LOG_OFFSETS else mean[:, i]
+                                  for i, t in enumerate(self.targets)}, pct)
+        import keras
 
-            from surveydust.model import sigma_from_raw  # the loss's own sigma
+        from surveydust.model import sigma_from_raw  # the loss's own sigma
 
-            err = keras.ops.convert_to_numpy(sigma_from_raw(raw[:, n:])) * self._std
-        else:
-            err = np.full_like(mean, np.nan)
-        return self._dataset(mean, err)
+        sigma = np.asarray(keras.ops.convert_to_numpy(sigma_from_raw(raw[:, n:])), np.float64) * self._std
+        pct = {t: self._percentiles(t, mean[:, i], sigma[:, i], np.isfinite(z))
+               for i, t in enumerate(self.targets)}
+        return self._dataset({t: pct[t][:, LEVELS.index(0.5)] for t in self.targets}, pct)
+
+    def _percentiles(self, target: str, mean: np.ndarray, sigma: np.ndarray, has_z: np.ndarray) -> np.ndarray:
+        """Calibrated percentiles; the levels calibrated with redshifts for sources that have one."""
+        cal = self.meta.get("calibration", {})
+        out = percentiles(target, mean, sigma, cal.get("without_redshift", {}).get(target))
+        if has_z.any() and "with_redshift" in cal:
+            out[has_z] = percentiles(target, mean[has_z], sigma[has_z], cal["with_redshift"][target])
+        return out
 
     def _forward(self, inputs: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
         """Network outputs; one ``predict_on_batch`` for a single batch (``predict`` has
         ~0.1 s of fixed cost per call, which dominated small tiles)."""
-        if len(next(iter(inputs.values()))) <= batch_size:
+        if len(inputs["image"]) <= batch_size:
             return np.asarray(self.model.predict_on_batch(inputs))
         return self.model.predict(inputs, batch_size=batch_size, verbose=0)
 
-    def _dataset(self, mean: np.ndarray, err: np.ndarray) -> xr.Dataset:
+    def _dataset(self, median: dict[str, np.ndarray], pct: dict[str, np.ndarray]) -> xr.Dataset:
         ds = xr.Dataset()
-        for i, t in enumerate(self.targets):
-            ds[t] = ("sample", mean[:, i].astype(np.float32))
-            ds[f"{t}_err"] = ("sample", err[:, i].astype(np.float32))
+        for t in self.targets:
+            ds[t] = ("sample", median[t].astype(np.float32))
+            ds[f"{t}_err"] = ("sample", (0.5 * (pct[t][:, 3] - pct[t][:, 1])).astype(np.float32))
+            for level, name in zip(LEVELS, LEVEL_NAMES):
+                if level != 0.5:
+                    ds[f"{t}_{name}"] = ("sample", pct[t][:, LEVELS.index(level)].astype(np.float32))
         if {"A_V", "EBV"} <= set(self.targets):
             a, e = ds["A_V"].values.astype(float), ds["EBV"].values.astype(float)
             sa, se = ds["A_V_err"].values.astype(float), ds["EBV_err"].values.astype(float)
@@ -147,14 +231,17 @@ class Predictor:
             ds["R_V"] = ("sample", rv.astype(np.float32))
             ds["R_V_err"] = ("sample", rv_err.astype(np.float32))
         for name in list(ds.data_vars):
-            ds[name].attrs["units"] = OUTPUT_UNITS[name.removesuffix("_err")]
-        ds.attrs.update(model_id=self.model_id, bands=list(self.bands))
+            ds[name].attrs["units"] = UNITS[quantity(name)]
+        ds.attrs.update(model_id=self.model_id, bands=list(self.bands), uses_redshift=int(self.uses_redshift))
         return ds
 
 
-def load_model(path: Path | str | None = None) -> Predictor:
-    """Load a model bundle (None: the bundle shipped with surveydust)."""
-    path = default_bundle_path() if path is None else Path(path)
+def load_model(path: Path | str | None = None, bands: Sequence[str] | None = None) -> Predictor:
+    """Load a model bundle: ``path``, or the shipped bundle for ``bands`` (None and None:
+    the shipped bundle with the most bands)."""
+    if path is not None and bands is not None:
+        raise ValueError("give a bundle path or bands, not both")
+    path = default_bundle_path(bands) if path is None else Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model bundle {path} does not exist")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -30,12 +30,14 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from surveydust.quantities import UNITS as QUANTITY_UNITS
+from surveydust.quantities import quantity
 from surveydust.stores.training import check_output_path, replace_atomically
 
 STORE_KIND = "catalogue"
 RUN_FILE = "run.json"
 UNITS = {"ra": "deg", "dec": "deg", "x": "pixel", "y": "pixel", "flux": "nJy", "flux_err": "nJy",
-         "A_V": "mag", "EBV": "mag", "R_V": "", "log_ssfr": "log10(yr^-1)", "ood": "sigma"}
+         "ood": "sigma", **QUANTITY_UNITS}
 
 
 class TileParts:
@@ -84,8 +86,8 @@ def assemble(columns: dict[str, np.ndarray], bands: list[str], models: list[str]
         dims = ("source", "band") if name in ("flux", "flux_err", "snr") else \
             ("source", "model") if values.ndim == 2 else ("source",)
         ds[name] = (dims, values)
-        if name.removesuffix("_err") in UNITS:
-            ds[name].attrs["units"] = UNITS[name.removesuffix("_err")]
+        if quantity(name) in UNITS:
+            ds[name].attrs["units"] = UNITS[quantity(name)]
     ds["flag"].attrs["flag_meanings"] = attrs.get("flag_meanings", "")
     ds.attrs.update(attrs)
     return ds

@@ -374,7 +374,7 @@ def ingest_mosaic_command(out: Path, band_files: tuple[str, ...], err_files: tup
               help="Catalogue store to write (Zarr) [default with --demo: demo/catalogue.zarr].")
 @click.option("--model", "models", multiple=True, type=click.Path(path_type=Path),
               help="Model bundle folder; repeat to run 1-band and 3-band models in one pass "
-                   "[default: the shipped 3-band bundle].")
+                   "[default: the shipped bundle with the most bands the mosaic has].")
 @click.option("--sources", type=click.Path(path_type=Path), default=None,
               help="CSV/FITS/ECSV table with RA/Dec [deg] (and optional id, z): predict at these positions "
                    "instead of detecting.")
@@ -407,7 +407,7 @@ def run_catalogue_command(store: Path | None, out: Path | None, models: tuple[Pa
     interrupted run, re-run, does only the rest.
     """
     from surveydust.config import load_catalogue_config
-    from surveydust.demo import make_demo_field, match_truth
+    from surveydust.demo import run_demo
     from surveydust.infer import run_catalogue
     from surveydust.stores.mosaic import open_mosaic
 
@@ -421,19 +421,25 @@ def run_catalogue_command(store: Path | None, out: Path | None, models: tuple[Pa
     if export_format and out is None:
         raise click.UsageError("--format needs --out")
     export_to = out.with_suffix(f".{export_format}") if out is not None and export_format else None
-    truth = None
     with _client(cluster, workers, jobs) as client:
         if demo:
-            store, truth = make_demo_field(Path("demo"), client=client, overwrite=overwrite, progress=not quiet)
-            redshifts = redshifts or truth  # the injected redshifts stand in for a spectroscopic catalogue
-        cat = run_catalogue(store, out, model=list(models) or None, sources=sources, redshifts=redshifts,
-                            config=settings_cfg, client=client, export_to=export_to, overwrite=overwrite,
-                            progress=not quiet)
+            result = run_demo(out.parent, out=out, model=list(models) or None, client=client,
+                              export_format=export_format, overwrite=overwrite, progress=not quiet,
+                              sources=sources, redshifts=redshifts, config=settings_cfg)
+            cat = result.catalogue
+        else:
+            cat = run_catalogue(store, out, model=list(models) or None, sources=sources, redshifts=redshifts,
+                                config=settings_cfg, client=client, export_to=export_to, overwrite=overwrite,
+                                progress=not quiet)
     click.echo(f"{cat.sizes['source']} sources" + (f"; wrote {out}" if out else ""))
-    if truth is not None:
-        for key, value in match_truth(cat, truth).items():
-            click.echo(f"  demo truth: {key} = {value:.3g}" if isinstance(value, float) else
-                       f"  demo truth: {key} = {value}")
+    if demo:
+        m = result.match
+        click.echo(f"demo truth: {m['matched']} of {m['matched'] + m['missed']} injected galaxies detected, "
+                   f"{m['spurious']} spurious; skill on the {result.skill.meta['sources']} sources without "
+                   "quality flags (the ones compare uses):")
+        for line in result.skill.pformat(max_lines=-1, max_width=-1):
+            click.echo(f"  {line}")
+        click.echo(f"wrote {result.paths['skill']} and {result.paths['figure']}")
 
 
 @main.command("compare")

@@ -25,7 +25,7 @@ from surveydust.sources import TRUTH_MATCH_ARCSEC, nearest
 logger = logging.getLogger(__name__)
 
 QUALITY_FLAGS = ("edge", "masked", "low_snr", "out_of_distribution")
-QUANTITIES = {"A_V": "A_V [mag]", "log_ssfr": "log sSFR [yr^-1]"}
+QUANTITIES = {"A_V": "A_V [mag]", "EBV": "E(B-V) [mag]", "log_ssfr": "log sSFR [yr^-1]"}
 
 
 def methods(cat: xr.Dataset, quantity: str) -> dict[str, np.ndarray]:
@@ -49,7 +49,13 @@ def truth_values(cat: xr.Dataset, truth: Path | str,
     ra = table["ra_centroid"] if "ra_centroid" in table.colnames else table["ra"]
     dec = table["dec_centroid"] if "dec_centroid" in table.colnames else table["dec"]
     idx, _, ok = nearest(cat["ra"].values, cat["dec"].values, np.asarray(ra), np.asarray(dec), radius_arcsec)
-    return {q: np.where(ok, np.asarray(table[q], float)[idx], np.nan) for q in QUANTITIES}
+    return {q: np.where(ok, np.asarray(table[q], float)[idx], np.nan) for q in QUANTITIES if q in table.colnames}
+
+
+def good_sources(cat: xr.Dataset, flagged: bool = False) -> np.ndarray:
+    """Sources to compare: those without :data:`QUALITY_FLAGS` (all with ``flagged``)."""
+    bad = sum(FLAGS[f] for f in QUALITY_FLAGS)
+    return np.ones(cat.sizes["source"], bool) if flagged else (cat["flag"].values & bad) == 0
 
 
 def pair_metrics(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -76,12 +82,13 @@ def compare(catalogue: Path | str | xr.Dataset, out: Path | str, truth: Path | s
     cat = catalogue if isinstance(catalogue, xr.Dataset) else open_catalogue(catalogue)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    bad = sum(FLAGS[f] for f in QUALITY_FLAGS)
-    keep = np.ones(cat.sizes["source"], bool) if flagged else (cat["flag"].values & bad) == 0
+    keep = good_sources(cat, flagged)
     truths = truth_values(cat, truth) if truth is not None else {}
     rows = []
     for quantity, label in QUANTITIES.items():
         est = {k: v[keep] for k, v in methods(cat, quantity).items()}
+        if not est:
+            continue
         if quantity in truths:
             est["truth"] = truths[quantity][keep]
         for a, b in combinations(est, 2):
@@ -126,4 +133,4 @@ def _plot(est: dict[str, np.ndarray], label: str, path: Path) -> Path | None:
     return path
 
 
-__all__ = ["compare", "methods", "pair_metrics", "truth_values"]
+__all__ = ["compare", "good_sources", "methods", "pair_metrics", "truth_values"]

@@ -129,8 +129,10 @@ class AugmentConfig(_Config):
 
 
 class ModelConfig(_Config):
-    """CNN architecture: per-band branches of conv blocks, then dense layers."""
+    """CNN architecture: early fusion (bands as channels) or the paper's per-band
+    branches of conv blocks, then dense layers."""
 
+    architecture: Literal["fusion", "branches"]
     conv_filters: tuple[int, ...] = Field(min_length=1, max_length=4)
     dense_units: tuple[int, ...] = Field(min_length=1, max_length=6)
     dropout: float = Field(ge=0, lt=1)
@@ -152,8 +154,12 @@ class TrainingConfig(_Config):
     snr_band: str
     snr_min: float
     crop: int = Field(ge=8, le=256)
+    split: Literal["galaxy", "paper"]
     test_fraction: float = Field(gt=0, lt=1)
     validation_fraction: float = Field(gt=0, lt=1)
+    calibration_fraction: float = Field(gt=0, lt=1)
+    use_redshift: bool
+    redshift_dropout: float = Field(ge=0, le=1)
     augment: AugmentConfig
     model: ModelConfig
     loss: Literal["gaussian_nll", "mape"]
@@ -184,8 +190,11 @@ class TrainingConfig(_Config):
 
     @model_validator(mode="after")
     def _crop_fits_pooling(self) -> TrainingConfig:
-        if self.crop % 2 ** len(self.model.conv_filters):
-            raise ValueError(f"crop {self.crop} must be divisible by 2**{len(self.model.conv_filters)} "
+        if self.validation_fraction + self.calibration_fraction >= 1:
+            raise ValueError("validation_fraction + calibration_fraction must be < 1")
+        pools = len(self.model.conv_filters) - (self.model.architecture == "fusion")
+        if self.crop % 2 ** pools:
+            raise ValueError(f"crop {self.crop} must be divisible by 2**{pools} "
                              "(one 2x2 max-pool per conv block)")
         return self
 

@@ -45,6 +45,8 @@ from scipy.ndimage import gaussian_filter  # noqa: E402
 from surveydust.bundle import MIN_EBV_FOR_RV, Predictor, load_model  # noqa: E402
 from surveydust.config import TrainingConfig, load_training_config  # noqa: E402
 from surveydust.physics import r_v  # noqa: E402
+from surveydust.posterior import LEVEL_NAMES, LEVELS, coverage, crps_from_percentiles  # noqa: E402
+from surveydust.augment import apply_transform  # noqa: E402
 from surveydust.preprocess import NORM_APERTURE_PIX, colour_features, select_samples  # noqa: E402
 from surveydust.stores.training import open_training_store  # noqa: E402
 
@@ -55,21 +57,30 @@ PREDICTED = ("A_V", "EBV", "log_ssfr")  # R_V is derived from A_V and E(B-V)
 TARGET_LABELS = {"EBV": "E(B-V) [mag]", "A_V": "A_V [mag]", "R_V": "R_V = A_V / E(B-V)",
                  "log_ssfr": "log sSFR [yr^-1]"}
 RESIDUAL_UNITS = {"EBV": "mag", "A_V": "mag", "R_V": "", "log_ssfr": "dex"}
-METRICS = ("N", "MAE", "MSE", "std", "variance", "bias", "coverage_68", "coverage_95")
+METRICS = ("N", "MAE", "MAE_constant", "MAE_ratio", "spearman", "slope", "CRPS", "MSE", "std",
+           "variance", "bias", "coverage_68", "coverage_95")
 METRIC_DESCRIPTIONS = {
     "N": "samples with finite truth and prediction",
     "MAE": "mean |predicted - true|",
+    "MAE_constant": "MAE of always guessing the training median (the skill-free reference)",
+    "MAE_ratio": "MAE / MAE_constant (1 = no skill beyond a constant guess)",
+    "spearman": "Spearman rank correlation of predicted and true",
+    "slope": "least-squares slope of predicted on true (1 = unbiased; < 1: squeezed to the middle)",
+    "CRPS": "continuous ranked probability score (from the 2.5/16/50/84/97.5 percentiles; "
+            "NaN without posteriors)",
     "MSE": "mean (predicted - true)^2",
     "std": "standard deviation of predicted - true (ddof=0)",
     "variance": "variance of predicted - true (ddof=0)",
     "bias": "mean of predicted - true",
-    "coverage_68": "fraction of truths within predicted mean +- 1 sigma (nominal 0.6827)",
-    "coverage_95": "fraction of truths within predicted mean +- 1.96 sigma (nominal 0.95)",
+    "coverage_68": "fraction of truths inside the predicted 16-84% interval (nominal 0.6827)",
+    "coverage_95": "fraction of truths inside the predicted 2.5-97.5% interval (nominal 0.95)",
 }
 NOMINAL = {"coverage_68": 0.6827, "coverage_95": 0.95}
 Z_95 = 1.96
+AV_BINS = (0.0, 0.1, 0.3, 0.6, 1.0, 1.5, np.inf)  # [mag] bins of true A_V for the bias table
 TRUE_EBV_MIN_FOR_RV = 1e-4  # [mag] true R_V is NaN below (the store's definition)
 BASELINE = "baseline (colours)"
+MEURER = "Meurer (UV slope)"
 BASELINE_APERTURE_ARCSEC = 0.25  # radius of the baseline's photometry aperture
 BLOCK_SAMPLES = 16384  # samples read and predicted at once (3 bands x 32^2 float32: 200 MB)
 CONTOUR_FRACTIONS = (0.95, 0.70, 0.50, 0.30, 0.10)  # of points enclosed, outermost first
@@ -104,21 +115,36 @@ class _Plan:
     same_store: bool
 
     @property
-    def test_galaxies(self) -> np.ndarray:
-        return np.asarray(self.predictor.meta["split"]["test_galaxies"])
+    def split(self) -> dict[str, Any]:
+        return self.predictor.meta["split"]
 
     @property
-    def validation_galaxies(self) -> np.ndarray:
-        return np.asarray(self.predictor.meta["split"]["validation_galaxies"])
+    def protocol(self) -> str:
+        return self.split.get("protocol", "galaxy")
+
+    def not_training(self) -> np.ndarray:
+        """Galaxy ids that training never saw: test, validation and calibration."""
+        return np.concatenate([np.asarray(self.split.get(k, []), dtype=np.int64) for k in
+                               ("test_galaxies", "validation_galaxies", "calibration_galaxies")])
 
 
 def evaluate(bundles: Sequence[Path | str], store: Path | str, out: Path | str, *,
              include_baseline: bool = True, block_samples: int = BLOCK_SAMPLES) -> Evaluation:
     """Evaluate ``bundles`` on the held-out galaxies of training store ``store``.
 
-    Writes ``table.csv``, ``table.ecsv``, a figure per model and
-    ``calibration.png`` into ``out`` (created if missing). Images are read
-    and predicted ``block_samples`` at a time. Raises ValueError when a
+    On a bundle's own training store only its test galaxies are used (for a
+    ``paper``-protocol bundle its random test samples, with a warning: rotated
+    copies of them were trained on); on another store, e.g. one simulated with
+    a fresh seed, every selected sample. A bundle that takes redshifts is
+    scored with them (``+z``) and without (``no z``). Beside the CNNs: the
+    constant guess (training median, ``MAE_constant``), a gradient-boosting
+    baseline on aperture colours of the widest bundle's bands (and z when it
+    takes z) fitted on that bundle's training galaxies, and Meurer's A_V from
+    the UV slope when the store has short-wavelength bands.
+
+    Writes ``table.csv``, ``table.ecsv``, ``bias_by_av.ecsv``, a figure per
+    model and ``calibration.png`` into ``out`` (created if missing). Images are
+    read and predicted ``block_samples`` at a time. Raises ValueError when a
     bundle needs a band the store lacks or no held-out sample remains.
     """
     if not bundles:
@@ -128,14 +154,19 @@ def evaluate(bundles: Sequence[Path | str], store: Path | str, out: Path | str, 
     ds = open_training_store(store)
     with dask.config.set(scheduler="threads"):  # local reads, even when a distributed client exists
         plans = _plans(ds, [load_model(b) for b in bundles], Path(store))
-        results = {p.name: _evaluate_bundle(ds, p, block_samples) for p in plans}
+        results = {}
+        for p in plans:
+            for with_z in (True, False) if p.predictor.uses_redshift else (False,):
+                name = p.name + ((" +z" if with_z else " no z") if p.predictor.uses_redshift else "")
+                results[name] = _evaluate_bundle(ds, p, block_samples, with_z)
         if include_baseline:
-            baseline = _baseline(ds, max(plans, key=lambda p: len(p.predictor.bands)), block_samples)
-            if baseline is not None:
-                results[BASELINE] = baseline
+            widest = max(plans, key=lambda p: len(p.predictor.bands))
+            results.update(_baselines(ds, widest, block_samples))
     _warn_if_samples_differ(results)
     table = metrics_table(results)
     paths = write_table(table, out)
+    paths["bias"] = out / "bias_by_av.ecsv"
+    bias_by_true_av(results).write(paths["bias"], format="ascii.ecsv", overwrite=True)
     for name, result in results.items():
         paths[name] = plot_model(result, name, out / f"{slug(name)}.png")
     paths["calibration"] = plot_calibration(table, out / "calibration.png")
@@ -156,7 +187,8 @@ def slug(name: str) -> str:
 
 
 def _model_names(predictors: Sequence[Predictor]) -> list[str]:
-    names = [model_name(p.bands) for p in predictors]
+    names = [model_name(p.bands) + (" [paper split]" if p.meta["split"].get("protocol") == "paper" else "")
+             for p in predictors]
     return [f"{n} [{p.model_id[:8]}]" if names.count(n) > 1 else n for n, p in zip(names, predictors)]
 
 
@@ -186,69 +218,94 @@ def _plans(ds: xr.Dataset, predictors: list[Predictor], store: Path) -> list[_Pl
             selections[key] = select_samples(ds, cfg)
         same = ds.attrs.get("store_id") == p.meta.get("training_store", {}).get("store_id")
         if not same:
-            logger.warning("%s (%s) was not trained on store %s: evaluating on all its selected samples, "
-                           "which may include its training galaxies", name, p.path, store)
+            logger.warning("%s (%s) was not trained on store %s: evaluating on all its selected samples "
+                           "(held out only if the store holds other galaxies, e.g. another seed)",
+                           name, p.path, store)
+        elif p.meta["split"].get("protocol") == "paper":
+            logger.warning("%s was trained with the paper's protocol (augment, then split samples at "
+                           "random): rotated copies of its test images were in its training set, so its "
+                           "scores are not those of unseen galaxies", name)
         plans.append(_Plan(name, p, cfg, selections[key], same))
     return plans
 
 
-def _held_out(ds: xr.Dataset, plan: _Plan) -> np.ndarray:
-    """Store indices to evaluate ``plan`` on: its test galaxies, or all selected samples."""
+def _held_out(ds: xr.Dataset, plan: _Plan) -> tuple[np.ndarray, np.ndarray | None]:
+    """Store indices (and dihedral transforms, for a paper-protocol test) to evaluate ``plan`` on."""
+    transforms = None
     if not plan.same_store:
         idx = plan.selected
+    elif plan.protocol == "paper":
+        pairs = np.asarray(plan.split["paper_test"], dtype=np.int64).reshape(-1, 2)
+        idx, transforms = pairs[:, 0], pairs[:, 1]
     else:
         gid = ds["galaxy_id"].values[plan.selected]
-        idx = plan.selected[np.isin(gid, plan.test_galaxies)]
+        idx = plan.selected[np.isin(gid, plan.split["test_galaxies"])]
     if idx.size == 0:
         raise ValueError(f"no held-out samples for {plan.name} ({plan.predictor.path}): none of its "
                          f"test galaxies pass its selection in this store")
-    return idx
+    return idx, transforms
 
 
 def image_blocks(ds: xr.Dataset, idx: np.ndarray, bands: Sequence[str],
-                 block_samples: int = BLOCK_SAMPLES) -> Iterator[np.ndarray]:
-    """Images ``(n, band, y, x)`` [nJy] of samples ``idx``, ``block_samples`` at a time."""
+                 block_samples: int = BLOCK_SAMPLES,
+                 transforms: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """Images ``(n, band, y, x)`` [nJy] of samples ``idx`` (each turned by its dihedral
+    ``transforms`` code when given), ``block_samples`` at a time."""
     image = ds["image"].sel(band=list(bands))
     for start in range(0, idx.size, block_samples):
-        yield np.asarray(image.isel(sample=idx[start:start + block_samples]).values, dtype=np.float32)
+        part = idx[start:start + block_samples]
+        uniq, inverse = np.unique(part, return_inverse=True)
+        block = np.asarray(image.isel(sample=uniq).values, dtype=np.float32)[inverse]
+        if transforms is not None:
+            block = np.stack([apply_transform(im, int(c))
+                              for im, c in zip(block, transforms[start:start + block_samples])])
+        yield block
 
 
 def truths(ds: xr.Dataset, idx: np.ndarray) -> dict[str, np.ndarray]:
     """True labels of samples ``idx``; R_V = A_V / E(B-V), NaN where E(B-V) <= 1e-4 mag."""
-    labels = ds[list(PREDICTED)].isel(sample=idx).compute()
-    out = {t: labels[t].values.astype(np.float64) for t in PREDICTED}
+    uniq, inverse = np.unique(idx, return_inverse=True)
+    labels = ds[[*PREDICTED, "redshift"]].isel(sample=uniq).compute()
+    out = {t: labels[t].values.astype(np.float64)[inverse] for t in (*PREDICTED, "redshift")}
     out["R_V"] = r_v(out["A_V"], out["EBV"], TRUE_EBV_MIN_FOR_RV)
     return out
 
 
-def _evaluate_bundle(ds: xr.Dataset, plan: _Plan, block_samples: int) -> xr.Dataset:
-    idx = _held_out(ds, plan)
+def _evaluate_bundle(ds: xr.Dataset, plan: _Plan, block_samples: int, with_z: bool) -> xr.Dataset:
+    idx, transforms = _held_out(ds, plan)
     p = plan.predictor
-    pred = xr.concat([p.predict(images) for images in image_blocks(ds, idx, p.bands, block_samples)],
-                     dim="sample")
-    means = {t: pred[t].values.astype(np.float64) for t in TARGETS if t in pred}
-    errs = {t: pred[f"{t}_err"].values.astype(np.float64) for t in TARGETS if f"{t}_err" in pred}
+    z = truths(ds, idx)["redshift"] if with_z else None
+    preds = []
+    for i, images in enumerate(image_blocks(ds, idx, p.bands, block_samples, transforms)):
+        preds.append(p.predict(images, None if z is None else z[i * block_samples:i * block_samples + len(images)]))
+    pred = xr.concat(preds, dim="sample")
+    columns = {v: pred[v].values.astype(np.float64) for v in pred.data_vars}
     attrs = {"bundle": str(p.path), "bands": "+".join(p.bands), "model_id": p.model_id,
-             "held_out": int(plan.same_store)}
-    result = _result(ds, idx, means, errs, attrs)
-    logger.info("%s: %d samples of %d galaxies; MAE %s", plan.name, idx.size,
+             "held_out": int(plan.same_store), **_constants(p)}
+    result = _result(ds, idx, columns, attrs)
+    logger.info("%s%s: %d samples of %d galaxies; MAE %s", plan.name, " +z" if with_z else "", idx.size,
                 np.unique(result["galaxy_id"].values).size,
-                ", ".join(f"{t} {np.nanmean(np.abs(result[t] - result[f'true_{t}'])):.3g}" for t in means))
+                ", ".join(f"{t} {np.nanmean(np.abs(result[t] - result[f'true_{t}'])):.3g}" for t in p.targets))
     return result
 
 
-def _result(ds: xr.Dataset, idx: np.ndarray, means: dict[str, np.ndarray], errs: dict[str, np.ndarray],
-            attrs: dict[str, Any]) -> xr.Dataset:
-    """Truths, predictions and 1-sigma errors (NaN where missing) over samples ``idx``."""
+def _constants(p: Predictor) -> dict[str, float]:
+    """The bundle's constant guesses (training medians) as ``constant_<T>`` attrs."""
+    return {f"constant_{t}": float(v) for t, v in p.meta.get("constant_guess", {}).items()}
+
+
+def _result(ds: xr.Dataset, idx: np.ndarray, columns: dict[str, np.ndarray], attrs: dict[str, Any]) -> xr.Dataset:
+    """Truths and predicted columns (``<T>``, ``<T>_err``, ``<T>_p16``...; NaN where missing)
+    over samples ``idx``."""
     true = truths(ds, idx)
     nan = np.full(idx.size, np.nan)
-    res = xr.Dataset(coords={"sample": ds["sample"].values[idx],
+    res = xr.Dataset(coords={"sample": np.arange(idx.size),
                              "galaxy_id": ("sample", ds["galaxy_id"].values[idx]),
                              "store_index": ("sample", idx)})
     for t in TARGETS:
         res[f"true_{t}"] = ("sample", true[t])
-        res[t] = ("sample", means.get(t, nan))
-        res[f"{t}_err"] = ("sample", errs.get(t, nan))
+        for v in (t, f"{t}_err", *(f"{t}_{n}" for n in LEVEL_NAMES if n != "p50")):
+            res[v] = ("sample", columns.get(v, nan))
     res.attrs.update(attrs)
     return res
 
@@ -260,7 +317,7 @@ def _warn_if_samples_differ(results: dict[str, xr.Dataset]) -> None:
                        "%s; compare their metrics with care", {n: len(s) for n, s in sets.items()})
 
 
-# ---------------------------------------------------------------- baseline
+# ---------------------------------------------------------------- baselines
 
 
 def _aperture_radius_pix(ds: xr.Dataset) -> float:
@@ -268,69 +325,146 @@ def _aperture_radius_pix(ds: xr.Dataset) -> float:
     return BASELINE_APERTURE_ARCSEC / float(scale) if scale else NORM_APERTURE_PIX
 
 
-def _features(ds: xr.Dataset, idx: np.ndarray, plan: _Plan, block_samples: int) -> np.ndarray:
+def _features(ds: xr.Dataset, idx: np.ndarray, bands: Sequence[str], crop: int, block_samples: int,
+              with_z: bool, transforms: np.ndarray | None = None) -> np.ndarray:
     radius = _aperture_radius_pix(ds)
-    p = plan.predictor
-    return np.concatenate([colour_features(images, p.crop, radius)
-                           for images in image_blocks(ds, idx, p.bands, block_samples)])
+    x = np.concatenate([colour_features(images, crop, radius)
+                        for images in image_blocks(ds, idx, bands, block_samples, transforms)])
+    return np.column_stack([x, truths(ds, idx)["redshift"]]) if with_z else x
 
 
-def _baseline(ds: xr.Dataset, plan: _Plan, block_samples: int) -> xr.Dataset | None:
-    """Gradient-boosted trees on colours, trained on ``plan``'s training galaxies."""
+def _training_samples(plan: _Plan) -> tuple[xr.Dataset, np.ndarray] | None:
+    """The bundle's training store and its training samples (None when the store is gone)."""
+    path = Path(plan.predictor.meta.get("training_store", {}).get("path", ""))
+    try:
+        train_ds = open_training_store(path)
+    except (ValueError, FileNotFoundError, OSError):
+        logger.warning("baseline skipped: %s's training store %s cannot be opened", plan.name, path)
+        return None
+    selected = select_samples(train_ds, plan.cfg)
+    gid = train_ds["galaxy_id"].values[selected]
+    train = selected[~np.isin(gid, plan.not_training())]
+    if plan.protocol == "paper":
+        test = np.asarray(plan.split["paper_test"], dtype=np.int64).reshape(-1, 2)[:, 0]
+        train = train[~np.isin(train, test)]
+    return (train_ds, train) if train.size else None
+
+
+def _baselines(ds: xr.Dataset, plan: _Plan, block_samples: int) -> dict[str, xr.Dataset]:
+    """Gradient-boosted trees on colours (+ z when the bundle takes z), fitted on ``plan``'s
+    training galaxies; Meurer's A_V where the store has UV bands."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    if not plan.same_store:
-        logger.warning("baseline skipped: %s was trained on another store, so its training galaxies "
-                       "are unknown here", plan.name)
+    found = _training_samples(plan)
+    out: dict[str, xr.Dataset] = {}
+    test, transforms = _held_out(ds, plan)
+    p, with_z = plan.predictor, plan.predictor.uses_redshift
+    attrs = {"bundle": "", "bands": "+".join(p.bands), "model_id": "", "held_out": int(plan.same_store),
+             **_constants(p)}
+    if found is not None:
+        train_ds, train = found
+        x_train = _features(train_ds, train, p.bands, p.crop, block_samples, with_z)
+        x_test = _features(ds, test, p.bands, p.crop, block_samples, with_z, transforms)
+        y_train = truths(train_ds, train)
+        means = {t: np.maximum(HistGradientBoostingRegressor(random_state=0).fit(x_train, y_train[t])
+                               .predict(x_test), 0.0 if t in ("A_V", "EBV") else -np.inf)
+                 for t in PREDICTED if t in p.targets}
+        if {"A_V", "EBV"} <= set(means):
+            ok = means["EBV"] > MIN_EBV_FOR_RV
+            means["R_V"] = np.where(ok, means["A_V"] / np.where(ok, means["EBV"], 1.0), np.nan)
+        logger.info("baseline: trained on %d samples (%d galaxies), %d features of bands %s%s", train.size,
+                    np.unique(train_ds["galaxy_id"].values[train]).size, x_train.shape[1], "+".join(p.bands),
+                    " and z" if with_z else "")
+        out[BASELINE + (" +z" if with_z else "")] = _result(ds, test, means, attrs)
+    meurer = _meurer(ds, test, block_samples, transforms)
+    if meurer is not None:
+        out[MEURER] = _result(ds, test, {"A_V": meurer}, {**attrs, "bands": "UV bands at the true z"})
+    return out
+
+
+def _meurer(ds: xr.Dataset, idx: np.ndarray, block_samples: int,
+            transforms: np.ndarray | None) -> np.ndarray | None:
+    """Meurer's A_V from the UV slope of the aperture fluxes at the true redshift (None without
+    at least two bands bluer than F277W)."""
+    from surveydust.uvslope import uv_slopes
+
+    bands = [str(b) for b in ds["band"].values]
+    if sum(b in ("F090W", "F115W", "F150W", "F200W") for b in bands) < 2 or "noise_sigma" not in ds:
         return None
-    gid = ds["galaxy_id"].values[plan.selected]
-    train = plan.selected[~np.isin(gid, np.concatenate([plan.test_galaxies, plan.validation_galaxies]))]
-    if train.size == 0:
-        logger.warning("baseline skipped: no training galaxy of %s passes its selection", plan.name)
-        return None
-    test = _held_out(ds, plan)
-    x_train, x_test = _features(ds, train, plan, block_samples), _features(ds, test, plan, block_samples)
-    y_train = truths(ds, train)
-    means = {t: HistGradientBoostingRegressor(random_state=0).fit(x_train, y_train[t]).predict(x_test)
-             for t in PREDICTED if t in plan.predictor.targets}
-    if {"A_V", "EBV"} <= set(means):
-        ok = means["EBV"] > MIN_EBV_FOR_RV
-        means["R_V"] = np.where(ok, means["A_V"] / np.where(ok, means["EBV"], 1.0), np.nan)
-    logger.info("baseline: trained on %d samples (%d galaxies), %d features of bands %s", train.size,
-                np.unique(ds["galaxy_id"].values[train]).size, x_train.shape[1],
-                "+".join(plan.predictor.bands))
-    attrs = {"bundle": "", "bands": "+".join(plan.predictor.bands), "model_id": "", "held_out": 1}
-    return _result(ds, test, means, {}, attrs)
+    radius = _aperture_radius_pix(ds)
+    flux = np.concatenate([10 ** colour_features(im, ds.sizes["x"], radius)[:, :len(bands)]
+                           for im in image_blocks(ds, idx, bands, block_samples, transforms)])
+    npix = np.pi * radius**2
+    err = np.broadcast_to(ds["noise_sigma"].values[None, :] * np.sqrt(npix), flux.shape)
+    return uv_slopes(flux, err, bands, truths(ds, idx)["redshift"])["A_V_meurer"]
 
 
 # ---------------------------------------------------------------- metrics and table
 
 
-def residual_metrics(true: np.ndarray, pred: np.ndarray, err: np.ndarray | None = None) -> dict[str, float]:
+def residual_metrics(true: np.ndarray, pred: np.ndarray, pct: np.ndarray | None = None,
+                     constant: float = np.nan) -> dict[str, float]:
     """Metrics of ``pred - true`` over samples where both are finite (units of the target).
 
-    Coverage uses the samples that also have a finite positive ``err`` (1 sigma);
-    NaN when there are none.
+    ``pct``: the ``(n, 5)`` percentiles at :data:`surveydust.posterior.LEVELS`
+    (coverage and CRPS use the samples where they are finite; NaN without);
+    ``constant``: the constant guess (training median) for ``MAE_constant``.
     """
+    from scipy.stats import spearmanr
+
     true, pred = np.asarray(true, float), np.asarray(pred, float)
-    err = np.full_like(true, np.nan) if err is None else np.asarray(err, float)
+    pct = np.full((true.size, len(LEVELS)), np.nan) if pct is None else np.asarray(pct, float)
     ok = np.isfinite(true) & np.isfinite(pred)
     r = pred[ok] - true[ok]
     if r.size == 0:
         return {m: (0.0 if m == "N" else np.nan) for m in METRICS}
-    s = err[ok]
-    has = np.isfinite(s) & (s > 0)
-    z = np.abs(r[has]) / s[has] if has.any() else None
-    return {"N": float(r.size), "MAE": float(np.abs(r).mean()), "MSE": float((r**2).mean()),
-            "std": float(r.std()), "variance": float(r.var()), "bias": float(r.mean()),
-            "coverage_68": float((z <= 1.0).mean()) if z is not None else np.nan,
-            "coverage_95": float((z <= Z_95).mean()) if z is not None else np.nan}
+    t, p, q = true[ok], pred[ok], pct[ok]
+    has = np.isfinite(q).all(axis=1)
+    mae_const = float(np.abs(t - constant).mean()) if np.isfinite(constant) else np.nan
+    mae = float(np.abs(r).mean())
+    varied = r.size > 2 and np.ptp(t) > 0 and np.ptp(p) > 0
+    return {"N": float(r.size), "MAE": mae, "MAE_constant": mae_const,
+            "MAE_ratio": mae / mae_const if mae_const > 0 else np.nan,
+            "spearman": float(spearmanr(t, p).statistic) if varied else np.nan,
+            "slope": float(np.polyfit(t, p, 1)[0]) if varied else np.nan,
+            "CRPS": float(crps_from_percentiles(t[has], q[has]).mean()) if has.any() else np.nan,
+            "MSE": float((r**2).mean()), "std": float(r.std()), "variance": float(r.var()),
+            "bias": float(r.mean()),
+            "coverage_68": coverage(t[has], q[has, 1], q[has, 3]) if has.any() else np.nan,
+            "coverage_95": coverage(t[has], q[has, 0], q[has, 4]) if has.any() else np.nan}
+
+
+def percentile_array(result: xr.Dataset, target: str) -> np.ndarray:
+    """The ``(n, 5)`` percentiles of ``target`` in an evaluation result (NaN where absent)."""
+    n = result.sizes["sample"]
+    cols = [result[f"{target}_{name}"].values if f"{target}_{name}" in result else
+            (result[target].values if name == "p50" else np.full(n, np.nan)) for name in LEVEL_NAMES]
+    return np.column_stack(cols).astype(float)
+
+
+def bias_by_true_av(results: dict[str, xr.Dataset], target: str = "A_V") -> Any:
+    """Mean residual [mag] and N of ``target`` per model in bins of true A_V (:data:`AV_BINS`)."""
+    from astropy.table import Table
+
+    rows = []
+    for lo, hi in zip(AV_BINS[:-1], AV_BINS[1:]):
+        row: list[Any] = [f"{lo:g}-{hi:g}"]
+        for r in results.values():
+            av, res = r["true_A_V"].values, r[target].values - r[f"true_{target}"].values
+            inside = (av >= lo) & (av < hi) & np.isfinite(res)
+            row += [float(res[inside].mean()) if inside.any() else np.nan, int(inside.sum())]
+        rows.append(row)
+    names = ["true_A_V_bin"] + [f"{k} {n}" for n in results for k in ("bias", "N")]
+    out = Table(rows=rows, names=names)
+    out.meta["description"] = f"mean predicted - true {target} [mag] in bins of true A_V [mag]"
+    return out
 
 
 def metrics_table(results: dict[str, xr.Dataset]) -> xr.Dataset:
-    """Table 2: every metric of :data:`METRICS` over ``(target, model)``."""
+    """Table 2 and skill: every metric of :data:`METRICS` over ``(target, model)``."""
     names = list(results)
-    values = {name: {t: residual_metrics(r[f"true_{t}"].values, r[t].values, r[f"{t}_err"].values)
+    values = {name: {t: residual_metrics(r[f"true_{t}"].values, r[t].values, percentile_array(r, t),
+                                         float(r.attrs.get(f"constant_{t}", np.nan)))
                      for t in TARGETS} for name, r in results.items()}
     table = xr.Dataset(
         {m: (("target", "model"), np.array([[values[n][t][m] for n in names] for t in TARGETS]))
@@ -349,7 +483,7 @@ def metrics_table(results: dict[str, xr.Dataset]) -> xr.Dataset:
 
 def metric_unit(metric: str, unit: str) -> str:
     """Unit of ``metric`` for a target in ``unit``: squared for MSE and variance."""
-    if metric in ("N", "coverage_68", "coverage_95") or not unit:
+    if metric in ("N", "coverage_68", "coverage_95", "MAE_ratio", "spearman", "slope") or not unit:
         return ""
     return f"{unit}2" if metric in ("MSE", "variance") else unit
 

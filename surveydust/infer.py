@@ -23,7 +23,7 @@ import dask.base
 import numpy as np
 
 import surveydust
-from surveydust.bundle import Predictor, default_bundle_path, load_model, read_meta
+from surveydust.bundle import Predictor, load_model, read_meta, richest_bundle
 from surveydust.catalogue import TileParts, assemble, export, write_catalogue
 from surveydust.cluster import open_client, worker_resources
 from surveydust.config import CatalogueConfig, TrainingConfig, load_catalogue_config
@@ -57,7 +57,8 @@ def run_catalogue(
     ----------
     store : mosaic store (Zarr, from :func:`surveydust.ingest_mosaic`).
     out : catalogue store to write (Zarr); None returns the catalogue only.
-    model : model bundle folder(s); None is the shipped 3-band bundle. Several
+    model : model bundle folder(s); None: the shipped bundle with the most bands the
+        mosaic has (six wide bands, else F277W+F356W+F444W, else F277W). Several
         bundles (e.g. 1-band and 3-band) run in the same pass.
     sources : table (CSV, FITS, ECSV) with RA/Dec columns in degrees (and
         optionally an id and a redshift ``z``): predict at those positions
@@ -75,7 +76,7 @@ def run_catalogue(
 
     cfg = load_catalogue_config(config, **overrides)
     mosaic = open_mosaic(store)
-    bundles = _bundle_paths(model)
+    bundles = _bundle_paths(model, [str(b) for b in mosaic["band"].values])
     metas = [read_meta(p) for p in bundles]
     _check_bands(mosaic, metas, cfg, detecting=sources is None)
     wcs = mosaic_wcs(mosaic)
@@ -87,7 +88,8 @@ def run_catalogue(
     halo = max(cfg.halo_pix, crop // 2 + 1)
     tiles = make_tiles(shape, tile_size)
     token = dask.base.tokenize(mosaic.attrs.get("store_id"), [m["checksums"] for m in metas], cfg.to_json(),
-                               None if positions is None else {k: v.tolist() for k, v in positions.items()})
+                               None if positions is None else {k: v.tolist() for k, v in positions.items()},
+                               None if z_table is None else {k: v.tolist() for k, v in z_table.items()})
     out_path = Path(out) if out is not None else None
     if out_path is not None:
         from surveydust.stores.training import check_output_path
@@ -99,7 +101,8 @@ def run_catalogue(
     logger.info("%d tiles of %d x %d pixels (%d done before), halo %d px, models: %s", len(tiles), tile_size,
                 tile_size, len(tiles) - len(todo), halo, ", ".join(_name(m) for m in metas))
     with open_client(client, profile=cluster, workers=workers) as c:
-        _run_tiles(c, todo, parts, str(store), halo, [str(p) for p in bundles], cfg, positions, token, progress)
+        _run_tiles(c, todo, parts, str(store), halo, [str(p) for p in bundles], cfg, positions, z_table, token,
+                   progress)
     attrs = _provenance(mosaic, bundles, metas, cfg, sources, redshifts)
     columns = parts.load_all()
     if not columns or not len(columns["x"]):
@@ -126,9 +129,14 @@ def _name(meta: dict[str, Any]) -> str:
     return "+".join(meta["bands"])
 
 
-def _bundle_paths(model: Path | str | list[Path | str] | None) -> list[Path]:
-    paths = [default_bundle_path()] if model is None else \
-        [Path(m) for m in (model if isinstance(model, (list, tuple)) else [model])]
+def _bundle_paths(model: Path | str | list[Path | str] | None, bands: list[str]) -> list[Path]:
+    """The given bundles, or the shipped one with the most of the mosaic's ``bands``."""
+    if model is None:
+        path = richest_bundle(bands)
+        logger.info("model: the shipped %s bundle (the richest the mosaic's bands allow)",
+                    "+".join(read_meta(path)["bands"]))
+        return [path]
+    paths = [Path(m) for m in (model if isinstance(model, (list, tuple)) else [model])]
     for p in paths:
         if not p.exists():
             raise FileNotFoundError(f"model bundle {p} does not exist")
@@ -145,7 +153,8 @@ def _check_bands(mosaic: Any, metas: list[dict[str, Any]], cfg: CatalogueConfig,
 
 
 def _run_tiles(client: Any, todo: list[Tile], parts: TileParts, store: str, halo: int, bundles: list[str],
-               cfg: CatalogueConfig, positions: dict[str, np.ndarray] | None, token: str, progress: bool) -> None:
+               cfg: CatalogueConfig, positions: dict[str, np.ndarray] | None,
+               z_table: dict[str, np.ndarray] | None, token: str, progress: bool) -> None:
     from distributed import as_completed
 
     if not todo:
@@ -159,7 +168,7 @@ def _run_tiles(client: Any, todo: list[Tile], parts: TileParts, store: str, halo
             if not own.any():
                 continue  # no given position here: the tile is not even read
             mine = {k: v[own] for k, v in positions.items()}
-        futures.append(client.submit(catalogue_tile, store, tile, halo, bundles, cfg, mine,
+        futures.append(client.submit(catalogue_tile, store, tile, halo, bundles, cfg, mine, z_table,
                                      key=f"catalogue-tile-{token[:8]}-{tile.index}", pure=False,
                                      resources={"GPU": 1} if gpu else None))
     if not futures:
@@ -186,8 +195,13 @@ def _predictor(path: str) -> Predictor:
 
 
 def catalogue_tile(store: str, tile: Tile, halo: int, bundles: list[str], cfg: CatalogueConfig,
-                   positions: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
-    """Sources, photometry and predictions of one tile (a Dask task on a worker)."""
+                   positions: dict[str, np.ndarray] | None,
+                   z_table: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Sources, photometry and predictions of one tile (a Dask task on a worker).
+
+    Models that take redshifts get each source's ``z`` (from ``positions``,
+    else the nearest entry of ``z_table``); sources without one are predicted
+    without (and flagged ``no_redshift`` in the catalogue)."""
     from surveydust.stores.mosaic import mosaic_wcs, open_mosaic
 
     mosaic = open_mosaic(store)
@@ -221,7 +235,10 @@ def catalogue_tile(store: str, tile: Tile, halo: int, bundles: list[str], cfg: C
     ra, dec = mosaic_wcs(mosaic).all_pix2world(x, y, 0)
     columns.update(ra=ra, dec=dec, x=x, y=y, tile=np.full(x.size, tile.index), flux=flux, flux_err=flux_err,
                    snr=snr)
-    preds, model_flags = _predict_all(predictors, stamps, snr, bands, cfg)
+    z = columns["z"] if "z" in columns else np.full(x.size, np.nan)
+    if z_table is not None:
+        z = np.where(np.isfinite(z), z, match_redshifts(ra, dec, z_table, cfg.redshift_match_arcsec)["z"])
+    preds, model_flags = _predict_all(predictors, stamps, snr, bands, cfg, z)
     columns.update(preds)
     columns["flag"] = (flag | model_flags).astype(np.uint16)
     columns["tile_index"] = np.array(tile.index)
@@ -243,14 +260,14 @@ def _geometry_flags(x: np.ndarray, y: np.ndarray, size: int, shape: tuple[int, i
 
 
 def _predict_all(predictors: list[Predictor], stamps: np.ndarray, snr: np.ndarray, bands: list[str],
-                 cfg: CatalogueConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                 cfg: CatalogueConfig, redshift: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Predictions and OOD scores ``(source, model)``, and flags (low SNR for the first
     model's selection, out of distribution for any model)."""
     out: dict[str, list[np.ndarray]] = {}
     flag = np.zeros(len(stamps), dtype=np.uint16)
     for i, p in enumerate(predictors):
         images = np.nan_to_num(stamps[:, [bands.index(b) for b in p.bands]], nan=0.0)
-        result = p.predict(images, batch_size=cfg.batch_size)
+        result = p.predict(images, redshift, batch_size=cfg.batch_size)
         for name in result.data_vars:
             out.setdefault(name, []).append(result[name].values)
         stats = p.meta.get("ood")

@@ -1,11 +1,13 @@
 """Keras 3 networks and losses (runs on the TensorFlow, JAX or PyTorch backend).
 
-The paper's network: one branch per band of ``Conv2D 3x3 -> BatchNorm ->
-MaxPool 2x2 -> ReLU`` blocks, branches concatenated (with ``log_flux``), dense
-layers, Dropout before the output. Targets are standardised; with the
-``gaussian_nll`` loss the network outputs a mean and a log standard deviation
-per target (heteroscedastic Gaussian likelihood), with ``mape`` only means
-(the paper's mean absolute percentage error).
+Two architectures over the same inputs (``image`` with the bands as channels,
+``aux`` with log flux and redshift): the paper's, one branch per band of
+``Conv2D 3x3 -> BatchNorm -> MaxPool 2x2 -> ReLU`` blocks concatenated, and an
+early-fusion stack where all bands enter the first convolution. Dense layers
+and Dropout follow. Targets are transformed (:mod:`surveydust.posterior`) and
+standardised; with the ``gaussian_nll`` loss the network outputs a mean and a
+raw standard deviation per target (heteroscedastic Gaussian likelihood), with
+``mape`` only means (the paper's mean absolute percentage error).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import keras
 from keras import layers, ops
 
 from surveydust.config import ModelConfig
+from surveydust.preprocess import AUX_FEATURES
 
 SIGMA_FLOOR = 1e-3
 
@@ -46,8 +49,8 @@ def mape(y_true, y_pred):
 LOSSES = {"gaussian_nll": gaussian_nll, "mape": mape}
 
 
-def _branch(inp: keras.KerasTensor, filters: tuple[int, ...], name: str) -> keras.KerasTensor:
-    x = inp
+def _branch(x: keras.KerasTensor, filters: tuple[int, ...], name: str) -> keras.KerasTensor:
+    """The paper's branch: per block Conv2D 3x3 -> BatchNorm -> MaxPool 2x2 -> ReLU."""
     for i, f in enumerate(filters):
         x = layers.Conv2D(f, 3, padding="same", name=f"{name}_conv{i}")(x)
         x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
@@ -56,19 +59,40 @@ def _branch(inp: keras.KerasTensor, filters: tuple[int, ...], name: str) -> kera
     return layers.Flatten(name=f"{name}_flat")(x)
 
 
+def _fusion(x: keras.KerasTensor, filters: tuple[int, ...]) -> keras.KerasTensor:
+    """Early fusion: all bands as channels; per block two Conv2D 3x3 -> BatchNorm -> ReLU,
+    then MaxPool 2x2 (not after the last); global average pooling."""
+    for i, f in enumerate(filters):
+        for j in range(2):
+            x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"conv{i}_{j}")(x)
+            x = layers.BatchNormalization(name=f"bn{i}_{j}")(x)
+            x = layers.Activation("relu", name=f"relu{i}_{j}")(x)
+        if i < len(filters) - 1:
+            x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+    return layers.GlobalAveragePooling2D(name="gap")(x)
+
+
 def build_model(bands: tuple[str, ...], crop: int, n_targets: int, cfg: ModelConfig,
                 loss: str = "gaussian_nll") -> keras.Model:
-    """The multi-branch CNN: inputs ``band_<BAND>`` (crop, crop, 1) and ``log_flux`` (1,)."""
-    band_inputs = [keras.Input((crop, crop, 1), name=f"band_{b}") for b in bands]
-    log_flux = keras.Input((1,), name="log_flux")
-    x = layers.Concatenate(name="merge")(
-        [_branch(inp, cfg.conv_filters, f"b{i}") for i, inp in enumerate(band_inputs)] + [log_flux])
+    """The CNN: inputs ``image`` (crop, crop, n_bands) and ``aux`` (:data:`AUX_FEATURES`).
+
+    ``cfg.architecture`` ``branches`` is the paper's (one branch per band,
+    concatenated), ``fusion`` feeds the bands as channels of one stack, so
+    resolved colours reach the first convolution.
+    """
+    image = keras.Input((crop, crop, len(bands)), name="image")
+    aux = keras.Input((len(AUX_FEATURES),), name="aux")
+    if cfg.architecture == "fusion":
+        features = [_fusion(image, cfg.conv_filters)]
+    else:
+        features = [_branch(image[..., i:i + 1], cfg.conv_filters, f"b{i}") for i in range(len(bands))]
+    x = layers.Concatenate(name="merge")([*features, aux])
     for i, units in enumerate(cfg.dense_units):
         x = layers.Dense(units, activation="relu", name=f"dense{i}")(x)
     x = layers.Dropout(cfg.dropout, name="dropout")(x)
     n_out = 2 * n_targets if loss == "gaussian_nll" else n_targets
     out = layers.Dense(n_out, name="output")(x)
-    return keras.Model([*band_inputs, log_flux], out, name="surveydust_cnn")
+    return keras.Model([image, aux], out, name=f"surveydust_{cfg.architecture}")
 
 
 def compile_model(model: keras.Model, loss: str, learning_rate: float) -> keras.Model:

@@ -5,8 +5,9 @@ it saw in training).
 Normalisation: every sample is divided by one number, the flux [nJy] summed
 over all its bands inside a central 0.24" (8 pixel) radius aperture (floored
 at 1 nJy), times the aperture's pixel count, so that pixels are of order 1 and
-colours between bands are kept. ``log10`` of that flux goes to
-the network as an extra input (brightness carries mass, hence sSFR, information).
+colours between bands are kept, then through ``arcsinh``. ``log10`` of that
+flux goes to the network as an extra input (brightness carries mass, hence sSFR,
+information), with the redshift when it is known.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ logger = logging.getLogger(__name__)
 NORM_APERTURE_PIX = 8.0
 NORM_FLOOR_NJY = 1.0
 MIN_GALAXIES_PER_SPLIT = 2
+REDSHIFT_CENTRE = 7.0
+#: columns of the network's ``aux`` input
+AUX_FEATURES = ("log10_flux_nJy", "z_minus_7", "z_known")
 
 
 def crop_centre(images: np.ndarray, crop: int) -> np.ndarray:
@@ -37,21 +41,27 @@ def crop_centre(images: np.ndarray, crop: int) -> np.ndarray:
     return images[..., y0:y0 + crop, x0:x0 + crop]
 
 
-def network_inputs(images: np.ndarray, bands: tuple[str, ...], crop: int) -> dict[str, np.ndarray]:
-    """Network inputs from images ``(n, band, y, x)`` in nJy (bands in ``bands`` order).
+def network_inputs(images: np.ndarray, crop: int, redshift: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Network inputs from images ``(n, band, y, x)`` in nJy (bands in the model's order).
 
-    Returns ``{"band_<BAND>": (n, crop, crop, 1), ..., "log_flux": (n, 1)}`` float32.
+    Returns ``{"image": (n, crop, crop, band), "aux": (n, 3)}`` float32: the
+    normalised stamp through ``arcsinh`` (linear in the faint outskirts,
+    logarithmic in bright cores), and :data:`AUX_FEATURES`. ``redshift``
+    (NaN where unknown; None: unknown for all) enters as ``z - 7`` with a
+    flag saying it is known (0 and 0 where it is not).
     """
     cut = crop_centre(np.asarray(images, dtype=np.float32), crop)
+    n = cut.shape[0]
     aperture = circular_aperture(crop, NORM_APERTURE_PIX)
     flux = cut[:, :, aperture].sum(axis=(1, 2))
     scale = np.maximum(flux, NORM_FLOOR_NJY)
-    # per-pixel values of order 1 (mean brightness in the aperture ~ 1): BatchNorm's moving
-    # variance starts at 1 and never catches up with inputs of order 1e-2
-    normed = cut * (aperture.sum() / scale[:, None, None, None])
-    out = {f"band_{b}": normed[:, i, :, :, None] for i, b in enumerate(bands)}
-    out["log_flux"] = np.log10(scale)[:, None].astype(np.float32)
-    return out
+    normed = np.arcsinh(cut * (aperture.sum() / scale[:, None, None, None]))
+    z = np.full(n, np.nan) if redshift is None else np.asarray(redshift, dtype=np.float64).reshape(-1)
+    if z.size != n:
+        raise ValueError(f"got {z.size} redshifts for {n} images")
+    known = np.isfinite(z)
+    aux = np.column_stack([np.log10(scale), np.where(known, z - REDSHIFT_CENTRE, 0.0), known])
+    return {"image": np.ascontiguousarray(normed.transpose(0, 2, 3, 1)), "aux": aux.astype(np.float32)}
 
 
 @dataclass(frozen=True)
@@ -60,9 +70,11 @@ class Split:
 
     train: np.ndarray
     validation: np.ndarray
+    calibration: np.ndarray
     test: np.ndarray
     test_galaxies: np.ndarray
     validation_galaxies: np.ndarray
+    calibration_galaxies: np.ndarray
 
 
 def select_samples(ds: xr.Dataset, cfg: TrainingConfig) -> np.ndarray:
@@ -89,28 +101,35 @@ def select_samples(ds: xr.Dataset, cfg: TrainingConfig) -> np.ndarray:
 
 
 def split_by_galaxy(galaxy_id: np.ndarray, selected: np.ndarray, cfg: TrainingConfig) -> Split:
-    """Split ``selected`` sample indices by galaxy: test, then validation from the rest.
+    """Split ``selected`` sample indices by galaxy: test, then validation and
+    calibration from the rest.
 
     Every view and DTM copy of a galaxy lands on one side; deterministic from
-    ``cfg.seed``.
+    ``cfg.seed``. Validation galaxies stop training early; calibration galaxies
+    are seen only after training, to calibrate the predicted percentiles.
     """
     gids = np.unique(galaxy_id[selected])
     rng = np.random.default_rng([cfg.seed, 1])
     order = rng.permutation(gids)
     n_test = int(round(cfg.test_fraction * gids.size))
     n_val = int(round(cfg.validation_fraction * (gids.size - n_test)))
-    if min(n_test, n_val, gids.size - n_test - n_val) < MIN_GALAXIES_PER_SPLIT:
+    n_cal = int(round(cfg.calibration_fraction * (gids.size - n_test)))
+    if min(n_test, n_val, n_cal, gids.size - n_test - n_val - n_cal) < MIN_GALAXIES_PER_SPLIT:
         raise ValueError(f"only {gids.size} galaxies pass the selection: too few for a "
-                         f"{cfg.test_fraction:.0%} test / {cfg.validation_fraction:.0%} validation split "
+                         f"{cfg.test_fraction:.0%} test / {cfg.validation_fraction:.0%} validation / "
+                         f"{cfg.calibration_fraction:.0%} calibration split "
                          f"(need >= {MIN_GALAXIES_PER_SPLIT} galaxies in each part); simulate more galaxies")
-    test_g, val_g = np.sort(order[:n_test]), np.sort(order[n_test:n_test + n_val])
+    parts = np.split(order, np.cumsum([n_test, n_val, n_cal]))
+    test_g, val_g, cal_g = (np.sort(p) for p in parts[:3])
     of = galaxy_id[selected]
     return Split(
-        train=selected[~np.isin(of, test_g) & ~np.isin(of, val_g)],
+        train=selected[np.isin(of, parts[3])],
         validation=selected[np.isin(of, val_g)],
+        calibration=selected[np.isin(of, cal_g)],
         test=selected[np.isin(of, test_g)],
         test_galaxies=test_g,
         validation_galaxies=val_g,
+        calibration_galaxies=cal_g,
     )
 
 

@@ -1,14 +1,27 @@
-"""Train a CNN on a training store: select, split by galaxy, augment on Dask,
-fit on a Dask worker (a GPU worker when the cluster has one), write a bundle.
+"""Train a CNN on a training store: select, split, augment on Dask, fit on a Dask
+worker (a GPU worker when the cluster has one) with batches streamed from the
+augmented Zarr store, calibrate the percentiles on galaxies training never
+saw, write a bundle.
+
+Two protocols (``split``): ``galaxy`` (the default) holds out whole galaxies
+for test, validation and calibration before augmenting, so no rotated or
+re-dusted copy of a test galaxy is ever trained on; ``paper`` augments every
+selected sample first and then splits the augmented samples at random, as the
+paper's section 2.4.1 did (rotated copies of test images sit in training: use
+it only to compare with the paper's Table 2).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +29,26 @@ import dask
 import dask.base
 import numpy as np
 
-import surveydust
+from surveydust import __version__
 from surveydust.augment import augment_store
 from surveydust.bundle import save_bundle
 from surveydust.cluster import open_client, worker_resources
 from surveydust.config import TrainingConfig, load_training_config
+from surveydust.posterior import calibrate, describe, to_network
 from surveydust.preprocess import Split, feature_stats, network_inputs, select_samples, split_by_galaxy
 from surveydust.stores.training import check_output_path, open_training_store, replace_atomically
 
 logger = logging.getLogger(__name__)
 EPOCH_TOPIC = "surveydust-epoch"
+LR_PATIENCE = 3  # epochs without improvement before the learning rate is halved
+
+
+@dataclass(frozen=True)
+class Part:
+    """Samples ``index`` of the training store at ``path`` (one part of a split)."""
+
+    path: str
+    index: np.ndarray
 
 
 def train(
@@ -44,25 +67,27 @@ def train(
 
     ``config`` (a :class:`TrainingConfig`, a YAML file, or None for the
     defaults) with ``overrides`` (e.g. ``bands=["F277W"]``) on top. Heavy work
-    runs on ``client`` or on a cluster from the ``cluster`` profile.
+    runs on ``client`` or on a cluster from the ``cluster`` profile; the fit
+    task trains with every core of its worker's machine (:func:`use_all_cores`).
     """
     cfg = load_training_config(config, **overrides)
     out = check_output_path(out, overwrite)
     split, meta = prepare_training(store, cfg)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp, \
             open_client(client, profile=cluster, workers=workers) as c:
-        augmented = augment_store(store, Path(tmp) / "augmented.zarr", split.train, config=cfg.augment,
-                                  bands=cfg.bands, targets=cfg.targets, seed=cfg.seed, client=c,
-                                  progress=progress)
+        augmented = str(Path(tmp) / "augmented.zarr")
+        to_augment = split.train if cfg.split == "galaxy" else np.concatenate([split.train, split.test])
+        augment_store(store, augmented, np.sort(to_augment), config=cfg.augment, bands=cfg.bands,
+                      targets=cfg.targets, seed=cfg.seed, client=c, progress=progress)
+        parts, meta = _parts(str(store), augmented, split, cfg, meta)
         gpu = any("GPU" in r for r in worker_resources(c).values())
         token = dask.base.tokenize(cfg.model_dump_json(), meta["training_store"], meta["created"])
         topic = f"{EPOCH_TOPIC}-{token}"
         if progress:
             c.subscribe_topic(topic, _print_epoch)
         try:
-            future = c.submit(fit_bundle, str(augmented), str(store), split.validation, cfg,
-                              str(Path(tmp) / "bundle"), meta, topic, key=f"fit-model-{token}",
-                              resources={"GPU": 1} if gpu else None, pure=False)
+            future = c.submit(fit_bundle, parts, cfg, str(Path(tmp) / "bundle"), meta, topic,
+                              key=f"fit-model-{token}", resources={"GPU": 1} if gpu else None, pure=False)
             bundle = Path(future.result())
         finally:
             if progress:
@@ -72,88 +97,251 @@ def train(
 
 
 def prepare_training(store: Path | str, cfg: TrainingConfig) -> tuple[Split, dict[str, Any]]:
-    """Select and split ``store``'s samples for ``cfg``; return the split and the bundle metadata."""
+    """Select and split ``store``'s samples for ``cfg``; return the split and the bundle metadata.
+
+    With ``split: paper`` the galaxy split still picks validation and
+    calibration galaxies; its ``train`` and ``test`` are then augmented
+    together and split by sample in :func:`_parts`.
+    """
     ds = open_training_store(store)
     selected = select_samples(ds, cfg)
     split = split_by_galaxy(ds["galaxy_id"].values, selected, cfg)
     meta = {
-        "surveydust_version": surveydust.__version__,
+        "surveydust_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "bands": list(cfg.bands), "targets": list(cfg.targets), "crop": cfg.crop, "loss": cfg.loss,
+        "uses_redshift": cfg.use_redshift, "posterior": describe(),
         "training_config": cfg.model_dump(mode="json"),
         "training_store": {"path": str(Path(store).resolve()), "store_id": ds.attrs["store_id"]},
-        "split": {"seed": cfg.seed, "test_galaxies": split.test_galaxies,
+        "split": {"protocol": cfg.split, "seed": cfg.seed, "test_galaxies": split.test_galaxies,
                   "validation_galaxies": split.validation_galaxies,
+                  "calibration_galaxies": split.calibration_galaxies,
                   "n_samples": {"train": split.train.size, "validation": split.validation.size,
-                                "test": split.test.size}},
+                                "calibration": split.calibration.size, "test": split.test.size}},
     }
     return split, meta
 
 
-def _arrays(ds: Any, cfg: TrainingConfig) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, list]]:
-    """Network inputs, labels and the feature statistics (for out-of-distribution scores)."""
-    images = ds["image"].sel(band=list(cfg.bands)).values
-    labels = np.stack([ds[t].values.astype(np.float64) for t in cfg.targets], axis=1)
-    return network_inputs(images, cfg.bands, cfg.crop), labels, feature_stats(images, cfg.crop)
+def _parts(store: str, augmented: str, split: Split, cfg: TrainingConfig,
+           meta: dict[str, Any]) -> tuple[dict[str, Part], dict[str, Any]]:
+    """Train, validation and calibration parts (and, for ``paper``, its sample-level test)."""
+    if cfg.split == "galaxy":
+        n_aug = open_training_store(augmented).sizes["sample"]
+        return {"train": Part(augmented, np.arange(n_aug)), "validation": Part(store, split.validation),
+                "calibration": Part(store, split.calibration)}, meta
+    ds = open_training_store(augmented)
+    order = np.random.default_rng([cfg.seed, 2]).permutation(ds.sizes["sample"])
+    n_test = int(round(cfg.test_fraction * order.size))
+    test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
+    pairs = np.column_stack([ds["source_sample"].values[test], ds["transform"].values[test]])
+    split_meta = {**meta["split"], "test_galaxies": [], "paper_test": pairs,
+                  "n_samples": {**meta["split"]["n_samples"], "train": int(train.size), "test": int(test.size)}}
+    return {"train": Part(augmented, train), "validation": Part(store, split.validation),
+            "calibration": Part(store, split.calibration)}, {**meta, "split": split_meta}
 
 
 def _print_epoch(event: tuple[float, dict[str, Any]]) -> None:
     info = event[1]
     losses = ", ".join(f"{k} {v:.4f}" for k, v in info.items() if "loss" in k and isinstance(v, float))
-    print(f"epoch {info['epoch']}/{info['epochs']}: {losses}", file=sys.stderr, flush=True)
+    rate = f", {info['samples_per_s']:.0f} samples/s" if "samples_per_s" in info else ""
+    print(f"epoch {info['epoch']}/{info['epochs']}: {losses}{rate}", file=sys.stderr, flush=True)
 
 
-def _epoch_reporter(topic: str | None, epochs: int) -> Any:
-    """Keras callback that sends each epoch's losses to the client as a Dask event."""
+def _epoch_reporter(topic: str | None, epochs: int, samples_per_epoch: int) -> Any:
+    """Keras callback that sends each epoch's losses and speed to the client as a Dask event."""
+    import time
+
     import keras
     from distributed import get_worker
 
     class EpochEvents(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            self.t0 = time.perf_counter()
+
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             try:
                 worker = get_worker()
             except ValueError:  # not running on a Dask worker
                 return
-            worker.log_event(topic, {"epoch": epoch + 1, "epochs": epochs,
+            rate = samples_per_epoch / max(time.perf_counter() - self.t0, 1e-9)
+            worker.log_event(topic, {"epoch": epoch + 1, "epochs": epochs, "samples_per_s": rate,
                                      **{k: float(v) for k, v in (logs or {}).items()}})
 
     return EpochEvents()
 
 
-def fit_bundle(train_store: str, store: str, validation: np.ndarray, cfg: TrainingConfig,
-               out: str, meta: dict[str, Any], topic: str | None = None,
-               callbacks: Sequence[Any] = ()) -> str:
-    """Fit the network (runs as one Dask task on a worker) and save the bundle to ``out``.
+def use_all_cores(threads: int | None = None) -> int:
+    """Let this process's numerical libraries use ``threads`` cores (None: every core it may run on).
 
-    Each epoch's losses go to the Dask event ``topic`` (printed by ``train``);
-    extra Keras ``callbacks`` run after early stopping (e.g. trial pruning).
+    A Dask nanny starts workers with ``OMP_NUM_THREADS=1`` (and friends), which
+    makes TensorFlow/oneDNN train on one core. Effective only before the
+    backend is first imported in the process; returns the thread count.
     """
+    n = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        os.environ[var] = str(n)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return n
+
+
+def target_values(ds: Any, cfg: TrainingConfig) -> np.ndarray:
+    """Labels ``(n, target)`` of a store in the network's space: transformed for the
+    likelihood (:func:`surveydust.posterior.to_network`), as they are for ``mape``."""
+    if cfg.loss != "gaussian_nll":
+        return np.stack([ds[t].values.astype(np.float64) for t in cfg.targets], axis=1)
+    return np.stack([to_network(t, ds[t].values) for t in cfg.targets], axis=1)
+
+
+class StoreBatches:
+    """Batches streamed from a training store, a Zarr chunk at a time (made a
+    ``keras.utils.PyDataset`` by :func:`store_batches`).
+
+    Every epoch visits the chunks in a new random order and the samples of each
+    chunk in a new random order; inputs are normalised per chunk, and a
+    ``redshift_dropout`` fraction of each batch is shown without its redshift.
+    """
+
+    def __init__(self, part: Part, cfg: TrainingConfig, mean: np.ndarray, std: np.ndarray,
+                 shuffle: bool = True) -> None:
+        ds = open_training_store(part.path)
+        self.image = ds["image"].sel(band=list(cfg.bands)).data
+        self.chunk = self.image.chunks[0][0]
+        self.index = np.sort(np.asarray(part.index))
+        self.y = ((target_values(ds.isel(sample=self.index), cfg) - mean) / std).astype(np.float32)
+        self.z = ds["redshift"].values[self.index].astype(np.float64) if cfg.use_redshift else None
+        self.cfg, self.shuffle, self.epoch = cfg, shuffle, 0
+        self._lock = threading.Lock()
+        self._order = self._epoch_order()
+
+    def __len__(self) -> int:
+        return int(np.ceil(self.index.size / self.cfg.batch_size))
+
+    def _epoch_order(self) -> np.ndarray:
+        """Positions into ``self.index``: chunks shuffled, then samples within each chunk."""
+        if not self.shuffle:
+            return np.arange(self.index.size)
+        rng = np.random.default_rng([self.cfg.seed, 3, self.epoch])
+        block = self.index // self.chunk
+        blocks = rng.permutation(np.unique(block))
+        return np.concatenate([rng.permutation(np.flatnonzero(block == b)) for b in blocks])
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self._order = self._epoch_order()
+
+    @lru_cache(maxsize=4)  # noqa: B019 (one loader per fit; the cache dies with it)
+    def _block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised ``image`` and log flux of every sample of chunk ``b``."""
+        images = np.asarray(self.image[b * self.chunk:(b + 1) * self.chunk].compute(scheduler="synchronous"))
+        x = network_inputs(images, self.cfg.crop)
+        return x["image"], x["aux"][:, 0]
+
+    def __getitem__(self, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        pos = np.sort(self._order[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size])
+        pos = pos[np.argsort(np.random.default_rng([self.cfg.seed, 4, self.epoch, i]).random(pos.size))]
+        sample = self.index[pos]
+        image = np.empty((pos.size, self.cfg.crop, self.cfg.crop, len(self.cfg.bands)), np.float32)
+        log_flux = np.empty(pos.size, np.float32)
+        for b in np.unique(sample // self.chunk):
+            with self._lock:
+                block_image, block_flux = self._block(int(b))
+            mine = sample // self.chunk == b
+            image[mine], log_flux[mine] = block_image[sample[mine] % self.chunk], block_flux[sample[mine] % self.chunk]
+        z = np.full(pos.size, np.nan) if self.z is None else self.z[pos].copy()
+        if self.shuffle and self.z is not None:
+            z[np.random.default_rng([self.cfg.seed, 5, self.epoch, i]).random(pos.size)
+              < self.cfg.redshift_dropout] = np.nan
+        aux = network_inputs(np.zeros((pos.size, 1, self.cfg.crop, self.cfg.crop), np.float32),
+                             self.cfg.crop, z)["aux"]
+        aux[:, 0] = log_flux
+        return {"image": image, "aux": aux}, self.y[pos]
+
+
+def store_batches(part: Part, cfg: TrainingConfig, mean: np.ndarray, std: np.ndarray,
+                  shuffle: bool = True, workers: int = 2) -> Any:
+    """A ``keras.utils.PyDataset`` of :class:`StoreBatches` (``workers`` prefetching threads)."""
+    import keras
+
+    class _Dataset(StoreBatches, keras.utils.PyDataset):
+        def __init__(self) -> None:
+            keras.utils.PyDataset.__init__(self, workers=workers, use_multiprocessing=False, max_queue_size=16)
+            StoreBatches.__init__(self, part, cfg, mean, std, shuffle)
+
+    return _Dataset()
+
+
+def _in_memory(part: Part, cfg: TrainingConfig, with_redshift: bool = True) -> tuple[dict[str, np.ndarray], Any]:
+    """Network inputs and the store subset of a (small) part, read at once."""
+    ds = open_training_store(part.path).isel(sample=np.sort(part.index))
+    z = ds["redshift"].values if (cfg.use_redshift and with_redshift) else None
+    return network_inputs(ds["image"].sel(band=list(cfg.bands)).values, cfg.crop, z), ds
+
+
+def fit_bundle(parts: dict[str, Part], cfg: TrainingConfig, out: str, meta: dict[str, Any],
+               topic: str | None = None, callbacks: Sequence[Any] = (), threads: int | None = None) -> str:
+    """Fit the network (runs as one Dask task on a worker), calibrate it, save the bundle to ``out``.
+
+    ``parts``: ``train`` (streamed), ``validation`` (early stopping) and
+    ``calibration`` (:func:`surveydust.posterior.calibrate`). Each epoch's
+    losses go to the Dask event ``topic`` (printed by ``train``); extra Keras
+    ``callbacks`` run after early stopping (e.g. trial pruning). ``threads``:
+    cores to train with (None: all of this machine's, :func:`use_all_cores`).
+    """
+    threads = use_all_cores(threads)
     import keras
 
     from surveydust.model import build_model, compile_model
 
     keras.utils.set_random_seed(cfg.seed)
     with dask.config.set(scheduler="synchronous"):  # read on this worker, not through the cluster
-        x, y, ood = _arrays(open_training_store(train_store), cfg)
-        xv, yv, _ = _arrays(open_training_store(store).isel(sample=validation), cfg)
-    if cfg.loss == "gaussian_nll":
-        mean, std = y.mean(axis=0), np.maximum(y.std(axis=0), 1e-6)
-    else:
-        mean, std = np.zeros(y.shape[1]), np.ones(y.shape[1])
-    model = build_model(cfg.bands, cfg.crop, len(cfg.targets), cfg.model, cfg.loss)
-    compile_model(model, cfg.loss, cfg.learning_rate)
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
-                                         restore_best_weights=True)
-    callbacks = [stop, *callbacks] + ([_epoch_reporter(topic, cfg.max_epochs)] if topic else [])
-    history = model.fit(x, ((y - mean) / std).astype(np.float32), batch_size=cfg.batch_size,
-                        epochs=cfg.max_epochs, shuffle=True, verbose=0, callbacks=callbacks,
-                        validation_data=(xv, ((yv - mean) / std).astype(np.float32)))
-    meta = {**meta,
-            "target_scaling": {t: [float(mean[i]), float(std[i])] for i, t in enumerate(cfg.targets)},
-            "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
-            "epochs_run": len(history.history["loss"]), "n_train_augmented": int(len(y)), "ood": ood}
-    inference = build_model(cfg.bands, cfg.crop, len(cfg.targets), cfg.model, cfg.loss)
-    inference.set_weights(model.get_weights())  # uncompiled: no optimizer state in the bundle
+        train_ds = open_training_store(parts["train"].path).isel(sample=np.sort(parts["train"].index))
+        y = target_values(train_ds, cfg)
+        mean, std = (y.mean(axis=0), np.maximum(y.std(axis=0), 1e-6)) if cfg.loss == "gaussian_nll" \
+            else (np.zeros(y.shape[1]), np.ones(y.shape[1]))
+        batches = store_batches(parts["train"], cfg, mean, std)
+        xv, val_ds = _in_memory(parts["validation"], cfg)
+        yv = ((target_values(val_ds, cfg) - mean) / std).astype(np.float32)
+        model = compile_model(build_model(cfg.bands, cfg.crop, len(cfg.targets), cfg.model, cfg.loss),
+                              cfg.loss, cfg.learning_rate)
+        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
+                                             restore_best_weights=True)
+        schedule = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=LR_PATIENCE)
+        report = [_epoch_reporter(topic, cfg.max_epochs, batches.index.size)] if topic else []
+        history = model.fit(batches, epochs=cfg.max_epochs, shuffle=False, verbose=0,
+                            callbacks=[stop, schedule, *callbacks, *report], validation_data=(xv, yv))
+        inference = build_model(cfg.bands, cfg.crop, len(cfg.targets), cfg.model, cfg.loss)
+        inference.set_weights(model.get_weights())  # uncompiled: no optimizer state in the bundle
+        ood = feature_stats(train_ds["image"].sel(band=list(cfg.bands))[:20000].values, cfg.crop)
+        meta = {**meta,
+                "target_scaling": {t: [float(mean[i]), float(std[i])] for i, t in enumerate(cfg.targets)},
+                "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+                "epochs_run": len(history.history["loss"]), "n_train_augmented": int(batches.index.size),
+                "training_threads": threads, "ood": ood,
+                "constant_guess": {t: float(np.nanmedian(train_ds[t].values)) for t in cfg.targets}}
+        if cfg.loss == "gaussian_nll":
+            meta["calibration"] = _calibration(inference, parts["calibration"], cfg, mean, std)
     save_bundle(inference, Path(out), meta)
-    logger.info("trained %s on %d samples for %d epochs", cfg.bands, len(y), meta["epochs_run"])
+    logger.info("trained %s on %d samples for %d epochs", cfg.bands, batches.index.size, meta["epochs_run"])
+    return out
+
+
+def _calibration(model: Any, part: Part, cfg: TrainingConfig, mean: np.ndarray,
+                 std: np.ndarray) -> dict[str, Any]:
+    """Calibrated Gaussian levels per target, with and without redshift (when the model takes one)."""
+    import keras
+
+    from surveydust.model import sigma_from_raw
+
+    out: dict[str, Any] = {"n_samples": int(np.asarray(part.index).size)}
+    for key, with_z in (("with_redshift", True), ("without_redshift", False)):
+        if key == "with_redshift" and not cfg.use_redshift:
+            continue
+        x, ds = _in_memory(part, cfg, with_redshift=with_z)
+        raw = np.asarray(model.predict(x, batch_size=1024, verbose=0), dtype=np.float64)
+        n = len(cfg.targets)
+        mu = raw[:, :n] * std + mean
+        sigma = np.asarray(keras.ops.convert_to_numpy(sigma_from_raw(raw[:, n:])), dtype=np.float64) * std
+        out[key] = calibrate({t: ds[t].values for t in cfg.targets},
+                             {t: mu[:, i] for i, t in enumerate(cfg.targets)},
+                             {t: sigma[:, i] for i, t in enumerate(cfg.targets)})
     return out

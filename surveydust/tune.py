@@ -57,7 +57,7 @@ from surveydust.config import (
 )
 from surveydust.preprocess import Split
 from surveydust.stores.training import open_training_store, replace_atomically
-from surveydust.train import fit_bundle, prepare_training
+from surveydust.train import Part, fit_bundle, prepare_training
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,10 @@ def tune(
 
     with open_client(client, profile=cluster, workers=workers) as c:
         train_store = _augmented_split(store, out, split, cfg, c, progress)
-        runner = _TrialRunner(c, study, tuning, cfg, out, meta, split.validation, train_store, str(store))
+        parts = {"train": Part(train_store, np.arange(open_training_store(train_store).sizes["sample"])),
+                 "validation": Part(str(store), split.validation),
+                 "calibration": Part(str(store), split.calibration)}
+        runner = _TrialRunner(c, study, tuning, cfg, out, meta, parts)
         runner.run()
     return write_report(study, out)
 
@@ -247,9 +250,9 @@ class _TrialRunner:
     """Keeps one trial per (GPU) worker in flight until the study has its trials."""
 
     def __init__(self, client: Any, study: Any, tuning: TuningConfig, cfg: TrainingConfig, out: Path,
-                 meta: dict[str, Any], validation: np.ndarray, train_store: str, store: str) -> None:
+                 meta: dict[str, Any], parts: dict[str, Part]) -> None:
         self.client, self.study, self.tuning, self.cfg, self.out = client, study, tuning, cfg, out
-        self.meta, self.validation, self.train_store, self.store = meta, validation, train_store, store
+        self.meta, self.parts = meta, parts
         self.running: dict[Any, tuple[Any, str | None]] = {}  # future -> (optuna Trial, worker asked for)
 
     def run(self) -> None:
@@ -293,8 +296,7 @@ class _TrialRunner:
         meta = {**self.meta, "training_config": cfg.model_dump(mode="json"),
                 "tuning": {"study": str(self.out.resolve()), "trial": trial.number}}
         future = self.client.submit(
-            run_trial, str(self.out), trial._trial_id, cfg, self.tuning, self.train_store, self.store,
-            self.validation, meta, key=f"tune-trial-{trial.number}-{uuid.uuid4().hex[:8]}", pure=False,
+            run_trial, str(self.out), trial._trial_id, cfg, self.tuning, self.parts, meta, key=f"tune-trial-{trial.number}-{uuid.uuid4().hex[:8]}", pure=False,
             resources={"GPU": 1} if gpu else None, workers=[worker] if worker else None,
             allow_other_workers=True)
         self.running[future] = (trial, worker)
@@ -349,8 +351,8 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def run_trial(out: str, trial_id: int, cfg: TrainingConfig, tuning: TuningConfig, train_store: str,
-              store: str, validation: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
+def run_trial(out: str, trial_id: int, cfg: TrainingConfig, tuning: TuningConfig, parts: dict[str, Part],
+              meta: dict[str, Any]) -> dict[str, Any]:
     """Train one trial on a Dask worker, reporting each epoch to the study.
 
     Returns the state (``complete`` or ``pruned``), the best validation loss,
@@ -367,7 +369,7 @@ def run_trial(out: str, trial_id: int, cfg: TrainingConfig, tuning: TuningConfig
     os.chmod(bundle, 0o755)  # mkdtemp makes it private; it may become best-model/
     state = "complete"
     try:
-        fit_bundle(train_store, store, validation, cfg, bundle, meta, callbacks=[reporter])
+        fit_bundle(parts, cfg, bundle, meta, callbacks=[reporter], threads=get_worker().state.nthreads)
     except optuna.TrialPruned:
         state = "pruned"
     finally:
