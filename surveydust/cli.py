@@ -34,8 +34,10 @@ def _friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _bands(value: str | None) -> list[str] | None:
-    return [b.strip().upper() for b in value.split(",") if b.strip()] if value else None
+def _bands(value: str | None, upper: bool = True) -> list[str] | None:
+    """A comma-separated list (band names upper-cased)."""
+    items = [b.strip() for b in value.split(",") if b.strip()] if value else []
+    return [b.upper() if upper else b for b in items] or None
 
 
 def _settings(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -211,12 +213,20 @@ def plot_store(store: Path, out: Path | None) -> None:
 @main.command("train")
 @click.option("--store", type=click.Path(path_type=Path), required=True, help="Training store (Zarr).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Model bundle folder to write.")
-@click.option("--bands", default=None, help="Comma-separated bands, one CNN branch each "
-                                            "[default: F277W,F356W,F444W; the paper's 1-band: F277W].")
+@click.option("--bands", default=None, help="Comma-separated bands [default: the six wide bands "
+                                            "F115W..F444W; the paper's: F277W,F356W,F444W or F277W].")
 @click.option("--config", "config", type=click.Path(path_type=Path), default=None,
               help="YAML file merged over the defaults (configs/training.yaml).")
+@click.option("--split", type=click.Choice(["galaxy", "paper"]), default=None,
+              help="galaxy: hold out whole galaxies [default]; paper: augment first, then split samples "
+                   "85/15 at random as the paper did (rotated copies of test images are trained on; "
+                   "only to compare with its Table 2).")
+@click.option("--targets", default=None,
+              help="Comma-separated targets of one network [default: A_V,EBV,log_ssfr]; e.g. A_V for the "
+                   "paper's one model per target.")
 @click.option("--loss", type=click.Choice(["gaussian_nll", "mape"]), default=None,
-              help="gaussian_nll: mean and uncertainty per target [default]; mape: the paper's loss.")
+              help="gaussian_nll: calibrated posterior per target [default]; mape: the paper's loss "
+                   "(means only).")
 @click.option("--max-epochs", type=int, default=None, help="Most epochs (early stopping usually ends sooner).")
 @click.option("--seed", type=int, default=None, help="Seed of the split, augmentation and weights.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
@@ -225,19 +235,24 @@ def plot_store(store: Path, out: Path | None) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle (after the new one is complete).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_friendly_errors
-def train_command(store: Path, out: Path, bands: str | None, config: Path | None, settings: tuple[str, ...],
+def train_command(store: Path, out: Path, bands: str | None, targets: str | None, config: Path | None,
+                  settings: tuple[str, ...],
                   cluster: str | None, workers: int | None, jobs: int | None, overwrite: bool, quiet: bool,
                   **options: Any) -> None:
     """Train a CNN on a training store and write a model bundle.
 
-    Selects SNR >= 5 samples, splits by galaxy (85/15, plus validation),
-    augments the training split on Dask, fits on a Dask worker (a GPU worker
-    when there is one) with early stopping, and predicts A_V, E(B-V), log sSFR
-    (and R_V) with uncertainties.
+    Selects SNR >= 5 samples, holds out 15% of the galaxies for testing and,
+    of the rest, 15% for early stopping and 15% for calibrating the
+    percentiles; augments the training galaxies on Dask; fits on a Dask worker
+    (a GPU worker when there is one) with batches streamed from Zarr and every
+    core of that machine. The bundle predicts A_V and E(B-V) [mag, never
+    negative] and log sSFR [log10 yr^-1] with calibrated 2.5/16/50/84/97.5
+    percentiles, using the redshift when a source has one; R_V is derived.
     """
     from surveydust.train import train
 
-    overrides = {**options, **_nested(_settings(settings)), "bands": _bands(bands)}
+    overrides = {**options, **_nested(_settings(settings)), "bands": _bands(bands),
+                 "targets": _bands(targets, upper=False)}
     with _client(cluster, workers, jobs) as client:
         path = train(store, out, config, client=client, overwrite=overwrite, progress=not quiet, **overrides)
     click.echo(f"wrote {path}")

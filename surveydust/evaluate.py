@@ -78,6 +78,8 @@ METRIC_DESCRIPTIONS = {
 NOMINAL = {"coverage_68": 0.6827, "coverage_95": 0.95}
 Z_95 = 1.96
 AV_BINS = (0.0, 0.1, 0.3, 0.6, 1.0, 1.5, np.inf)  # [mag] bins of true A_V for the bias table
+SNR_BINS = (0.0, 10.0, 20.0, 50.0, np.inf)  # bins of SNR in the selection band
+SNR_BAND = "F277W"  # the selection band of every shipped bundle
 TRUE_EBV_MIN_FOR_RV = 1e-4  # [mag] true R_V is NaN below (the store's definition)
 BASELINE = "baseline (colours)"
 MEURER = "Meurer (UV slope)"
@@ -165,8 +167,9 @@ def evaluate(bundles: Sequence[Path | str], store: Path | str, out: Path | str, 
     _warn_if_samples_differ(results)
     table = metrics_table(results)
     paths = write_table(table, out)
-    paths["bias"] = out / "bias_by_av.ecsv"
-    bias_by_true_av(results).write(paths["bias"], format="ascii.ecsv", overwrite=True)
+    for key, by, bins in (("bias_by_av", "true_A_V", AV_BINS), ("skill_by_snr", "snr", SNR_BINS)):
+        paths[key] = out / f"{key}.ecsv"
+        binned_skill(results, by, bins).write(paths[key], format="ascii.ecsv", overwrite=True)
     for name, result in results.items():
         paths[name] = plot_model(result, name, out / f"{slug(name)}.png")
     paths["calibration"] = plot_calibration(table, out / "calibration.png")
@@ -267,6 +270,8 @@ def truths(ds: xr.Dataset, idx: np.ndarray) -> dict[str, np.ndarray]:
     uniq, inverse = np.unique(idx, return_inverse=True)
     labels = ds[[*PREDICTED, "redshift"]].isel(sample=uniq).compute()
     out = {t: labels[t].values.astype(np.float64)[inverse] for t in (*PREDICTED, "redshift")}
+    out["snr"] = ds["snr"].sel(band=SNR_BAND).values[uniq][inverse] if SNR_BAND in ds["band"].values \
+        else np.full(idx.size, np.nan)
     out["R_V"] = r_v(out["A_V"], out["EBV"], TRUE_EBV_MIN_FOR_RV)
     return out
 
@@ -302,6 +307,7 @@ def _result(ds: xr.Dataset, idx: np.ndarray, columns: dict[str, np.ndarray], att
     res = xr.Dataset(coords={"sample": np.arange(idx.size),
                              "galaxy_id": ("sample", ds["galaxy_id"].values[idx]),
                              "store_index": ("sample", idx)})
+    res["snr"] = ("sample", true["snr"])
     for t in TARGETS:
         res[f"true_{t}"] = ("sample", true[t])
         for v in (t, f"{t}_err", *(f"{t}_{n}" for n in LEVEL_NAMES if n != "p50")):
@@ -442,21 +448,27 @@ def percentile_array(result: xr.Dataset, target: str) -> np.ndarray:
     return np.column_stack(cols).astype(float)
 
 
-def bias_by_true_av(results: dict[str, xr.Dataset], target: str = "A_V") -> Any:
-    """Mean residual [mag] and N of ``target`` per model in bins of true A_V (:data:`AV_BINS`)."""
+def binned_skill(results: dict[str, xr.Dataset], by: str, bins: Sequence[float],
+                 target: str = "A_V") -> Any:
+    """Per model in bins of ``by`` (``true_A_V`` or ``snr``): N, bias (mean predicted - true),
+    MAE and Spearman of ``target`` (its units)."""
     from astropy.table import Table
+    from scipy.stats import spearmanr
 
     rows = []
-    for lo, hi in zip(AV_BINS[:-1], AV_BINS[1:]):
+    for lo, hi in zip(bins[:-1], bins[1:]):
         row: list[Any] = [f"{lo:g}-{hi:g}"]
         for r in results.values():
-            av, res = r["true_A_V"].values, r[target].values - r[f"true_{target}"].values
-            inside = (av >= lo) & (av < hi) & np.isfinite(res)
-            row += [float(res[inside].mean()) if inside.any() else np.nan, int(inside.sum())]
+            true, pred = r[f"true_{target}"].values, r[target].values
+            inside = (r[by].values >= lo) & (r[by].values < hi) & np.isfinite(pred) & np.isfinite(true)
+            t, p = true[inside], pred[inside]
+            rho = spearmanr(t, p).statistic if t.size > 2 and np.ptp(p) > 0 and np.ptp(t) > 0 else np.nan
+            row += [int(inside.sum()), float(np.mean(p - t)) if t.size else np.nan,
+                    float(np.mean(np.abs(p - t))) if t.size else np.nan, float(rho)]
         rows.append(row)
-    names = ["true_A_V_bin"] + [f"{k} {n}" for n in results for k in ("bias", "N")]
+    names = [f"{by}_bin"] + [f"{n}: {k}" for n in results for k in ("N", "bias", "MAE", "spearman")]
     out = Table(rows=rows, names=names)
-    out.meta["description"] = f"mean predicted - true {target} [mag] in bins of true A_V [mag]"
+    out.meta["description"] = f"{target} per model in bins of {by}: N, mean predicted - true, MAE, Spearman"
     return out
 
 
