@@ -77,6 +77,9 @@ def detect(sci: np.ndarray, err: np.ndarray, cfg: CatalogueConfig) -> tuple[np.n
     from photutils.utils.exceptions import NoDetectionsWarning
 
     snr, valid = detection_image(sci, err)
+    empty = np.zeros(0)
+    if not valid.any():  # a tile of NaN border (photutils refuses an all-True mask)
+        return empty, empty, np.zeros(0, dtype=bool)
     smoothed = snr
     if cfg.smooth_fwhm_pix > 0:
         kernel = Gaussian2DKernel(cfg.smooth_fwhm_pix / 2.3548)
@@ -85,7 +88,6 @@ def detect(sci: np.ndarray, err: np.ndarray, cfg: CatalogueConfig) -> tuple[np.n
     with warnings.catch_warnings():  # an empty tile (e.g. all NaN) is not worth a warning
         warnings.simplefilter("ignore", NoDetectionsWarning)
         segm = detect_sources(smoothed, cfg.threshold, cfg.npixels, mask=~valid)
-    empty = np.zeros(0)
     if segm is None:
         return empty, empty, np.zeros(0, dtype=bool)
     parents = segm.data.copy()

@@ -80,3 +80,15 @@ def test_aperture_photometry_sums_flux_and_errors_in_quadrature() -> None:
     flux, err = aperture_photometry(stamps, 2.0 * stamps, 3.0)
     n = ((np.arange(32) - 15.5)[:, None] ** 2 + (np.arange(32) - 15.5)[None, :] ** 2 <= 9).sum()
     assert flux[0, 0] == n and err[0, 0] == pytest.approx(2.0 * np.sqrt(n))
+
+
+def test_a_tile_without_data_has_no_sources() -> None:
+    """An all-NaN tile (the border of a rotated mosaic) or one with no valid error gives an
+    empty detection, not photutils' 'mask must not be True for every pixel'."""
+    cfg = load_catalogue_config()
+    sci = np.full((3, 64, 64), np.nan)
+    err = np.ones_like(sci)
+    x, y, blended = detect(sci, err, cfg)
+    assert x.size == y.size == blended.size == 0
+    x, y, _ = detect(np.ones((3, 64, 64)), np.zeros((3, 64, 64)), cfg)  # zero weight everywhere
+    assert x.size == 0
