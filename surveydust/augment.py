@@ -364,7 +364,7 @@ def augment_store(
     Each Dask task makes ``config.samples_per_task`` output samples (one Zarr
     chunk) and reads its own source samples from the store on the worker.
     """
-    out = check_output_path(out, overwrite)
+    out = check_output_path(out, overwrite, "training")
     store = Path(store)
     if store.exists() and out.resolve() == store.resolve():
         raise ValueError(f"output {out} is the input store; write the augmented store elsewhere")

@@ -95,7 +95,7 @@ def assemble(columns: dict[str, np.ndarray], bands: list[str], models: list[str]
 
 def write_catalogue(ds: xr.Dataset, out: Path, overwrite: bool) -> Path:
     """Write ``ds`` to the Zarr store ``out`` (moved into place only when complete)."""
-    out = check_output_path(out, overwrite)
+    out = check_output_path(out, overwrite, STORE_KIND)
     tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
         ds.attrs.update(store_kind=STORE_KIND, complete=True)

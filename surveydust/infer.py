@@ -94,7 +94,7 @@ def run_catalogue(
     if out_path is not None:
         from surveydust.stores.training import check_output_path
 
-        check_output_path(out_path, overwrite)
+        check_output_path(out_path, overwrite, "catalogue")
     scratch = None if out_path is not None else tempfile.TemporaryDirectory(prefix="surveydust-catalogue-")
     parts = TileParts(out_path or Path(scratch.name) / "catalogue.zarr", token)
     todo = [t for t in tiles if t.index not in parts.done()]

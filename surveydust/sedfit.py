@@ -322,7 +322,7 @@ def fit_sed(
     if out is not None:
         from surveydust.stores.training import check_output_path
 
-        check_output_path(out_path, overwrite)
+        check_output_path(out_path, overwrite, "catalogue")
     curves = filter_curves([str(b) for b in cat["band"].values])
     if not curves:
         raise ValueError("no band of the catalogue has a filter curve for Bagpipes")

@@ -71,7 +71,7 @@ def train(
     task trains with every core of its worker's machine (:func:`use_all_cores`).
     """
     cfg = load_training_config(config, **overrides)
-    out = check_output_path(out, overwrite)
+    out = check_output_path(out, overwrite, "bundle")
     split, meta = prepare_training(store, cfg)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp, \
             open_client(client, profile=cluster, workers=workers) as c:

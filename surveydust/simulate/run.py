@@ -121,7 +121,7 @@ def simulate(
     overwrite : replace an existing store (only once the new one is complete).
     """
     cfg = load_simulation_config(config, **overrides)
-    out = check_output_path(out, overwrite)
+    out = check_output_path(out, overwrite, "training")
     ds = _lazy_dataset(cfg)
     chunk = cfg.galaxies_per_task * cfg.views_per_galaxy * len(cfg.dtm_values)
     with open_client(client, profile=cluster, workers=workers) as c:

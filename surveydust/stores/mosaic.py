@@ -166,7 +166,7 @@ def ingest_mosaic(
     if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < MIN_CHUNK:
         raise ValueError(f"chunk must be an integer >= {MIN_CHUNK} pixels, got {chunk!r}")
     chunk = int(chunk)
-    out = check_output_path(out, overwrite)
+    out = check_output_path(out, overwrite, STORE_KIND)
     sources = resolve_bands(bands)
     check_common_grid(sources)
     ds = _build_dataset(sources, chunk)

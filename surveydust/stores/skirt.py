@@ -117,7 +117,7 @@ def ingest_skirt(
     cubes, property tables or bands, FileExistsError when ``out`` exists and
     ``overwrite`` is false.
     """
-    out = check_output_path(out, overwrite)
+    out = check_output_path(out, overwrite, "training")
     if not cubes:
         raise ValueError("no SKIRT cubes given")
     if stamp_size < 1 or not pixel_scale_arcsec > 0:

@@ -59,11 +59,37 @@ def zarr_compressor() -> BloscCodec:
     return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
 
-def check_output_path(path: Path | str, overwrite: bool) -> Path:
-    """Refuse an existing output unless ``overwrite``; create missing parent folders."""
+def existing_kind(path: Path) -> str | None:
+    """What surveydust output lies at ``path``: a store kind (``training``, ``mosaic``,
+    ``catalogue``), ``bundle``, or None (anything else, or nothing readable)."""
+    import json
+
+    if (path / "bundle.json").is_file():
+        return "bundle"
+    try:
+        attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    return attrs.get("store_kind") if isinstance(attrs, dict) else None
+
+
+def check_output_path(path: Path | str, overwrite: bool, kind: str | None = None) -> Path:
+    """Refuse an existing output unless ``overwrite``; create missing parent folders.
+
+    With ``overwrite`` an existing ``path`` is replaced only when it is a
+    surveydust output of the same ``kind`` (a store kind or ``bundle``):
+    anything else there (another kind of store, a folder of your files) is
+    refused, so ``--overwrite`` never deletes what surveydust did not write.
+    """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+    if path.exists() and kind is not None and existing_kind(path) != kind:
+        found = existing_kind(path)
+        what = f"a surveydust {found} {'bundle' if found == 'bundle' else 'store'}" if found else \
+            "not a surveydust output"
+        raise FileExistsError(f"{path} exists and is {what}, not a {kind} "
+                              f"{'bundle' if kind == 'bundle' else 'store'}: refusing to replace it")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -116,7 +142,7 @@ def write_training_store(
     write (e.g. to run it on a distributed client with a progress bar);
     without it the write is computed with dask's current scheduler.
     """
-    path = check_output_path(path, overwrite)
+    path = check_output_path(path, overwrite, STORE_KIND)
     validate_training_dataset(ds)
     # object strings become Zarr 3's variable-length UTF-8 (fixed-width <U has no v3 spec)
     ds = ds.assign_coords(band=ds["band"].values.astype(object))

@@ -1,0 +1,53 @@
+"""Outputs are replaced only when they are surveydust outputs of the kind being written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from surveydust.cli import main
+from surveydust.stores.training import check_output_path, existing_kind
+
+
+def _store(path, kind):
+    path.mkdir()
+    (path / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group",
+                                                "attributes": {"store_kind": kind}}))
+    return path
+
+
+def test_overwrite_replaces_only_the_same_kind(tmp_path) -> None:
+    cat = _store(tmp_path / "cat.zarr", "catalogue")
+    assert check_output_path(cat, True, "catalogue") == cat
+    with pytest.raises(FileExistsError, match="is a surveydust mosaic store, not a catalogue store"):
+        check_output_path(_store(tmp_path / "field.zarr", "mosaic"), True, "catalogue")
+    mine = tmp_path / "my_files"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match="is not a surveydust output, not a catalogue store"):
+        check_output_path(mine, True, "catalogue")
+    assert (mine / "notes.txt").read_text() == "precious"
+    assert existing_kind(tmp_path / "missing") is None
+
+
+def test_cli_overwrite_refuses_a_folder_of_user_files(tmp_path, client) -> None:
+    """run-catalogue --overwrite onto a user's folder or onto its own input mosaic: one
+    Error line, non-zero exit, both left as they were."""
+    from surveydust.simulate import simulate_field
+    from surveydust.stores.mosaic import ingest_mosaic, open_mosaic
+
+    files = simulate_field(tmp_path / "fits", n_galaxies=2, shape=(256, 256), seed=1)
+    mosaic = ingest_mosaic(tmp_path / "field.zarr", {b: str(p) for b, p in files.bands.items()},
+                           client=client, progress=False)
+    mine = tmp_path / "results"
+    mine.mkdir()
+    (mine / "paper.tex").write_text("draft")
+    for out, kind in ((mine, "is not a surveydust output"), (mosaic, "is a surveydust mosaic store")):
+        result = CliRunner().invoke(main, ["run-catalogue", str(mosaic), "--out", str(out), "--overwrite"])
+        assert result.exit_code != 0
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert lines[-1].startswith("Error:") and kind in lines[-1], result.output
+    assert (mine / "paper.tex").read_text() == "draft"
+    assert open_mosaic(mosaic).sizes["band"] == len(files.bands)
