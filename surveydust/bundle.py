@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from surveydust.backend import keras_module
 from surveydust.posterior import LEVEL_NAMES, LEVELS, LOG_OFFSETS, percentiles
 from surveydust.preprocess import network_inputs
 from surveydust.quantities import UNITS, quantity
@@ -138,8 +138,7 @@ class Predictor:
     ``uses_redshift`` whether a redshift sharpens its predictions."""
 
     def __init__(self, path: Path | str):
-        import keras
-
+        keras = keras_module()
         self.path = Path(path)
         self.meta = read_meta(self.path)
         self.bands: tuple[str, ...] = tuple(self.meta["bands"])
@@ -244,5 +243,4 @@ def load_model(path: Path | str | None = None, bands: Sequence[str] | None = Non
     path = default_bundle_path(bands) if path is None else Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model bundle {path} does not exist")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return Predictor(path)

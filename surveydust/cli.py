@@ -386,7 +386,8 @@ def ingest_mosaic_command(out: Path, band_files: tuple[str, ...], err_files: tup
 @main.command("run-catalogue")
 @click.argument("store", type=click.Path(path_type=Path), required=False)
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Catalogue store to write (Zarr) [default with --demo: demo/catalogue.zarr].")
+              help="Catalogue store to write (Zarr; required) [default with --demo: demo/catalogue.zarr; "
+                   "the demo field goes into its folder].")
 @click.option("--model", "models", multiple=True, type=click.Path(path_type=Path),
               help="Model bundle folder; repeat to run 1-band and 3-band models in one pass "
                    "[default: the shipped bundle with the most bands the mosaic has].")
@@ -433,9 +434,11 @@ def run_catalogue_command(store: Path | None, out: Path | None, models: tuple[Pa
         open_mosaic(store)
     if demo:
         out = out or Path("demo") / "catalogue.zarr"
-    if export_format and out is None:
-        raise click.UsageError("--format needs --out")
-    export_to = out.with_suffix(f".{export_format}") if out is not None and export_format else None
+    if out is None:
+        raise click.UsageError("give --out CATALOGUE.zarr: the catalogue store to write")
+    export_to = out.with_suffix(f".{export_format}") if export_format else None
+    if export_to is not None and export_to.exists() and not overwrite:
+        raise click.UsageError(f"{export_to} exists; pass --overwrite to replace it")
     with _client(cluster, workers, jobs) as client:
         if demo:
             result = run_demo(out.parent, out=out, model=list(models) or None, client=client,
@@ -446,7 +449,7 @@ def run_catalogue_command(store: Path | None, out: Path | None, models: tuple[Pa
             cat = run_catalogue(store, out, model=list(models) or None, sources=sources, redshifts=redshifts,
                                 config=settings_cfg, client=client, export_to=export_to, overwrite=overwrite,
                                 progress=not quiet)
-    click.echo(f"{cat.sizes['source']} sources" + (f"; wrote {out}" if out else ""))
+    click.echo(f"{cat.sizes['source']} sources; wrote {out}" + (f" and {export_to}" if export_to else ""))
     if demo:
         m = result.match
         click.echo(f"demo truth: {m['matched']} of {m['matched'] + m['missed']} injected galaxies detected, "

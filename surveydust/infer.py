@@ -115,12 +115,12 @@ def run_catalogue(
     _log_summary(ds)
     if out_path is not None:
         write_catalogue(ds, out_path, overwrite=overwrite)
-        logger.info("wrote %s", out_path)
+        logger.debug("wrote %s", out_path)
     parts.remove()
     if scratch is not None:
         scratch.cleanup()
     if export_to is not None:
-        logger.info("wrote %s", export(ds, export_to, overwrite=overwrite))
+        logger.debug("wrote %s", export(ds, export_to, overwrite=overwrite))
     return ds
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from surveydust import __version__
 from surveydust.augment import augment_store
+from surveydust.backend import keras_module
 from surveydust.bundle import save_bundle
 from surveydust.cluster import open_client, worker_resources
 from surveydust.config import TrainingConfig, load_training_config
@@ -180,7 +181,6 @@ def use_all_cores(threads: int | None = None) -> int:
     n = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
         os.environ[var] = str(n)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return n
 
 
@@ -288,7 +288,7 @@ def fit_bundle(parts: dict[str, Part], cfg: TrainingConfig, out: str, meta: dict
     cores to train with (None: all of this machine's, :func:`use_all_cores`).
     """
     threads = use_all_cores(threads)
-    import keras
+    keras = keras_module()
 
     from surveydust.model import build_model, compile_model
 

@@ -1,0 +1,49 @@
+"""The Keras backend, imported once per process and quietly.
+
+TensorFlow's C++ start-up lines ("All log messages before absl::InitializeLog()",
+"oneDNN custom operations are on") ignore ``TF_CPP_MIN_LOG_LEVEL`` in current
+releases; they are written to the process's file descriptor 2 while TensorFlow
+loads. :func:`keras_module` imports Keras with that descriptor pointed at
+``/dev/null`` unless the ``surveydust`` logger is at DEBUG (``-v``), so the
+lines are kept for whoever asks for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+
+@contextlib.contextmanager
+def _quiet_fd2() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for the duration (Python's sys.stderr is flushed first)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def keras_module() -> Any:
+    """``keras``, imported without the backend's native start-up lines (see the module doc)."""
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    verbose = logging.getLogger("surveydust").isEnabledFor(logging.DEBUG)
+    with contextlib.nullcontext() if verbose else _quiet_fd2():
+        import keras  # the backend (TensorFlow) loads here
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.constant(0.0)  # device start-up logs its own lines
+    return keras
