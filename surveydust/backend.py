@@ -4,8 +4,8 @@ TensorFlow's C++ start-up lines ("All log messages before absl::InitializeLog()"
 "oneDNN custom operations are on") ignore ``TF_CPP_MIN_LOG_LEVEL`` in current
 releases; they are written to the process's file descriptor 2 while TensorFlow
 loads. :func:`keras_module` imports Keras with that descriptor pointed at
-``/dev/null`` unless the ``surveydust`` logger is at DEBUG (``-v``), so the
-lines are kept for whoever asks for them.
+``/dev/null`` unless the ``surveydust`` logger is at DEBUG or ``SURVEYDUST_VERBOSE``
+is set (``surveydust -v``), so the lines are kept for whoever asks for them.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import os
 import sys
 from collections.abc import Iterator
 from typing import Any
+
+VERBOSE_ENV = "SURVEYDUST_VERBOSE"  # set by ``surveydust -v``; inherited by worker processes
 
 
 @contextlib.contextmanager
@@ -38,7 +40,7 @@ def keras_module() -> Any:
     if "keras" in sys.modules:
         return sys.modules["keras"]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    verbose = logging.getLogger("surveydust").isEnabledFor(logging.DEBUG)
+    verbose = logging.getLogger("surveydust").isEnabledFor(logging.DEBUG) or bool(os.environ.get(VERBOSE_ENV))
     with contextlib.nullcontext() if verbose else _quiet_fd2():
         import keras  # the backend (TensorFlow) loads here
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 
 import click
 import yaml
+
+from surveydust.backend import VERBOSE_ENV
 
 EXIT_INTERRUPTED = 130
 
@@ -111,7 +114,9 @@ def _client(cluster: str | None, workers: int | None, jobs: int | None) -> _Lazy
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="surveydust")
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also debug lines, TensorFlow's start-up lines and Dask's worker messages.")
+def main(verbose: bool) -> None:
     """surveydust: dust attenuation (A_V, E(B-V), R_V) and sSFR of z > 6 galaxies
     from JWST/NIRCam images with CNNs, at survey scale on Dask.
 
@@ -122,7 +127,11 @@ def main() -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     log = logging.getLogger("surveydust")
     log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"  # worker processes inherit it
+    else:  # "Worker process still alive after 4.0 seconds, killing": TensorFlow workers exit slowly
+        logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
 
 
 @main.command()
