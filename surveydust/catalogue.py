@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -40,22 +41,100 @@ UNITS = {"ra": "deg", "dec": "deg", "x": "pixel", "y": "pixel", "flux": "nJy", "
          "ood": "sigma", **QUANTITY_UNITS}
 
 
+class OutputLock:
+    """An exclusive lock on an output path, held by this process (``.<name>.lock`` beside it).
+
+    A second run on the same output is refused at once with one line naming the
+    holder; a lock whose process is gone (same host, PID not alive) is stale
+    and taken over.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.path = out.with_name(f".{out.name}.lock")
+        self.held = False
+
+    def __enter__(self) -> OutputLock:
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None:
+                    raise ValueError(f"another surveydust run (pid {holder['pid']} on {holder['host']}) is "
+                                     f"writing {self.path.name.removeprefix('.').removesuffix('.lock')}; "
+                                     f"wait for it, or delete {self.path} if that run is dead") from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise ValueError(f"cannot take the lock {self.path}")
+
+    def _holder(self) -> dict[str, Any] | None:
+        """The live holder of the lock, or None when the lock is stale or unreadable."""
+        try:
+            holder = json.loads(self.path.read_text())
+            pid, host = int(holder["pid"]), str(holder["host"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if host != socket.gethostname():
+            return holder  # another machine's process: cannot tell, so respect it
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return holder
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
 class TileParts:
-    """The folder of finished tiles of one run (keyed by the run's inputs and settings)."""
+    """The folder of finished tiles of one run (keyed by the run's inputs and settings).
+
+    Parts are written atomically; a part file that cannot be read (a killed
+    write, a damaged disk) is deleted and its tile done again.
+    """
 
     def __init__(self, out: Path, token: str) -> None:
         self.path = out.with_name(f".{out.name}.parts")
         run = self.path / RUN_FILE
-        if self.path.exists() and (not run.is_file() or json.loads(run.read_text()).get("token") != token):
+        if self.path.exists() and self._token(run) != token:
             shutil.rmtree(self.path)  # left by a run with other inputs or settings: start afresh
         self.path.mkdir(parents=True, exist_ok=True)
-        run.write_text(json.dumps({"token": token}))
+        tmp = self.path / f".run-{uuid.uuid4().hex[:8]}.json"
+        tmp.write_text(json.dumps({"token": token}))
+        os.replace(tmp, run)
+
+    @staticmethod
+    def _token(run: Path) -> str | None:
+        try:
+            return json.loads(run.read_text()).get("token")
+        except (OSError, ValueError, AttributeError):
+            return None
 
     def _file(self, index: int) -> Path:
         return self.path / f"tile-{index:06d}.npz"
 
     def done(self) -> set[int]:
-        return {int(p.stem.split("-")[1]) for p in self.path.glob("tile-*.npz")}
+        """Indices of the readable finished parts (unreadable ones are deleted)."""
+        out = set()
+        for p in self.path.glob("tile-*.npz"):
+            try:
+                with np.load(p, allow_pickle=False) as z:
+                    for k in z.files:
+                        z[k]
+            except Exception:  # noqa: BLE001 (zip, pickle and OS errors of a damaged part)
+                p.unlink(missing_ok=True)
+                continue
+            out.add(int(p.stem.split("-")[1]))
+        return out
 
     def save(self, index: int, columns: dict[str, np.ndarray]) -> None:
         tmp = self.path / f".tmp-{uuid.uuid4().hex[:8]}.npz"

@@ -24,7 +24,7 @@ import numpy as np
 
 import surveydust
 from surveydust.bundle import Predictor, load_model, read_meta, richest_bundle
-from surveydust.catalogue import TileParts, assemble, export, write_catalogue
+from surveydust.catalogue import OutputLock, TileParts, assemble, export, write_catalogue
 from surveydust.cluster import open_client, worker_resources
 from surveydust.config import CatalogueConfig, TrainingConfig, load_catalogue_config
 from surveydust.detect import FLAGS, Tile, aperture_photometry, cut_stamps, detect, make_tiles
@@ -96,31 +96,33 @@ def run_catalogue(
 
         check_output_path(out_path, overwrite, "catalogue")
     scratch = None if out_path is not None else tempfile.TemporaryDirectory(prefix="surveydust-catalogue-")
-    parts = TileParts(out_path or Path(scratch.name) / "catalogue.zarr", token)
-    todo = [t for t in tiles if t.index not in parts.done()]
-    logger.info("%d tiles of %d x %d pixels (%d done before), halo %d px, models: %s", len(tiles), tile_size,
-                tile_size, len(tiles) - len(todo), halo, ", ".join(_name(m) for m in metas))
-    with open_client(client, profile=cluster, workers=workers) as c:
-        _run_tiles(c, todo, parts, str(store), halo, [str(p) for p in bundles], cfg, positions, z_table, token,
-                   progress)
-    attrs = _provenance(mosaic, bundles, metas, cfg, sources, redshifts)
-    columns = parts.load_all()
-    if not columns or not len(columns["x"]):
-        raise ValueError("no sources: nothing was detected" if positions is None else
-                         "no sources: none of the given positions lies on the mosaic's data")
-    ds = assemble(columns, list(mosaic["band"].values), [_name(m) for m in metas], attrs)
-    if z_table is not None:
-        add_redshifts(ds, z_table, cfg.redshift_match_arcsec, Path(redshifts).name)
-    add_uv_slopes(ds, cfg.default_redshift)
-    _log_summary(ds)
-    if out_path is not None:
-        write_catalogue(ds, out_path, overwrite=overwrite)
-        logger.debug("wrote %s", out_path)
-    parts.remove()
+    target = out_path or Path(scratch.name) / "catalogue.zarr"
+    with OutputLock(target):
+        parts = TileParts(target, token)
+        todo = [t for t in tiles if t.index not in parts.done()]
+        logger.info("%d tiles of %d x %d pixels (%d done before), halo %d px, models: %s", len(tiles),
+                    tile_size, tile_size, len(tiles) - len(todo), halo, ", ".join(_name(m) for m in metas))
+        with open_client(client, profile=cluster, workers=workers) as c:
+            _run_tiles(c, todo, parts, str(store), halo, [str(p) for p in bundles], cfg, positions, z_table,
+                       token, progress)
+        columns = parts.load_all()
+        if positions is not None and not len(columns.get("x", ())):
+            raise ValueError("no sources: none of the given positions lies on the mosaic's data")
+        if not len(columns.get("x", ())):
+            logger.warning("no sources detected: the catalogue is empty")
+        ds = assemble(columns, list(mosaic["band"].values), [_name(m) for m in metas],
+                      _provenance(mosaic, bundles, metas, cfg, sources, redshifts))
+        if z_table is not None:
+            add_redshifts(ds, z_table, cfg.redshift_match_arcsec, Path(redshifts).name)
+        add_uv_slopes(ds, cfg.default_redshift)
+        _log_summary(ds)
+        if out_path is not None:
+            write_catalogue(ds, out_path, overwrite=overwrite)
+        parts.remove()
+        if export_to is not None:
+            export(ds, export_to, overwrite=overwrite)
     if scratch is not None:
         scratch.cleanup()
-    if export_to is not None:
-        logger.debug("wrote %s", export(ds, export_to, overwrite=overwrite))
     return ds
 
 

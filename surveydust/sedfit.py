@@ -70,7 +70,7 @@ import numpy as np
 import xarray as xr
 
 import surveydust
-from surveydust.catalogue import TileParts, open_catalogue, write_catalogue
+from surveydust.catalogue import OutputLock, TileParts, open_catalogue, write_catalogue
 from surveydust.cluster import open_client
 from surveydust.detect import FLAGS
 from surveydust.instrument import NIRCAM_BANDS, bandpass
@@ -335,22 +335,24 @@ def fit_sed(
     jobs = _jobs(cat, curves, _selection(cat, sources), default_redshift, max_z, overwrite)
     token = dask.base.tokenize(settings, [(j["index"], j["flux"], j["err"], j["redshift"]) for j in jobs])
     scratch = tempfile.TemporaryDirectory(prefix="surveydust-sedfit-") if out_path is None else None
-    parts = TileParts(Path(f"{out_path or Path(scratch.name) / 'catalogue.zarr'}-sed"), token)
-    done = parts.done()
-    todo = [j for j in jobs if j["index"] not in done]
-    logger.info("SED fits of %d sources (%d done before) in %d bands (%s), n_live %d, %s A_V prior",
-                len(jobs), len(jobs) - len(todo), len(curves), ", ".join(curves), n_live, av_prior)
-    if todo:
-        with open_client(client, profile=cluster, workers=workers) as c:
-            _run_fits(c, todo, list(curves.values()), {"n_live": n_live, "av_prior": av_prior}, token, parts,
-                      progress)
-    ds = _merge(cat, parts.load_all(), {**settings, "bagpipes_version": _version("bagpipes"),
-                                        "surveydust_version": surveydust.__version__,
-                                        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
-    if out_path is not None:
-        write_catalogue(ds, out_path, overwrite=True if out is None else overwrite)
-        logger.info("wrote %s", out_path)
-    parts.remove()
+    target = Path(f"{out_path or Path(scratch.name) / 'catalogue.zarr'}-sed")
+    with OutputLock(out_path or target):
+        parts = TileParts(target, token)
+        done = parts.done()
+        todo = [j for j in jobs if j["index"] not in done]
+        logger.info("SED fits of %d sources (%d done before) in %d bands (%s), n_live %d, %s A_V prior",
+                    len(jobs), len(jobs) - len(todo), len(curves), ", ".join(curves), n_live, av_prior)
+        if todo:
+            with open_client(client, profile=cluster, workers=workers) as c:
+                _run_fits(c, todo, list(curves.values()), {"n_live": n_live, "av_prior": av_prior}, token, parts,
+                          progress)
+        ds = _merge(cat, parts.load_all(), {**settings, "bagpipes_version": _version("bagpipes"),
+                                            "surveydust_version": surveydust.__version__,
+                                            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+        if out_path is not None:
+            write_catalogue(ds, out_path, overwrite=True if out is None else overwrite)
+            logger.info("wrote %s", out_path)
+        parts.remove()
     if scratch is not None:
         scratch.cleanup()
     return ds

@@ -51,3 +51,50 @@ def test_cli_overwrite_refuses_a_folder_of_user_files(tmp_path, client) -> None:
         assert lines[-1].startswith("Error:") and kind in lines[-1], result.output
     assert (mine / "paper.tex").read_text() == "draft"
     assert open_mosaic(mosaic).sizes["band"] == len(files.bands)
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path) -> None:
+    from surveydust.catalogue import OutputLock
+
+    out = tmp_path / "cat.zarr"
+    with OutputLock(out):
+        with pytest.raises(ValueError, match=r"another surveydust run \(pid \d+ on .*\) is writing cat.zarr"):
+            with OutputLock(out):
+                pass
+    with OutputLock(out):  # released on exit: the next run may start
+        pass
+    assert not (tmp_path / ".cat.zarr.lock").exists()
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from surveydust.catalogue import OutputLock
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    lock = tmp_path / ".cat.zarr.lock"
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    with OutputLock(tmp_path / "cat.zarr") as held:
+        assert held.held
+    lock.write_text("")  # an empty lock file (killed while writing it) is stale too
+    with OutputLock(tmp_path / "cat.zarr"):
+        pass
+
+
+def test_damaged_tile_parts_are_redone_and_an_empty_run_file_does_not_block(tmp_path) -> None:
+    import numpy as np
+
+    from surveydust.catalogue import RUN_FILE, TileParts
+
+    out = tmp_path / "cat.zarr"
+    parts = TileParts(out, "token-a")
+    parts.save(0, {"x": np.arange(3.0)})
+    parts.save(1, {"x": np.arange(2.0)})
+    (parts.path / "tile-000001.npz").write_bytes(b"PK\x03\x04 truncated")
+    assert parts.done() == {0}
+    (parts.path / RUN_FILE).write_text("")  # a run killed while writing run.json
+    again = TileParts(out, "token-a")
+    assert again.done() == set() and (again.path / RUN_FILE).read_text()
