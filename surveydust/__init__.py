@@ -10,29 +10,38 @@ Public API::
     surveydust.get_client("local", workers=2)        # Dask client from a cluster profile
     surveydust.train("sims.zarr", "model/")          # CNN -> model bundle
     surveydust.tune("sims.zarr", "study/", trials=6) # hyper-parameter search -> trial table
-    surveydust.load_model(path=None).predict(images) # None: the shipped bundle -> xarray.Dataset
+    surveydust.load_model(bands=None).predict(images, redshift=z)  # shipped bundle by band set -> xarray.Dataset
     surveydust.run_catalogue("field.zarr", "cat.zarr")  # detect + predict per tile -> xarray.Dataset
     surveydust.open_catalogue("cat.zarr")            # -> xarray.Dataset (dim source)
     surveydust.sedfit.fit_sed("cat.zarr")            # Bagpipes fits per source on Dask (extra [sed])
+    surveydust.run_demo("demo/")                     # the built-in demo field, end to end
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib import import_module
+from typing import Any
 
-try:
-    __version__ = version("surveydust")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+from surveydust.provenance import VERSION as __version__
 
-from surveydust.bundle import load_model  # noqa: E402
-from surveydust.catalogue import open_catalogue  # noqa: E402
-from surveydust.cluster import get_client  # noqa: E402
-from surveydust.infer import run_catalogue  # noqa: E402
-from surveydust.simulate import simulate  # noqa: E402
-from surveydust.stores.mosaic import ingest_mosaic, open_mosaic  # noqa: E402
-from surveydust.stores.skirt import ingest_skirt  # noqa: E402
-from surveydust.stores.training import open_training_store  # noqa: E402
-from surveydust.train import train  # noqa: E402
-from surveydust.tune import tune  # noqa: E402
+#: public name -> module that defines it (imported on first use, so ``import surveydust``
+#: and ``surveydust --help`` stay fast)
+_API = {
+    "load_model": "surveydust.bundle", "open_catalogue": "surveydust.catalogue",
+    "get_client": "surveydust.cluster", "run_catalogue": "surveydust.infer",
+    "simulate": "surveydust.simulate", "ingest_mosaic": "surveydust.stores.mosaic",
+    "open_mosaic": "surveydust.stores.mosaic", "ingest_skirt": "surveydust.stores.skirt",
+    "open_training_store": "surveydust.stores.training", "train": "surveydust.train",
+    "tune": "surveydust.tune", "run_demo": "surveydust.demo",
+}
 
-__all__ = ["__version__", "get_client", "ingest_mosaic", "ingest_skirt", "load_model", "open_catalogue",
-           "open_mosaic", "open_training_store", "run_catalogue", "simulate", "train", "tune"]
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(import_module(_API[name]), name)
+    raise AttributeError(f"module 'surveydust' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])
+
+
+__all__ = ["__version__", *sorted(_API)]

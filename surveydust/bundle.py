@@ -32,8 +32,8 @@ import xarray as xr
 from surveydust.backend import keras_module
 from surveydust.posterior import LEVEL_NAMES, LEVELS, LOG_OFFSETS, percentiles
 from surveydust.preprocess import network_inputs
-from surveydust.quantities import UNITS, quantity
 from surveydust.provenance import sha256
+from surveydust.quantities import UNITS, quantity
 
 FORMAT_VERSION = 2
 MODEL_FILE, META_FILE = "model.keras", "bundle.json"

@@ -42,11 +42,11 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 from scipy.ndimage import gaussian_filter  # noqa: E402
 
+from surveydust.augment import apply_transform  # noqa: E402
 from surveydust.bundle import MIN_EBV_FOR_RV, Predictor, load_model  # noqa: E402
 from surveydust.config import TrainingConfig, load_training_config  # noqa: E402
 from surveydust.physics import r_v  # noqa: E402
 from surveydust.posterior import LEVEL_NAMES, LEVELS, coverage, crps_from_percentiles  # noqa: E402
-from surveydust.augment import apply_transform  # noqa: E402
 from surveydust.preprocess import NORM_APERTURE_PIX, colour_features, select_samples  # noqa: E402
 from surveydust.stores.training import open_training_store  # noqa: E402
 

@@ -22,13 +22,13 @@ import dask
 import dask.base
 import numpy as np
 
-import surveydust
 from surveydust.bundle import Predictor, load_model, read_meta, richest_bundle
 from surveydust.catalogue import OutputLock, TileParts, assemble, export, write_catalogue
 from surveydust.cluster import open_client, worker_resources
 from surveydust.config import CatalogueConfig, TrainingConfig, load_catalogue_config
 from surveydust.detect import FLAGS, Tile, aperture_photometry, cut_stamps, detect, make_tiles
 from surveydust.preprocess import ood_score
+from surveydust.provenance import VERSION
 from surveydust.sources import match_redshifts, redshift_table, source_positions
 from surveydust.uvslope import meurer_av, uv_slopes
 
@@ -337,7 +337,7 @@ def add_uv_slopes(ds: Any, default_redshift: float) -> None:
 def _provenance(mosaic: Any, bundles: list[Path], metas: list[dict[str, Any]], cfg: CatalogueConfig,
                 sources: Path | str | None, redshifts: Path | str | None) -> dict[str, Any]:
     return {
-        "surveydust_version": surveydust.__version__,
+        "surveydust_version": VERSION,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "mosaic_store_id": mosaic.attrs.get("store_id", ""),
         "field": mosaic.attrs.get("field", ""),

@@ -1,9 +1,15 @@
-"""Provenance helpers: file checksums recorded in stores and bundles."""
+"""Provenance helpers: the package version and file checksums recorded in stores and bundles."""
 
 from __future__ import annotations
 
 import hashlib
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+try:
+    VERSION = version("surveydust")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    VERSION = "0.0.0+unknown"
 
 
 def sha256(path: Path | str) -> str:

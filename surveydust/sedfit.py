@@ -69,11 +69,11 @@ import dask.base
 import numpy as np
 import xarray as xr
 
-import surveydust
 from surveydust.catalogue import OutputLock, TileParts, open_catalogue, write_catalogue
 from surveydust.cluster import open_client
 from surveydust.detect import FLAGS
 from surveydust.instrument import NIRCAM_BANDS, bandpass
+from surveydust.provenance import VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ def fit_sed(
                 _run_fits(c, todo, list(curves.values()), {"n_live": n_live, "av_prior": av_prior}, token, parts,
                           progress)
         ds = _merge(cat, parts.load_all(), {**settings, "bagpipes_version": _version("bagpipes"),
-                                            "surveydust_version": surveydust.__version__,
+                                            "surveydust_version": VERSION,
                                             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
         if out_path is not None:
             write_catalogue(ds, out_path, overwrite=True if out is None else overwrite)

@@ -29,7 +29,6 @@ import dask
 import dask.base
 import numpy as np
 
-from surveydust import __version__
 from surveydust.augment import augment_store
 from surveydust.backend import keras_module
 from surveydust.bundle import save_bundle
@@ -37,6 +36,7 @@ from surveydust.cluster import open_client, worker_resources
 from surveydust.config import TrainingConfig, load_training_config
 from surveydust.posterior import calibrate, describe, to_network
 from surveydust.preprocess import Split, feature_stats, network_inputs, select_samples, split_by_galaxy
+from surveydust.provenance import VERSION
 from surveydust.stores.training import check_output_path, open_training_store, replace_atomically
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def prepare_training(store: Path | str, cfg: TrainingConfig) -> tuple[Split, dic
     selected = select_samples(ds, cfg)
     split = split_by_galaxy(ds["galaxy_id"].values, selected, cfg)
     meta = {
-        "surveydust_version": __version__,
+        "surveydust_version": VERSION,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "bands": list(cfg.bands), "targets": list(cfg.targets), "crop": cfg.crop, "loss": cfg.loss,
         "uses_redshift": cfg.use_redshift, "posterior": describe(),

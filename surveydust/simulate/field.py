@@ -34,10 +34,10 @@ from astropy.table import Table
 from astropy.wcs import WCS
 from scipy.ndimage import distance_transform_edt
 
-import surveydust
 from surveydust.config import SimulationConfig, load_simulation_config
 from surveydust.instrument import pixel_noise_njy, psf_kernel
 from surveydust.physics import kpc_per_arcsec, mjy_per_sr_to_njy, pixel_area_sr, r_v
+from surveydust.provenance import VERSION
 from surveydust.simulate.imaging import PSFSet, galaxy_photometry, observe
 from surveydust.simulate.morphology import draw_view, render_maps
 from surveydust.simulate.population import draw_galaxy
@@ -273,7 +273,7 @@ def simulate_field(
     header = wcs.to_header()
     primary = fits.Header()
     primary.update({"TELESCOP": ("JWST", "simulated"), "INSTRUME": "NIRCAM", "TARGNAME": field,
-                    "ORIGIN": "surveydust", "SDVERS": (surveydust.__version__, "surveydust version"),
+                    "ORIGIN": "surveydust", "SDVERS": (VERSION, "surveydust version"),
                     "SIMSEED": (cfg.seed, "simulate_field seed"),
                     "NGAL": (n_galaxies, "injected galaxies"),
                     "DEPTH": (cfg.depth if isinstance(cfg.depth, str) else "custom", "noise depth preset")})
@@ -330,6 +330,6 @@ def simulate_field(
                        "depth_mag": depth_mag, "noise_sigma_njy": dict(zip(cfg.bands, sigma.tolist())),
                        "rotation_deg": float(rotation_deg), "centre": [float(c) for c in centre],
                        "border_pix": int(border_pix), "tile_pix": int(tile_pix),
-                       "simulation_config": cfg.to_json(), "surveydust_version": surveydust.__version__})
+                       "simulation_config": cfg.to_json(), "surveydust_version": VERSION})
     _write_atomic(truth, truth_path)
     return FieldFiles(bands=paths, truth=truth_path)

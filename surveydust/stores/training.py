@@ -28,7 +28,7 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec
 
-import surveydust
+from surveydust.provenance import VERSION
 
 LABELS: dict[str, str] = {
     "A_V": "mag",
@@ -173,7 +173,7 @@ def write_store_atomically(
     ds = ds.assign_attrs(
         store_kind=store_kind,
         store_id=uuid.uuid4().hex,
-        surveydust_version=surveydust.__version__,
+        surveydust_version=VERSION,
         complete=False,
     )
     tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
