@@ -108,15 +108,12 @@ def compare(catalogue: Path | str | xr.Dataset, out: Path | str, truth: Path | s
 
 
 def _plot(est: dict[str, np.ndarray], label: str, path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from surveydust.figures import subplots
 
     pairs = list(combinations(est, 2))
     if not pairs:
         return None
-    fig, axes = plt.subplots(1, len(pairs), figsize=(3.6 * len(pairs), 3.6), squeeze=False)
+    fig, axes = subplots(1, len(pairs), figsize=(3.6 * len(pairs), 3.6), squeeze=False)
     for ax, (a, b) in zip(axes[0], pairs):
         ok = np.isfinite(est[a]) & np.isfinite(est[b])
         ax.scatter(est[b][ok], est[a][ok], s=8, alpha=0.7)
@@ -129,7 +126,6 @@ def _plot(est: dict[str, np.ndarray], label: str, path: Path) -> Path | None:
         ax.set_ylabel(f"{a}: {label}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

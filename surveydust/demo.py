@@ -150,13 +150,12 @@ def skill(cat: Any, truth: Path | str) -> Any:
 
 def plot_truth(cat: Any, truth: Path | str, path: Path) -> Path:
     """True vs predicted A_V, E(B-V) and log sSFR per method (16-84% bars for CNNs)."""
-    import matplotlib.pyplot as plt
-
     from surveydust.compare import QUANTITIES, good_sources, methods, truth_values
+    from surveydust.figures import subplots
 
     keep, true = good_sources(cat), truth_values(cat, truth)
     quantities = [q for q in QUANTITIES if q in true]
-    fig, axes = plt.subplots(1, len(quantities), figsize=(4.2 * len(quantities), 4.0), squeeze=False)
+    fig, axes = subplots(1, len(quantities), figsize=(4.2 * len(quantities), 4.0), squeeze=False)
     for ax, q in zip(axes[0], quantities):
         for name, est in methods(cat, q).items():
             ok = keep & np.isfinite(est) & np.isfinite(true[q])
@@ -175,7 +174,6 @@ def plot_truth(cat: Any, truth: Path | str, path: Path) -> Path:
     fig.suptitle(f"demo field: {int(keep.sum())} sources without quality flags")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -34,21 +34,18 @@ from pathlib import Path
 from typing import Any
 
 import dask
-import matplotlib
+import numpy as np
+import xarray as xr
+from scipy.ndimage import gaussian_filter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
-from scipy.ndimage import gaussian_filter  # noqa: E402
-
-from surveydust.augment import apply_transform  # noqa: E402
-from surveydust.bundle import MIN_EBV_FOR_RV, Predictor, load_model  # noqa: E402
-from surveydust.config import TrainingConfig, load_training_config  # noqa: E402
-from surveydust.physics import r_v  # noqa: E402
-from surveydust.posterior import LEVEL_NAMES, LEVELS, coverage, crps_from_percentiles  # noqa: E402
-from surveydust.preprocess import NORM_APERTURE_PIX, colour_features, select_samples  # noqa: E402
-from surveydust.stores.training import open_training_store  # noqa: E402
+from surveydust.augment import apply_transform
+from surveydust.bundle import MIN_EBV_FOR_RV, Predictor, load_model
+from surveydust.config import TrainingConfig, load_training_config
+from surveydust.figures import subplots
+from surveydust.physics import r_v
+from surveydust.posterior import LEVEL_NAMES, LEVELS, coverage, crps_from_percentiles
+from surveydust.preprocess import NORM_APERTURE_PIX, colour_features, select_samples
+from surveydust.stores.training import open_training_store
 
 logger = logging.getLogger(__name__)
 
@@ -631,7 +628,7 @@ def plot_model(result: xr.Dataset, name: str, path: Path) -> Path:
         ok = np.isfinite(true) & np.isfinite(pred)
         if ok.sum() >= 2:
             rows.append((t, true[ok], pred[ok]))
-    fig, axes = plt.subplots(max(len(rows), 1), 3, figsize=(14, 3.8 * max(len(rows), 1)), squeeze=False)
+    fig, axes = subplots(max(len(rows), 1), 3, figsize=(14, 3.8 * max(len(rows), 1)), squeeze=False)
     for ax_row, (t, true, pred) in zip(axes, rows):
         _scatter_panel(ax_row[0], true, pred, t)
         _hist_panel(ax_row[1], true, pred, t)
@@ -641,13 +638,12 @@ def plot_model(result: xr.Dataset, name: str, path: Path) -> Path:
                  f"{np.unique(result['galaxy_id'].values).size} galaxies ({held})")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
 def plot_calibration(table: xr.Dataset, path: Path) -> Path:
     """Coverage of the predicted 68% and 95% intervals per target and model vs nominal."""
-    fig, axes = plt.subplots(1, len(TARGETS), figsize=(4 * len(TARGETS), 4), squeeze=False)
+    fig, axes = subplots(1, len(TARGETS), figsize=(4 * len(TARGETS), 4), squeeze=False)
     nominal = np.array(list(NOMINAL.values()))
     for ax, t in zip(axes[0], TARGETS):
         ax.plot([0.5, 1.0], [0.5, 1.0], color="0.5", ls="--", lw=1, label="ideal")
@@ -666,5 +662,4 @@ def plot_calibration(table: xr.Dataset, path: Path) -> Path:
                  + (f" (no uncertainties: {', '.join(no_err)})" if no_err else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path

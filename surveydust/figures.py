@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import numpy as np
+import xarray as xr
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
-
-from surveydust.physics import LAW_R_V  # noqa: E402
+from surveydust.physics import LAW_R_V
 
 LABEL_PANELS = (("A_V", "A_V [mag]"), ("EBV", "E(B-V) [mag]"), ("R_V", "R_V = A_V / E(B-V)"),
                 ("log_ssfr", "log sSFR [yr^-1]"), ("redshift", "redshift"), ("log_mstar", "log M* [M_sun]"))
 RGB_BANDS = ("F444W", "F356W", "F277W")
+
+
+def subplots(nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Any, Any]:
+    """A figure and its axes like ``pyplot.subplots``, without pyplot: no global figure
+    state and no backend chosen (only ``savefig`` renders, to a file)."""
+    from matplotlib.figure import Figure
+
+    figure_kw = {k: kwargs.pop(k) for k in ("figsize", "dpi") if k in kwargs}
+    fig = Figure(**figure_kw)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def plot_training_store(ds: xr.Dataset, out_dir: Path | str) -> list[Path]:
@@ -29,7 +36,7 @@ def plot_training_store(ds: xr.Dataset, out_dir: Path | str) -> list[Path]:
 
 
 def _plot_labels(ds: xr.Dataset, path: Path) -> Path:
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7))
+    fig, axes = subplots(2, 4, figsize=(16, 7))
     for ax, (name, label) in zip(axes.flat, LABEL_PANELS):
         values = ds[name].values
         values = values[np.isfinite(values)]
@@ -58,7 +65,6 @@ def _plot_labels(ds: xr.Dataset, path: Path) -> Path:
     fig.suptitle(f"{ds.sizes['sample']} images")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
@@ -87,7 +93,7 @@ def _plot_stamps(ds: xr.Dataset, path: Path, n_galaxies: int = 5, n_dtm: int = 6
     dtms = np.unique(ds["dtm"].values)
     dtms = dtms[np.linspace(0, len(dtms) - 1, min(n_dtm, len(dtms))).astype(int)]
     galaxies = _brightest_galaxies(ds, n_galaxies)
-    fig, axes = plt.subplots(len(galaxies), len(dtms), figsize=(2 * len(dtms), 2 * len(galaxies)),
+    fig, axes = subplots(len(galaxies), len(dtms), figsize=(2 * len(dtms), 2 * len(galaxies)),
                              squeeze=False)
     for row, gid in zip(axes, galaxies):
         sel = (ds["galaxy_id"] == gid) & (ds["view"] == ds["view"].min())
@@ -106,5 +112,4 @@ def _plot_stamps(ds: xr.Dataset, path: Path, n_galaxies: int = 5, n_dtm: int = 6
     fig.suptitle("R,G,B = " + ", ".join(bands) if len(bands) == 3 else bands[0], fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path

@@ -453,12 +453,9 @@ def write_report(study: Any, out: Path) -> Any:
 
 def plot_losses(table: Any, path: Path) -> Path:
     """Validation loss against trial number, with the running best."""
-    import matplotlib
+    from surveydust.figures import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     for state, marker in (("complete", "o"), ("pruned", "x")):
         rows = table[table["state"] == state]
         ax.plot(rows["trial"], rows["value"], marker, label=f"{state} ({len(rows)})", alpha=0.8)
@@ -471,18 +468,15 @@ def plot_losses(table: Any, path: Path) -> Path:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
 def plot_importances(study: Any, path: Path) -> Path | None:
     """Parameter importances (Optuna's PED-ANOVA over the complete trials); None with fewer than 2."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import optuna
     from optuna.trial import TrialState
+
+    from surveydust.figures import subplots
 
     n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if n_complete < 2:
@@ -494,13 +488,12 @@ def plot_importances(study: Any, path: Path) -> Path | None:
             study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
     if not importances:
         return None
-    fig, ax = plt.subplots(figsize=(6, 0.4 * len(importances) + 1.5))
+    fig, ax = subplots(figsize=(6, 0.4 * len(importances) + 1.5))
     names = list(importances)[::-1]
     ax.barh(names, [importances[n] for n in names])
     ax.set_xlabel(f"importance (PED-ANOVA, normalised; {n_complete} complete trials)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
