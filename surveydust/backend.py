@@ -35,13 +35,17 @@ def _quiet_fd2() -> Iterator[None]:
         os.close(devnull)
 
 
+def verbose() -> bool:
+    """Whether the user asked for everything (``surveydust -v`` or a DEBUG ``surveydust`` logger)."""
+    return logging.getLogger("surveydust").isEnabledFor(logging.DEBUG) or bool(os.environ.get(VERBOSE_ENV))
+
+
 def keras_module() -> Any:
     """``keras``, imported without the backend's native start-up lines (see the module doc)."""
     if "keras" in sys.modules:
         return sys.modules["keras"]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    verbose = logging.getLogger("surveydust").isEnabledFor(logging.DEBUG) or bool(os.environ.get(VERBOSE_ENV))
-    with contextlib.nullcontext() if verbose else _quiet_fd2():
+    with contextlib.nullcontext() if verbose() else _quiet_fd2():
         import keras  # the backend (TensorFlow) loads here
 
         if keras.backend.backend() == "tensorflow":

@@ -16,7 +16,7 @@ from typing import Any
 import click
 import yaml
 
-from surveydust.backend import VERBOSE_ENV
+from surveydust.backend import VERBOSE_ENV, verbose
 
 EXIT_INTERRUPTED = 130
 
@@ -33,6 +33,14 @@ def _friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("interrupted: nothing half-written was kept", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except click.ClickException:
+            raise
+        except Exception as exc:  # e.g. a task that failed on a Dask worker
+            if verbose():
+                raise
+            first = (str(exc).splitlines() or [""])[0]
+            raise click.ClickException(f"{type(exc).__name__}: {first} (surveydust -v shows the traceback)") \
+                from None
 
     return wrapper
 
@@ -50,7 +58,11 @@ def _settings(pairs: tuple[str, ...]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--set")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0]
+            raise click.BadParameter(f"{pair!r}: the value is not valid YAML ({first})", param_hint="--set") from None
     return out
 
 

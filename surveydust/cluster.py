@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import logging
 import os
 import shutil
 import subprocess
@@ -61,6 +62,9 @@ from dask.utils import parse_timedelta
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, Worker
 from distributed.core import Server
 from distributed.deploy.cluster import Cluster
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from surveydust.backend import verbose
 
 __all__ = [
     "KINDS",
@@ -389,6 +393,20 @@ def get_client(
     return client
 
 
+class QuietWorkerLogs(WorkerPlugin):
+    """Worker plugin: a failing task reaches the user as one ``Error:`` line from the client, so
+    the worker's own "Compute Failed" dump of it is logged only with ``surveydust -v``."""
+
+    name = "surveydust-quiet-worker-logs"
+
+    def setup(self, worker: Any) -> None:
+        logging.getLogger("distributed.worker").addFilter(_drop_compute_failed)
+
+
+def _drop_compute_failed(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Compute Failed")
+
+
 def _start(
     name: str, kind: str, settings: dict[str, Any], workers: int | None, jobs: int | None
 ) -> ClusterClient:
@@ -400,7 +418,10 @@ def _start(
     try:
         if kind in _JOBQUEUE_KINDS:
             _scale(name, cluster, scaling, workers, jobs)
-        return ClusterClient(cluster)
+        client = ClusterClient(cluster)
+        if not verbose():
+            client.register_plugin(QuietWorkerLogs())
+        return client
     except BaseException:
         cluster.close()
         raise
