@@ -33,7 +33,7 @@ def _friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("interrupted: nothing half-written was kept", err=True)
             sys.exit(EXIT_INTERRUPTED)
-        except click.ClickException:
+        except (click.ClickException, click.exceptions.Abort, click.exceptions.Exit):
             raise
         except Exception as exc:  # e.g. a task that failed on a Dask worker
             if verbose():

@@ -16,12 +16,18 @@ import xarray as xr
 from astropy.table import Table
 
 from conftest import kill_worker_running
+from surveydust.bundle import read_meta, richest_bundle
 from surveydust.catalogue import open_catalogue
 from surveydust.demo import make_demo_field, match_truth
 from surveydust.infer import run_catalogue
 from surveydust.stores.mosaic import open_mosaic
 
 SIZE = 640  # 3 x 3 tiles of 256 px (the demo's chunks)
+DEMO_BANDS = ["F115W", "F150W", "F200W", "F277W", "F356W", "F444W"]
+# the default model on the six-band demo field: the shipped bundle with the most of its bands
+DEFAULT = richest_bundle(DEMO_BANDS)
+DEFAULT_NAME = "+".join(read_meta(DEFAULT)["bands"])
+DEFAULT_USES_Z = bool(read_meta(DEFAULT).get("uses_redshift"))
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +51,11 @@ def _same(a: xr.Dataset, b: xr.Dataset) -> None:
 
 def test_catalogue_recovers_injected_galaxies_once(field, reference) -> None:
     store, truth = field
+    assert list(reference["model"].values) == [DEFAULT_NAME]
+    assert Path(reference.attrs["models"][0]["path"]) == DEFAULT  # the richest shipped bundle
     match = match_truth(reference, truth)
+    assert set(match) == {"matched", "missed", "spurious", "median_sep_arcsec"}
+    assert match["matched"] + match["missed"] == len(Table.read(truth))
     assert match["matched"] >= 15 and match["median_sep_arcsec"] < 0.05, match
     assert match["spurious"] <= 3, match
     positions = np.round(np.stack([reference["x"].values, reference["y"].values], axis=1), 1)
@@ -66,6 +76,13 @@ def test_catalogue_recovers_injected_galaxies_once(field, reference) -> None:
     for name in ("A_V", "A_V_err", "EBV", "EBV_err", "log_ssfr", "log_ssfr_err"):
         assert np.isfinite(reference[name].values[good]).all(), name
     assert (reference["A_V_err"].values[good] > 0).all()
+    for q in ("A_V", "EBV", "log_ssfr"):  # calibrated percentiles around the median
+        pct = np.stack([reference[f"{q}_{n}"].values[good, 0] if n else reference[q].values[good, 0]
+                        for n in ("p025", "p16", "", "p84", "p975")], axis=1)
+        assert np.isfinite(pct).all() and (np.diff(pct, axis=1) >= 0).all(), q
+        assert reference[f"{q}_p16"].attrs["units"] == reference[q].attrs["units"]
+    for q in ("A_V", "EBV"):  # dust is never negative
+        assert (reference[q].values[good] >= 0).all() and (reference[f"{q}_p025"].values[good] >= 0).all()
     assert ((reference["flag"].values & 32) > 0).all()  # detected sources have no redshift
     has_beta = np.isfinite(reference["beta"].values)
     assert has_beta.mean() > 0.8 and set(reference["beta_bands"].values[has_beta]) == {"F115W+F150W+F200W"}
@@ -120,9 +137,17 @@ def test_sources_mode_counts_positions_off_the_mosaic(field, tmp_path: Path, cli
 def test_redshifts_table_fills_z_by_position(field, reference, tmp_path: Path, client) -> None:
     store, truth = field
     cat = run_catalogue(store, client=client, redshifts=truth, progress=False)
-    _same(cat[["x", "y", "A_V", "flux"]], reference[["x", "y", "A_V", "flux"]])  # only z and what follows change
+    _same(cat[["x", "y", "flux"]], reference[["x", "y", "flux"]])  # the same sources
     table = Table.read(truth)
     has_z = np.isfinite(cat["z"].values)
+    # a model that takes redshifts predicts with each source's z; without one as before
+    a_v, ref = cat["A_V"].values[:, 0], reference["A_V"].values[:, 0]
+    np.testing.assert_array_equal(a_v[~has_z], ref[~has_z])
+    if DEFAULT_USES_Z:
+        assert not np.allclose(a_v[has_z], ref[has_z])
+        assert not np.allclose(cat["log_ssfr"].values[has_z, 0], reference["log_ssfr"].values[has_z, 0])
+    else:
+        np.testing.assert_array_equal(a_v, ref)
     assert has_z.sum() >= 15 and (cat["z_sep"].values[has_z] <= 0.2).all()
     match = match_truth(cat, truth)
     assert has_z.sum() >= match["matched"] - 1
@@ -140,15 +165,39 @@ def test_redshifts_table_fills_z_by_position(field, reference, tmp_path: Path, c
 def test_compare_reports_every_pair_and_truth(reference, field, tmp_path: Path) -> None:
     from surveydust.compare import compare
 
+    cnn = f"CNN {DEFAULT_NAME}"
     table = compare(reference, tmp_path / "cmp", truth=field[1])
     pairs = {(r["quantity"], r["method_a"], r["method_b"]) for r in table}
-    assert ("A_V", "CNN F277W+F356W+F444W", "Meurer") in pairs
-    assert ("A_V", "Meurer", "truth") in pairs and ("log_ssfr", "CNN F277W+F356W+F444W", "truth") in pairs
-    row = table[(table["method_a"] == "CNN F277W+F356W+F444W") & (table["method_b"] == "truth")
-                & (table["quantity"] == "A_V")][0]
+    assert ("A_V", cnn, "Meurer") in pairs
+    assert ("A_V", "Meurer", "truth") in pairs and ("log_ssfr", cnn, "truth") in pairs
+    assert ("EBV", cnn, "truth") in pairs and ("EBV", cnn, "Meurer") not in pairs  # Meurer gives A_V only
+    row = table[(table["method_a"] == cnn) & (table["method_b"] == "truth") & (table["quantity"] == "A_V")][0]
     assert 5 <= row["N"] and row["variance"] == pytest.approx(row["std"] ** 2)
-    for png in ("compare_A_V.png", "compare_log_ssfr.png"):
+    for png in ("compare_A_V.png", "compare_EBV.png", "compare_log_ssfr.png"):
         assert (tmp_path / "cmp" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_skill_table_scores_the_good_matched_sources(reference, field) -> None:
+    from surveydust.compare import good_sources, truth_values
+    from surveydust.demo import skill
+
+    table = skill(reference, field[1])
+    assert table.colnames == ["quantity", "method", "N", "MAE", "MAE_constant", "spearman"]
+    rows = {(r["quantity"], r["method"]): r for r in table}
+    cnn = f"CNN {DEFAULT_NAME}"
+    assert {("A_V", cnn), ("EBV", cnn), ("log_ssfr", cnn), ("A_V", "Meurer")} <= set(rows)
+    keep, true = good_sources(reference), truth_values(reference, field[1])
+    assert table.meta["sources"] == int(keep.sum()) and table.meta["catalogue_sources"] == reference.sizes["source"]
+    constants = read_meta(DEFAULT).get("constant_guess", {})
+    for q in ("A_V", "EBV", "log_ssfr"):
+        est = reference[q].values[:, 0]
+        ok = keep & np.isfinite(est) & np.isfinite(true[q])
+        r = rows[(q, cnn)]
+        assert r["N"] == ok.sum() >= 5
+        assert r["MAE"] == pytest.approx(np.mean(np.abs(est[ok] - true[q][ok])), rel=1e-6)
+        const = constants.get(q, np.median(true[q][ok]))
+        assert r["MAE_constant"] == pytest.approx(np.mean(np.abs(const - true[q][ok])), rel=1e-6)
+        assert -1 <= r["spearman"] <= 1
 
 
 def test_bad_input_is_a_clear_error(field, tmp_path: Path, client) -> None:
@@ -206,15 +255,16 @@ def test_one_and_three_band_models_run_in_one_pass(field, reference, tmp_path: P
     sims = simulate(tmp_path / "s.zarr", client=client, progress=False, n_galaxies=12, views_per_galaxy=1,
                     bands=["F277W"])
     one_band = train(sims, tmp_path / "m1", client=client, progress=False, bands=["F277W"], max_epochs=1,
-                     snr_min=0)
+                     snr_min=0, calibration_fraction=0.3, model={"conv_filters": [8, 16], "dense_units": [16]})
     cat = run_catalogue(field[0], client=client, model=[one_band, reference.attrs["models"][0]["path"]],
                         progress=False)
-    assert list(cat["model"].values) == ["F277W", "F277W+F356W+F444W"]
-    assert cat["A_V"].shape == (reference.sizes["source"], 2)
-    np.testing.assert_array_equal(cat["A_V"].sel(model="F277W+F356W+F444W").values,
-                                  reference["A_V"].sel(model="F277W+F356W+F444W").values)
+    assert list(cat["model"].values) == ["F277W", DEFAULT_NAME]
+    assert cat["A_V"].shape == cat["A_V_p975"].shape == (reference.sizes["source"], 2)
+    np.testing.assert_array_equal(cat["A_V"].sel(model=DEFAULT_NAME).values,
+                                  reference["A_V"].sel(model=DEFAULT_NAME).values)
+    assert (cat["A_V"].sel(model="F277W").values[cat["flag"].values == 0] >= 0).all()
     table = Table.read(export(cat, tmp_path / "cat.ecsv"))
-    assert {"A_V_F277W", "A_V_F277W_F356W_F444W"} <= set(table.colnames)
+    assert {"A_V_F277W", f"A_V_{DEFAULT_NAME.replace('+', '_')}"} <= set(table.colnames)
 
 
 def test_cli_bad_input(tmp_path: Path) -> None:

@@ -22,7 +22,9 @@ from surveydust.tune import JOURNAL_FILE, STUDY_NAME, suggest_training, tune
 SPACE = {"conv_layers": {"low": 1, "high": 2}, "conv_filters": {"low": 4, "high": 8},
          "dense_units": {"low": 4, "high": 8},
          "learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}, "batch_size": {"low": 32, "high": 64}}
-TRAINING = {"snr_min": 0, "model": {"dense_units": [8, 8]}}
+BANDS = ["F277W", "F356W", "F444W"]  # the store's (the training default is the six wide bands)
+# 3 of the 10 non-test galaxies calibrate the percentiles: >= 20 samples (the minimum)
+TRAINING = {"snr_min": 0, "bands": BANDS, "calibration_fraction": 0.3, "model": {"dense_units": [8, 8]}}
 SPACE_YAML = """tuning:
   startup_trials: 2
   search_space:
@@ -39,7 +41,7 @@ def store(tmp_path_factory, client) -> Path:
     from surveydust.simulate import simulate
 
     return simulate(tmp_path_factory.mktemp("tune") / "s.zarr", client=client, progress=False,
-                    n_galaxies=12, views_per_galaxy=1, bands=["F277W", "F356W", "F444W"])
+                    n_galaxies=12, views_per_galaxy=1, bands=BANDS)
 
 
 def _tune(store: Path, out: Path, client, trials: int, **overrides):
@@ -112,8 +114,11 @@ def test_tune_runs_trials_on_both_workers_and_resumes(store: Path, tmp_path: Pat
 
     predictor = load_model(out / "best-model")
     images = np.random.default_rng(0).random((3, 3, 32, 32)).astype(np.float32)
-    assert np.isfinite(predictor.predict(images)["A_V"].values).all()
+    assert predictor.bands == tuple(BANDS) and predictor.uses_redshift
+    pred = predictor.predict(images, 7.0)
+    assert np.isfinite(pred["A_V"].values).all() and (pred["A_V"].values >= 0).all()
     assert predictor.meta["tuning"]["trial"] == best["trial"]
+    assert "calibration" in predictor.meta and predictor.meta["split"]["protocol"] == "galaxy"
 
     # Resume, pruning against five planted excellent trials (the median of all trials is one of
     # them): every new trial is stopped after its first epoch.
@@ -143,7 +148,8 @@ def test_killed_run_resumes_without_lost_or_repeated_trials(store: Path, tmp_pat
     space = tmp_path / "space.yaml"
     space.write_text(SPACE_YAML)
     args = ["--store", str(store), "--out", str(tmp_path / "study"), "--trials", "4", "--max-epochs", "2",
-            "--search-space", str(space), "--set", "snr_min=0", "--set", "model.dense_units=[8, 8]",
+            "--search-space", str(space), "--bands", ",".join(BANDS), "--set", "snr_min=0",
+            "--set", "calibration_fraction=0.3", "--set", "model.dense_units=[8, 8]",
             "--workers", "2", "--pruner", "none", "--quiet"]
     proc = _cli(*args)
     deadline = time.time() + 240
