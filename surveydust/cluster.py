@@ -49,6 +49,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -291,12 +292,27 @@ def _connect(name: str, settings: dict[str, Any]) -> Client:
         )
     timeout = settings.pop("timeout", None) or dask.config.get("distributed.comm.timeouts.connect")
     seconds = parse_timedelta(timeout, default="s")
-    try:
-        return Client(address, timeout=seconds, **settings)
-    except (OSError, TimeoutError) as exc:
-        raise ValueError(
-            f"could not reach a Dask scheduler at {address} within {seconds:g}s"
-        ) from exc
+    outcome: dict[str, Any] = {}
+
+    def attempt() -> None:
+        try:
+            outcome["client"] = Client(address, timeout=seconds, **settings)
+        except BaseException as exc:  # noqa: BLE001 (junk from a port that is not Dask: any error)
+            outcome["error"] = exc
+
+    # Client's own timeout does not cover a port that accepts the connection and then says
+    # nothing (the handshake waits forever): a thread with a hard deadline does.
+    thread = threading.Thread(target=attempt, name="surveydust-connect", daemon=True)
+    thread.start()
+    thread.join(seconds + CONNECT_GRACE_S)
+    if thread.is_alive():
+        raise ValueError(f"no Dask scheduler answered at {address} within {seconds:g}s")
+    if "error" in outcome:
+        exc = outcome["error"]
+        if isinstance(exc, (OSError, TimeoutError)):
+            raise ValueError(f"could not reach a Dask scheduler at {address} within {seconds:g}s") from None
+        raise ValueError(f"{address} did not answer as a Dask scheduler ({type(exc).__name__})") from None
+    return outcome["client"]
 
 
 def _check_scaling(name: str, kind: str, workers: int | None, jobs: int | None) -> None:
@@ -391,6 +407,9 @@ def get_client(
         client = _start(name, kind, settings, workers, jobs)
     _announce_dashboard(client)
     return client
+
+
+CONNECT_GRACE_S = 5.0  # beyond the profile's timeout, before a silent scheduler address is given up
 
 
 class QuietWorkerLogs(WorkerPlugin):

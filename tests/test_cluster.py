@@ -299,3 +299,31 @@ def test_task_stream_is_recorded_from_the_start() -> None:
         client.submit(sum, [1, 2], key="early-task").result()
         names = {t["key"] for t in client.get_task_stream(start=0)}
         assert "early-task" in names  # recorded before any dashboard page was opened
+
+
+def _listener(junk: bytes | None) -> int:
+    """A TCP port that accepts connections and then says nothing (``junk`` None) or junk."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+
+    def serve() -> None:
+        while True:
+            conn, _ = server.accept()
+            if junk:
+                conn.sendall(junk)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server.getsockname()[1]
+
+
+@pytest.mark.parametrize("junk, message", [(None, "no Dask scheduler answered at .* within 2s"),
+                                           (b"\xff" * 64, "did not answer as a Dask scheduler")])
+def test_an_address_that_is_not_a_scheduler_fails_in_bounded_time(junk, message) -> None:
+    """An open port that is not Dask: one ValueError within the timeout (+ grace), no hang."""
+    port = _listener(junk)
+    with pytest.raises(ValueError, match=message):
+        get_client("address", address=f"tcp://127.0.0.1:{port}", timeout="2s")
