@@ -32,15 +32,24 @@ def test_overwrite_replaces_only_the_same_kind(tmp_path) -> None:
     assert existing_kind(tmp_path / "missing") is None
 
 
-def test_cli_overwrite_refuses_a_folder_of_user_files(tmp_path, client) -> None:
+@pytest.fixture(scope="module")
+def tiny_mosaic(tmp_path_factory, client):
+    """A real 256 x 256 six-band mosaic store with two galaxies."""
+    from surveydust.simulate import simulate_field
+    from surveydust.stores.mosaic import ingest_mosaic
+
+    tmp = tmp_path_factory.mktemp("tiny")
+    files = simulate_field(tmp / "fits", n_galaxies=2, shape=(256, 256), seed=1)
+    return ingest_mosaic(tmp / "field.zarr", {b: str(p) for b, p in files.bands.items()}, client=client,
+                         progress=False)
+
+
+def test_cli_overwrite_refuses_a_folder_of_user_files(tmp_path, tiny_mosaic) -> None:
     """run-catalogue --overwrite onto a user's folder or onto its own input mosaic: one
     Error line, non-zero exit, both left as they were."""
-    from surveydust.simulate import simulate_field
-    from surveydust.stores.mosaic import ingest_mosaic, open_mosaic
+    from surveydust.stores.mosaic import open_mosaic
 
-    files = simulate_field(tmp_path / "fits", n_galaxies=2, shape=(256, 256), seed=1)
-    mosaic = ingest_mosaic(tmp_path / "field.zarr", {b: str(p) for b, p in files.bands.items()},
-                           client=client, progress=False)
+    mosaic = tiny_mosaic
     mine = tmp_path / "results"
     mine.mkdir()
     (mine / "paper.tex").write_text("draft")
@@ -50,7 +59,18 @@ def test_cli_overwrite_refuses_a_folder_of_user_files(tmp_path, client) -> None:
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert lines[-1].startswith("Error:") and kind in lines[-1], result.output
     assert (mine / "paper.tex").read_text() == "draft"
-    assert open_mosaic(mosaic).sizes["band"] == len(files.bands)
+    assert open_mosaic(mosaic).sizes["band"] == 6
+
+
+def test_a_field_without_sources_writes_an_empty_catalogue(tmp_path, tiny_mosaic, client) -> None:
+    from surveydust.catalogue import open_catalogue
+    from surveydust.infer import run_catalogue
+
+    cat = run_catalogue(tiny_mosaic, tmp_path / "cat.zarr", client=client, progress=False, threshold=1e6,
+                        export_to=tmp_path / "cat.ecsv")
+    assert cat.sizes["source"] == 0
+    assert open_catalogue(tmp_path / "cat.zarr").sizes["source"] == 0
+    assert (tmp_path / "cat.ecsv").is_file() and not list(tmp_path.glob(".cat.zarr.*"))
 
 
 def test_a_second_run_on_the_same_output_is_refused(tmp_path) -> None:
