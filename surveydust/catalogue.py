@@ -33,7 +33,7 @@ import xarray as xr
 
 from surveydust.quantities import UNITS as QUANTITY_UNITS
 from surveydust.quantities import quantity
-from surveydust.stores.training import check_output_path, replace_atomically
+from surveydust.stores.training import check_output_path, open_complete_store, write_store_atomically
 
 STORE_KIND = "catalogue"
 RUN_FILE = "run.json"
@@ -175,25 +175,12 @@ def assemble(columns: dict[str, np.ndarray], bands: list[str], models: list[str]
 def write_catalogue(ds: xr.Dataset, out: Path, overwrite: bool) -> Path:
     """Write ``ds`` to the Zarr store ``out`` (moved into place only when complete)."""
     out = check_output_path(out, overwrite, STORE_KIND)
-    tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
-        ds.attrs.update(store_kind=STORE_KIND, complete=True)
-        ds.to_zarr(tmp, mode="w", consolidated=False)
-        replace_atomically(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return write_store_atomically(ds, out, store_kind=STORE_KIND, encoding={})
 
 
 def open_catalogue(path: Path | str) -> xr.Dataset:
-    """Open a complete catalogue store."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"catalogue {path} does not exist")
-    ds = xr.open_zarr(path, consolidated=False)
-    if ds.attrs.get("store_kind") != STORE_KIND or not ds.attrs.get("complete"):
-        raise ValueError(f"{path} is not a complete surveydust catalogue")
-    return ds.load()
+    """Open a complete catalogue store (into memory)."""
+    return open_complete_store(path, STORE_KIND, "catalogue").load()
 
 
 def to_table(ds: xr.Dataset) -> Any:
