@@ -307,7 +307,7 @@ def evaluate_command(paths: tuple[Path, ...], out: Path, baseline: bool) -> None
 @click.option("--store", type=click.Path(path_type=Path), required=True, help="Training store (Zarr).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Study folder; an existing study there is resumed.")
-@click.option("--bands", default=None, help="Comma-separated bands [default: F277W,F356W,F444W].")
+@click.option("--bands", default=None, help="Comma-separated bands [default: the six wide bands F115W..F444W].")
 @click.option("--trials", type=int, default=None, help="Trials in the study, counting earlier runs [default: 200].")
 @click.option("--max-epochs", type=int, default=None, help="Most epochs per trial [default: 30].")
 @click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default=None,

@@ -338,11 +338,15 @@ def _features(ds: xr.Dataset, idx: np.ndarray, bands: Sequence[str], crop: int, 
 
 def _training_samples(plan: _Plan) -> tuple[xr.Dataset, np.ndarray] | None:
     """The bundle's training store and its training samples (None when the store is gone)."""
-    path = Path(plan.predictor.meta.get("training_store", {}).get("path", ""))
+    recorded = plan.predictor.meta.get("training_store", {})
+    path = Path(recorded.get("path", ""))
     try:
         train_ds = open_training_store(path)
     except (ValueError, FileNotFoundError, OSError):
         logger.warning("baseline skipped: %s's training store %s cannot be opened", plan.name, path)
+        return None
+    if train_ds.attrs.get("store_id") != recorded.get("store_id"):
+        logger.warning("baseline skipped: %s now holds another store than %s was trained on", path, plan.name)
         return None
     selected = select_samples(train_ds, plan.cfg)
     gid = train_ds["galaxy_id"].values[selected]

@@ -32,6 +32,7 @@ LOG_OFFSETS = {"A_V": 0.05, "EBV": 0.0125}
 #: percentile levels of every prediction (``<T>_p025`` ... ``<T>_p975`` in outputs)
 LEVELS = (0.025, 0.16, 0.5, 0.84, 0.975)
 LEVEL_NAMES = ("p025", "p16", "p50", "p84", "p975")
+MIN_CALIBRATION_SAMPLES = 20
 
 
 def to_network(target: str, values: np.ndarray) -> np.ndarray:
@@ -60,8 +61,8 @@ def calibrate(truth: Mapping[str, np.ndarray], mean: Mapping[str, np.ndarray],
     for t in mean:
         u = pit(t, truth[t], mean[t], sigma[t])
         u = u[np.isfinite(u)]
-        if u.size < 20:
-            raise ValueError(f"only {u.size} calibration samples for {t}: need at least 20")
+        if u.size < MIN_CALIBRATION_SAMPLES:
+            raise ValueError(f"only {u.size} calibration samples for {t}: need at least {MIN_CALIBRATION_SAMPLES}")
         out[t] = [float(q) for q in np.clip(np.quantile(u, LEVELS), 1e-6, 1 - 1e-6)]
     return out
 

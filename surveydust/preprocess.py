@@ -55,7 +55,7 @@ def network_inputs(images: np.ndarray, crop: int, redshift: np.ndarray | None = 
     aperture = circular_aperture(crop, NORM_APERTURE_PIX)
     flux = cut[:, :, aperture].sum(axis=(1, 2))
     scale = np.maximum(flux, NORM_FLOOR_NJY)
-    normed = np.arcsinh(cut * (aperture.sum() / scale[:, None, None, None]))
+    normed = np.arcsinh(cut * (np.float32(aperture.sum()) / scale[:, None, None, None]))
     z = np.full(n, np.nan) if redshift is None else np.asarray(redshift, dtype=np.float64).reshape(-1)
     if z.size != n:
         raise ValueError(f"got {z.size} redshifts for {n} images")

@@ -34,7 +34,7 @@ from surveydust.backend import keras_module
 from surveydust.bundle import save_bundle
 from surveydust.cluster import open_client, worker_resources
 from surveydust.config import TrainingConfig, load_training_config
-from surveydust.posterior import calibrate, describe, to_network
+from surveydust.posterior import MIN_CALIBRATION_SAMPLES, calibrate, describe, to_network
 from surveydust.preprocess import Split, feature_stats, network_inputs, select_samples, split_by_galaxy
 from surveydust.provenance import VERSION
 from surveydust.stores.training import check_output_path, open_training_store, replace_atomically
@@ -107,6 +107,10 @@ def prepare_training(store: Path | str, cfg: TrainingConfig) -> tuple[Split, dic
     ds = open_training_store(store)
     selected = select_samples(ds, cfg)
     split = split_by_galaxy(ds["galaxy_id"].values, selected, cfg)
+    if cfg.loss == "gaussian_nll" and split.calibration.size < MIN_CALIBRATION_SAMPLES:
+        raise ValueError(f"only {split.calibration.size} calibration samples ({split.calibration_galaxies.size} "
+                         f"galaxies, calibration_fraction {cfg.calibration_fraction:g}): need at least "
+                         f"{MIN_CALIBRATION_SAMPLES}; raise calibration_fraction or simulate more galaxies")
     meta = {
         "surveydust_version": VERSION,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -317,7 +321,8 @@ def fit_bundle(parts: dict[str, Part], cfg: TrainingConfig, out: str, meta: dict
                 "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
                 "epochs_run": len(history.history["loss"]), "n_train_augmented": int(batches.index.size),
                 "training_threads": threads, "ood": ood,
-                "constant_guess": {t: float(np.nanmedian(train_ds[t].values)) for t in cfg.targets}}
+                "constant_guess": {t: float(np.nanmedian(train_ds[t].values))
+                                   for t in (*cfg.targets, "R_V") if t in train_ds}}
         if cfg.loss == "gaussian_nll":
             meta["calibration"] = _calibration(inference, parts["calibration"], cfg, mean, std)
     save_bundle(inference, Path(out), meta)

@@ -15,9 +15,9 @@ import pytest
 
 from surveydust.bundle import (
     FORMAT_VERSION,
+    META_FILE,
     MIN_EBV_FOR_RV,
     MODEL_FILE,
-    META_FILE,
     default_bundle_path,
     load_model,
     meta_checksum,

@@ -98,9 +98,17 @@ def test_train_and_evaluate_end_to_end(tmp_path: Path, client) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     meta = json.loads((bundle / "bundle.json").read_text())
     assert meta["bands"] == ["F277W"] and meta["epochs_run"] == 1
+    assert meta["format_version"] == 2 and meta["uses_redshift"] and meta["split"]["protocol"] == "galaxy"
+    assert set(meta["calibration"]) >= {"with_redshift", "without_redshift"}
     result = run("evaluate", str(bundle), str(store), "--out", str(tmp_path / "eval"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MAE" in result.stdout and (tmp_path / "eval" / "table.ecsv").is_file()
+    assert (tmp_path / "eval" / "bias_by_av.ecsv").is_file()
+    from astropy.table import Table
+
+    models = Table.read(tmp_path / "eval" / "table.ecsv").colnames[3:]
+    # the z model with and without z, the colour+z baseline, Meurer (the store has F115W-F200W)
+    assert models == ["CNN F277W +z", "CNN F277W no z", "baseline (colours) +z", "Meurer (UV slope)"]
     bad = run("train", "--store", str(store), "--bands", "F090W", "--out", str(tmp_path / "m2"))
     assert bad.returncode == 1 and "no band(s) ['F090W']" in bad.stderr
 

@@ -39,7 +39,7 @@ import numpy as np
 import psutil
 import pytest
 
-from surveydust.bundle import default_bundle_path
+from surveydust.bundle import richest_bundle
 from surveydust.cluster import get_client
 from surveydust.demo import make_demo_field
 from surveydust.infer import _predictor, run_catalogue
@@ -297,7 +297,8 @@ def test_status_page_shows_catalogue_tiles_in_the_task_stream(chromium, dashboar
     t0 = time.monotonic()
     # Load the model bundle on each worker (importing Keras and TensorFlow, most of a first tile's
     # time) while this process simulates the field, so that the run's tiles come at a steady pace.
-    warm = [client.submit(_predictor, str(default_bundle_path()), key=f"warm-model-{i}", workers=[addr],
+    model = richest_bundle(["F115W", "F150W", "F200W", "F277W", "F356W", "F444W"])  # run_catalogue's default
+    warm = [client.submit(_predictor, str(model), key=f"warm-model-{i}", workers=[addr],
                           allow_other_workers=False, pure=False)
             for i, addr in enumerate(client.scheduler_info(n_workers=-1)["workers"])]
     store, _ = make_demo_field(tmp_path / "demo", n_galaxies=30, size=FIELD_PIX, seed=3, client=client,

@@ -12,12 +12,11 @@ import pytest
 from surveydust.config import load_training_config
 from surveydust.evaluate import (
     BASELINE,
-    MEURER,
     METRICS,
+    MEURER,
     TARGETS,
     density_levels,
     evaluate,
-    model_name,
     residual_metrics,
     slug,
 )

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import xarray as xr
 from astropy.table import Table
-
 from conftest import kill_worker_running
+
 from surveydust.bundle import read_meta, richest_bundle
 from surveydust.catalogue import open_catalogue
 from surveydust.demo import make_demo_field, match_truth
@@ -277,3 +277,23 @@ def test_cli_bad_input(tmp_path: Path) -> None:
         result = run(*args, cwd=tmp_path)
         assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
         assert message in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.slow  # the full demo field (1280 x 1280 px, 120 galaxies): about a minute on 2 cores
+def test_run_demo_scores_the_catalogue_against_the_truth(tmp_path: Path, client) -> None:
+    from surveydust.demo import DemoResult, run_demo
+
+    result = run_demo(tmp_path / "demo", client=client, progress=False, export_format="ecsv")
+    assert isinstance(result, DemoResult)
+    assert result.paths["catalogue"] == tmp_path / "demo" / "catalogue.zarr"
+    assert result.paths["export"] == tmp_path / "demo" / "catalogue.ecsv" and result.paths["export"].is_file()
+    assert result.paths["figure"].read_bytes()[:4] == b"\x89PNG"
+    assert Table.read(result.paths["skill"]).colnames == result.skill.colnames
+    assert list(result.catalogue["model"].values) == [DEFAULT_NAME]
+    assert result.match["matched"] >= 30 and result.match["spurious"] <= 10, result.match
+    # the injected redshifts stood in for spectroscopy: matched sources have their z
+    assert np.isfinite(result.catalogue["z"].values).sum() >= result.match["matched"] - 2
+    rows = {(r["quantity"], r["method"]): r for r in result.skill}
+    for q in ("A_V", "EBV", "log_ssfr"):
+        r = rows[(q, f"CNN {DEFAULT_NAME}")]
+        assert 10 < r["N"] <= result.skill.meta["sources"] and np.isfinite([r["MAE"], r["MAE_constant"]]).all()

@@ -103,9 +103,6 @@ def test_normalisation_keeps_colours() -> None:
         crop_centre(images, 64)
 
 
-@pytest.mark.xfail(strict=True, reason="network_inputs documents float32 but returns the image as float64: "
-                   "preprocess.py line 58 divides by aperture.sum() (a NumPy int64), which promotes the "
-                   "float32 stamp (twice the memory per streamed chunk and validation set)")
 def test_network_inputs_are_float32() -> None:
     out = network_inputs(np.ones((2, 3, 40, 40), np.float32), 32)
     assert out["image"].dtype == np.float32 and out["aux"].dtype == np.float32

@@ -1,0 +1,224 @@
+"""Training: batches streamed from a Zarr store, and tiny real ``train`` runs (both split
+protocols) on a small simulated store with a real LocalCluster and real Keras."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from surveydust.config import load_training_config
+from surveydust.preprocess import network_inputs, select_samples
+from surveydust.stores.training import open_training_store
+from surveydust.train import Part, StoreBatches, target_values
+
+BANDS = ["F277W", "F356W", "F444W"]
+CHUNK_GALAXIES = 2  # galaxies per simulation task: 2 x 11 = 22 samples per Zarr chunk
+TINY = {"snr_min": 0.0, "max_epochs": 2, "batch_size": 32, "bands": BANDS, "calibration_fraction": 0.3,
+        "model": {"conv_filters": [4, 8], "dense_units": [8]},
+        "augment": {"samples_per_task": 128}}  # several chunks to stream
+
+
+@pytest.fixture(scope="module")
+def store(client, tmp_path_factory) -> Path:
+    """14 galaxies x 1 view x 11 dust-to-metal ratios in 7 chunks of 22 samples."""
+    from surveydust.simulate import simulate
+
+    return simulate(tmp_path_factory.mktemp("train") / "s.zarr", client=client, progress=False, n_galaxies=14,
+                    views_per_galaxy=1, bands=BANDS, galaxies_per_task=CHUNK_GALAXIES)
+
+
+def _epoch(batches: StoreBatches, reference: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Store indices of every batch of one epoch (found by image), and the aux of each batch."""
+    samples, aux = [], []
+    for i in range(len(batches)):
+        x, y = batches[i]
+        assert x["image"].shape[1:] == reference.shape[1:] and x["image"].dtype == np.float32
+        d = np.abs(x["image"][:, None] - reference[None]).max(axis=(2, 3, 4))
+        found = d.argmin(axis=1)
+        assert (d[np.arange(found.size), found] < 1e-5).all()  # every image is one of the store's
+        samples.append(found)
+        aux.append(x["aux"])
+        # labels travel with their images
+        np.testing.assert_allclose(y, batches.y[np.searchsorted(batches.index, found)], rtol=0, atol=0)
+    batches.on_epoch_end()
+    return samples, aux
+
+
+def test_store_batches_visit_every_sample_once_per_epoch_in_a_new_order(store: Path) -> None:
+    ds = open_training_store(store)
+    n = ds.sizes["sample"]
+    chunk = ds["image"].data.chunks[0][0]
+    assert chunk == 22 and n == 154
+    cfg = load_training_config(bands=BANDS, batch_size=16)
+    index = np.setdiff1d(np.arange(n), np.arange(0, n, 5))  # a part of the store, not all of it
+    mean, std = np.zeros(3), np.ones(3)
+    batches = StoreBatches(Part(str(store), index), cfg, mean, std)
+    assert len(batches) == int(np.ceil(index.size / 16))
+    images = ds["image"].sel(band=BANDS).values
+    reference = network_inputs(images, cfg.crop)["image"]
+    # the labels are the targets in the network's space (ln(x + c) for dust)
+    np.testing.assert_allclose(batches.y, target_values(ds.isel(sample=index), cfg), rtol=1e-6)
+
+    orders = []
+    for _ in range(3):
+        samples, aux = _epoch(batches, reference)
+        seen = np.concatenate(samples)
+        assert seen.size == index.size
+        np.testing.assert_array_equal(np.sort(seen), index)  # each sample of the part exactly once
+        assert all(s.size == 16 for s in samples[:-1])
+        # streamed a chunk at a time: a batch never spans more than two chunks
+        assert max(np.unique(s // chunk).size for s in samples) <= 2
+        # log flux of the right image in aux[:, 0]
+        np.testing.assert_allclose(np.concatenate(aux)[:, 0], network_inputs(images[seen], cfg.crop)["aux"][:, 0],
+                                   rtol=1e-6)
+        orders.append(seen)
+    assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
+    # the order of the chunks changes too, not only the order inside them
+    chunk_orders = {tuple(pd.unique(o // chunk)) for o in orders}
+    assert len(chunk_orders) > 1
+    again = StoreBatches(Part(str(store), index), cfg, mean, std)
+    np.testing.assert_array_equal(np.concatenate(_epoch(again, reference)[0]), orders[0])  # seeded
+
+
+def test_store_batches_without_shuffle_are_in_store_order_with_every_redshift(store: Path) -> None:
+    ds = open_training_store(store)
+    cfg = load_training_config(bands=BANDS, batch_size=50, redshift_dropout=1.0)
+    index = np.arange(ds.sizes["sample"])
+    batches = StoreBatches(Part(str(store), index), cfg, np.zeros(3), np.ones(3), shuffle=False)
+    reference = network_inputs(ds["image"].sel(band=BANDS).values, cfg.crop)["image"]
+    samples, aux = _epoch(batches, reference)
+    seen = np.concatenate(samples)
+    assert np.array_equal(np.sort(seen), index)
+    aux = np.concatenate(aux)
+    z = ds["redshift"].values[seen]
+    np.testing.assert_allclose(aux[:, 1], z - 7.0, rtol=1e-5)  # validation-like: no dropout
+    assert (aux[:, 2] == 1).all()
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.25, 0.6, 1.0])
+def test_redshift_dropout_fraction_is_honoured(store: Path, dropout: float) -> None:
+    ds = open_training_store(store)
+    cfg = load_training_config(bands=BANDS, batch_size=32, redshift_dropout=dropout)
+    index = np.arange(ds.sizes["sample"])
+    batches = StoreBatches(Part(str(store), index), cfg, np.zeros(3), np.ones(3))
+    known, shown = [], 0
+    z_all = ds["redshift"].values
+    for _ in range(4):  # 4 x 154 = 616 samples
+        for i in range(len(batches)):
+            x, _ = batches[i]
+            aux = x["aux"]
+            known.append(aux[:, 2])
+            # a known z is one of the store's; a dropped one is 0 with flag 0
+            assert ((aux[:, 2] == 1) | (aux[:, 1] == 0)).all()
+            assert np.isin(np.round(aux[aux[:, 2] == 1, 1] + 7.0, 4), np.round(z_all, 4)).all()
+            shown += len(aux)
+        batches.on_epoch_end()
+    dropped = 1.0 - np.concatenate(known).mean()
+    assert shown == 4 * index.size
+    if dropout in (0.0, 1.0):
+        assert dropped == dropout
+    else:
+        assert abs(dropped - dropout) < 0.06, dropped  # ~4 binomial sigma at n = 616
+
+
+def test_no_redshift_input_when_the_config_says_so(store: Path) -> None:
+    cfg = load_training_config(bands=BANDS, use_redshift=False, redshift_dropout=0.0)
+    batches = StoreBatches(Part(str(store), np.arange(40)), cfg, np.zeros(3), np.ones(3))
+    x, _ = batches[0]
+    assert (x["aux"][:, 1:] == 0).all()
+
+
+def test_use_all_cores_sets_the_thread_variables() -> None:
+    code = ("import os; os.environ['OMP_NUM_THREADS'] = '1'; from surveydust.train import use_all_cores; "
+            "n = use_all_cores(); print(n, os.environ['OMP_NUM_THREADS'], os.environ['TF_NUM_INTRAOP_THREADS'], "
+            "use_all_cores(3), os.environ['MKL_NUM_THREADS'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    n = len(os.sched_getaffinity(0))
+    assert out.stdout.split() == [str(n), str(n), str(n), "3", "3"]
+
+
+# ---------------------------------------------------------------- tiny real training runs
+
+
+def _check_bundle_predictions(bundle: Path, store: Path) -> None:
+    from surveydust.bundle import load_model
+
+    p = load_model(bundle)
+    ds = open_training_store(store)
+    test = np.flatnonzero(np.isin(ds["galaxy_id"].values, p.meta["split"]["test_galaxies"])) \
+        if p.meta["split"]["test_galaxies"] else np.arange(30)
+    images = ds["image"].sel(band=list(p.bands)).values[test]
+    for z in (ds["redshift"].values[test], None):
+        pred = p.predict(images, z)
+        for t in ("A_V", "EBV"):
+            assert (pred[t].values >= 0).all() and (pred[f"{t}_p025"].values >= 0).all(), t
+        for t in p.targets:
+            cols = np.column_stack([pred[f"{t}_p025"], pred[f"{t}_p16"], pred[t], pred[f"{t}_p84"],
+                                    pred[f"{t}_p975"]])
+            assert np.isfinite(cols).all(), t
+            assert (np.diff(cols, axis=1) >= 0).all(), t  # p025 <= p16 <= median <= p84 <= p975
+
+
+@pytest.fixture(scope="module")
+def galaxy_bundle(store: Path, client, tmp_path_factory) -> Path:
+    from surveydust.train import train
+
+    return train(store, tmp_path_factory.mktemp("train") / "bundle", client=client, progress=False, **TINY)
+
+
+def test_tiny_train_makes_a_calibrated_bundle(galaxy_bundle: Path, store: Path) -> None:
+    from surveydust.bundle import read_meta
+
+    meta = read_meta(galaxy_bundle)
+    assert meta["bands"] == BANDS and meta["uses_redshift"] is True and meta["epochs_run"] == 2
+    assert meta["training_store"]["store_id"] == open_training_store(store).attrs["store_id"]
+    split = meta["split"]
+    assert split["protocol"] == "galaxy" and "paper_test" not in split
+    parts = [set(split[k]) for k in ("test_galaxies", "validation_galaxies", "calibration_galaxies")]
+    assert all(len(p) >= 2 for p in parts)
+    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+    assert meta["n_train_augmented"] == 4 * split["n_samples"]["train"]  # the rotations, no balancing
+    cal = meta["calibration"]
+    assert cal["n_samples"] == split["n_samples"]["calibration"] >= 20
+    for key in ("with_redshift", "without_redshift"):
+        for t in meta["targets"]:
+            levels = cal[key][t]
+            assert len(levels) == 5 and all(0 < a < b < 1 for a, b in pairwise(levels)), (key, t)
+    ds = open_training_store(store)
+    selected = select_samples(ds, load_training_config(**meta["training_config"]))
+    train = selected[~np.isin(ds["galaxy_id"].values[selected], list(set().union(*parts)))]
+    assert train.size == split["n_samples"]["train"]
+    for t in meta["targets"]:  # the training median (rotated copies share their labels)
+        assert meta["constant_guess"][t] == pytest.approx(float(np.median(ds[t].values[train])), rel=1e-5)
+    assert meta["training_threads"] == len(os.sched_getaffinity(0))
+    assert len(meta["history"]["loss"]) == 2 and np.isfinite(meta["history"]["val_loss"]).all()
+    _check_bundle_predictions(galaxy_bundle, store)
+
+
+def test_tiny_train_paper_protocol(store: Path, client, tmp_path: Path) -> None:
+    from surveydust.bundle import read_meta
+    from surveydust.train import train
+
+    bundle = train(store, tmp_path / "paper", client=client, progress=False, split="paper",
+                   **{**TINY, "max_epochs": 1})
+    meta = read_meta(bundle)
+    split = meta["split"]
+    assert split["protocol"] == "paper" and split["test_galaxies"] == []
+    pairs = np.asarray(split["paper_test"])
+    assert pairs.ndim == 2 and pairs.shape[1] == 2 and len(pairs) == split["n_samples"]["test"]
+    n_augmented = split["n_samples"]["train"] + split["n_samples"]["test"]
+    assert len(pairs) == round(0.15 * n_augmented) and meta["n_train_augmented"] == split["n_samples"]["train"]
+    assert set(pairs[:, 1].tolist()) <= {0, 1, 2, 3}  # rotations only
+    ds = open_training_store(store)
+    held = set(split["validation_galaxies"]) | set(split["calibration_galaxies"])
+    assert not set(ds["galaxy_id"].values[pairs[:, 0]].tolist()) & held  # never a validation/calibration one
+    assert len({tuple(p) for p in pairs.tolist()}) == len(pairs)
+    _check_bundle_predictions(bundle, store)
