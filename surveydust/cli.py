@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -124,6 +125,10 @@ def _client(cluster: str | None, workers: int | None, jobs: int | None) -> _Lazy
     return _LazyClient(cluster, workers, jobs)
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="surveydust")
 @click.option("-v", "--verbose", is_flag=True,
@@ -135,6 +140,7 @@ def main(verbose: bool) -> None:
     Images are flux per pixel in nJy at 0.03 arcsec/pixel; A_V and E(B-V) in
     magnitudes; sSFR as log10(yr^-1) over 100 Myr.
     """
+    signal.signal(signal.SIGTERM, _terminated)  # what SLURM sends at walltime: clean up like Ctrl-C
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     log = logging.getLogger("surveydust")
