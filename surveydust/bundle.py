@@ -146,6 +146,7 @@ class Predictor:
         self.crop: int = int(self.meta["crop"])
         self.loss: str = self.meta["loss"]
         self.uses_redshift: bool = bool(self.meta.get("uses_redshift", False))
+        self.offsets: dict[str, float] = dict(self.meta.get("posterior", {}).get("offsets", LOG_OFFSETS))
         scaling = self.meta["target_scaling"]
         self._mean = np.array([scaling[t][0] for t in self.targets])
         self._std = np.array([scaling[t][1] for t in self.targets])
@@ -186,7 +187,7 @@ class Predictor:
         mean = raw[:, :n] * self._std + self._mean
         if self.loss != "gaussian_nll":
             pct = {t: np.full((len(images), len(LEVELS)), np.nan) for t in self.targets}
-            return self._dataset({t: np.maximum(mean[:, i], 0.0) if t in LOG_OFFSETS else mean[:, i]
+            return self._dataset({t: np.maximum(mean[:, i], 0.0) if t in self.offsets else mean[:, i]
                                   for i, t in enumerate(self.targets)}, pct)
         import keras
 
@@ -200,9 +201,9 @@ class Predictor:
     def _percentiles(self, target: str, mean: np.ndarray, sigma: np.ndarray, has_z: np.ndarray) -> np.ndarray:
         """Calibrated percentiles; the levels calibrated with redshifts for sources that have one."""
         cal = self.meta.get("calibration", {})
-        out = percentiles(target, mean, sigma, cal.get("without_redshift", {}).get(target))
+        out = percentiles(target, mean, sigma, cal.get("without_redshift", {}).get(target), self.offsets)
         if has_z.any() and "with_redshift" in cal:
-            out[has_z] = percentiles(target, mean[has_z], sigma[has_z], cal["with_redshift"][target])
+            out[has_z] = percentiles(target, mean[has_z], sigma[has_z], cal["with_redshift"][target], self.offsets)
         return out
 
     def _forward(self, inputs: dict[str, np.ndarray], batch_size: int) -> np.ndarray:

@@ -160,6 +160,7 @@ class TrainingConfig(_Config):
     calibration_fraction: float = Field(gt=0, lt=1)
     use_redshift: bool
     redshift_dropout: float = Field(ge=0, le=1)
+    dust_offset_mag: float = Field(gt=0, le=10)
     augment: AugmentConfig
     model: ModelConfig
     loss: Literal["gaussian_nll", "mape"]

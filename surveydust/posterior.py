@@ -29,37 +29,44 @@ from scipy.special import ndtr, ndtri
 #: offset c [mag] of ``ln(x + c)`` for the non-negative targets (about the smallest
 #: A_V, resp. E(B-V), that NIRCam colours of a z ~ 7 galaxy can tell from zero)
 LOG_OFFSETS = {"A_V": 0.05, "EBV": 0.0125}
+EBV_OFFSET_RATIO = 0.25  # E(B-V) offset / A_V offset (about 1 / R_V)
+
+
+def log_offsets(av_offset_mag: float) -> dict[str, float]:
+    """The offsets of ``ln(x + c)`` for an A_V offset [mag] (E(B-V)'s is a quarter of it)."""
+    return {"A_V": float(av_offset_mag), "EBV": float(av_offset_mag) * EBV_OFFSET_RATIO}
 #: percentile levels of every prediction (``<T>_p025`` ... ``<T>_p975`` in outputs)
 LEVELS = (0.025, 0.16, 0.5, 0.84, 0.975)
 LEVEL_NAMES = ("p025", "p16", "p50", "p84", "p975")
 MIN_CALIBRATION_SAMPLES = 20
 
 
-def to_network(target: str, values: np.ndarray) -> np.ndarray:
+def to_network(target: str, values: np.ndarray, offsets: Mapping[str, float] = LOG_OFFSETS) -> np.ndarray:
     """Physical values of ``target`` to the network's (unstandardised) space."""
     values = np.asarray(values, dtype=np.float64)
-    c = LOG_OFFSETS.get(target)
+    c = offsets.get(target)
     return values if c is None else np.log(np.maximum(values, 0.0) + c)
 
 
-def from_network(target: str, values: np.ndarray) -> np.ndarray:
+def from_network(target: str, values: np.ndarray, offsets: Mapping[str, float] = LOG_OFFSETS) -> np.ndarray:
     """Inverse of :func:`to_network`; non-negative targets clipped at 0."""
     values = np.asarray(values, dtype=np.float64)
-    c = LOG_OFFSETS.get(target)
+    c = offsets.get(target)
     return values if c is None else np.maximum(np.exp(values) - c, 0.0)
 
 
-def pit(target: str, truth: np.ndarray, mean: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+def pit(target: str, truth: np.ndarray, mean: np.ndarray, sigma: np.ndarray,
+        offsets: Mapping[str, float] = LOG_OFFSETS) -> np.ndarray:
     """Probability integral transform of ``truth`` under N(mean, sigma) in network space."""
-    return ndtr((to_network(target, truth) - mean) / sigma)
+    return ndtr((to_network(target, truth, offsets) - mean) / sigma)
 
 
 def calibrate(truth: Mapping[str, np.ndarray], mean: Mapping[str, np.ndarray],
-              sigma: Mapping[str, np.ndarray]) -> dict[str, list[float]]:
+              sigma: Mapping[str, np.ndarray], offsets: Mapping[str, float] = LOG_OFFSETS) -> dict[str, list[float]]:
     """Per target the Gaussian levels ``q(p)`` for :data:`LEVELS` (finite truths only)."""
     out = {}
     for t in mean:
-        u = pit(t, truth[t], mean[t], sigma[t])
+        u = pit(t, truth[t], mean[t], sigma[t], offsets)
         u = u[np.isfinite(u)]
         if u.size < MIN_CALIBRATION_SAMPLES:
             raise ValueError(f"only {u.size} calibration samples for {t}: need at least {MIN_CALIBRATION_SAMPLES}")
@@ -67,14 +74,14 @@ def calibrate(truth: Mapping[str, np.ndarray], mean: Mapping[str, np.ndarray],
     return out
 
 
-def percentiles(target: str, mean: np.ndarray, sigma: np.ndarray,
-                levels: Sequence[float] | None = None) -> np.ndarray:
+def percentiles(target: str, mean: np.ndarray, sigma: np.ndarray, levels: Sequence[float] | None = None,
+                offsets: Mapping[str, float] = LOG_OFFSETS) -> np.ndarray:
     """Percentiles ``(n, 5)`` in physical units at :data:`LEVELS`; ``levels`` are the
     calibrated Gaussian levels (None: the nominal ones, uncalibrated)."""
     q = np.asarray(LEVELS if levels is None else levels, dtype=np.float64)
     z = ndtri(q)
     t = np.asarray(mean, np.float64)[:, None] + np.asarray(sigma, np.float64)[:, None] * z[None, :]
-    return from_network(target, t)
+    return from_network(target, t, offsets)
 
 
 def crps_from_percentiles(truth: np.ndarray, pct: np.ndarray) -> np.ndarray:
@@ -94,7 +101,7 @@ def coverage(truth: np.ndarray, low: np.ndarray, high: np.ndarray) -> float:
     return float(np.mean((truth[ok] >= low[ok]) & (truth[ok] <= high[ok]))) if ok.any() else np.nan
 
 
-def describe() -> dict[str, Any]:
+def describe(offsets: Mapping[str, float] = LOG_OFFSETS) -> dict[str, Any]:
     """What a bundle records about its posterior model (``bundle.json`` ``posterior``)."""
-    return {"transform": {t: f"ln(x + {c:g})" for t, c in LOG_OFFSETS.items()},
+    return {"offsets": dict(offsets), "transform": {t: f"ln(x + {c:g})" for t, c in offsets.items()},
             "levels": list(LEVELS), "calibration": "quantile recalibration on calibration galaxies"}

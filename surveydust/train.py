@@ -34,7 +34,7 @@ from surveydust.backend import keras_module
 from surveydust.bundle import save_bundle
 from surveydust.cluster import open_client, worker_resources
 from surveydust.config import TrainingConfig, load_training_config
-from surveydust.posterior import MIN_CALIBRATION_SAMPLES, calibrate, describe, to_network
+from surveydust.posterior import MIN_CALIBRATION_SAMPLES, calibrate, describe, log_offsets, to_network
 from surveydust.preprocess import Split, feature_stats, network_inputs, select_samples, split_by_galaxy
 from surveydust.provenance import VERSION
 from surveydust.stores.training import check_output_path, open_training_store, replace_atomically
@@ -115,7 +115,7 @@ def prepare_training(store: Path | str, cfg: TrainingConfig) -> tuple[Split, dic
         "surveydust_version": VERSION,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "bands": list(cfg.bands), "targets": list(cfg.targets), "crop": cfg.crop, "loss": cfg.loss,
-        "uses_redshift": cfg.use_redshift, "posterior": describe(),
+        "uses_redshift": cfg.use_redshift, "posterior": describe(log_offsets(cfg.dust_offset_mag)),
         "training_config": cfg.model_dump(mode="json"),
         "training_store": {"path": str(Path(store).resolve()), "store_id": ds.attrs["store_id"]},
         "split": {"protocol": cfg.split, "seed": cfg.seed, "test_galaxies": split.test_galaxies,
@@ -193,7 +193,8 @@ def target_values(ds: Any, cfg: TrainingConfig) -> np.ndarray:
     likelihood (:func:`surveydust.posterior.to_network`), as they are for ``mape``."""
     if cfg.loss != "gaussian_nll":
         return np.stack([ds[t].values.astype(np.float64) for t in cfg.targets], axis=1)
-    return np.stack([to_network(t, ds[t].values) for t in cfg.targets], axis=1)
+    offsets = log_offsets(cfg.dust_offset_mag)
+    return np.stack([to_network(t, ds[t].values, offsets) for t in cfg.targets], axis=1)
 
 
 class StoreBatches:
@@ -348,5 +349,5 @@ def _calibration(model: Any, part: Part, cfg: TrainingConfig, mean: np.ndarray,
         sigma = np.asarray(keras.ops.convert_to_numpy(sigma_from_raw(raw[:, n:])), dtype=np.float64) * std
         out[key] = calibrate({t: ds[t].values for t in cfg.targets},
                              {t: mu[:, i] for i, t in enumerate(cfg.targets)},
-                             {t: sigma[:, i] for i, t in enumerate(cfg.targets)})
+                             {t: sigma[:, i] for i, t in enumerate(cfg.targets)}, log_offsets(cfg.dust_offset_mag))
     return out
