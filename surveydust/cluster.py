@@ -419,11 +419,14 @@ class QuietWorkerLogs(WorkerPlugin):
     name = "surveydust-quiet-worker-logs"
 
     def setup(self, worker: Any) -> None:
-        logging.getLogger("distributed.worker").addFilter(_drop_compute_failed)
+        logging.getLogger("distributed.worker").addFilter(_drop_task_failures)
+        logging.getLogger("distributed.worker.state_machine").addFilter(_drop_task_failures)
 
 
-def _drop_compute_failed(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("Compute Failed")
+def _drop_task_failures(record: logging.LogRecord) -> bool:
+    """False for a failed task's dump and for the cancellations that follow it."""
+    msg = str(record.msg)
+    return not (msg.startswith("Compute Failed") or "ended with CancelledError" in msg)
 
 
 def _start(

@@ -25,7 +25,7 @@ import numpy as np
 from surveydust.bundle import Predictor, load_model, read_meta, richest_bundle
 from surveydust.catalogue import OutputLock, TileParts, assemble, export, write_catalogue
 from surveydust.cluster import open_client, worker_resources
-from surveydust.config import CatalogueConfig, TrainingConfig, load_catalogue_config
+from surveydust.config import CatalogueConfig, load_catalogue_config, load_training_config
 from surveydust.detect import FLAGS, Tile, aperture_photometry, cut_stamps, detect, make_tiles
 from surveydust.preprocess import ood_score
 from surveydust.provenance import VERSION
@@ -276,7 +276,7 @@ def _predict_all(predictors: list[Predictor], stamps: np.ndarray, snr: np.ndarra
         ood = ood_score(images, p.crop, stats) if stats else np.full(len(images), np.nan)
         out.setdefault("ood", []).append(ood.astype(np.float32))
         flag |= np.where(ood > cfg.ood_sigma, FLAGS["out_of_distribution"], 0).astype(np.uint16)
-        train = TrainingConfig.model_validate(p.meta["training_config"])
+        train = load_training_config(**p.meta["training_config"])  # merged over today's defaults
         if i == 0 and train.snr_band in bands:
             low = ~(snr[:, bands.index(train.snr_band)] >= train.snr_min)
             flag |= np.where(low, FLAGS["low_snr"], 0).astype(np.uint16)
