@@ -277,3 +277,16 @@ def test_console_script_bad_input_is_one_line_error(tmp_path, images) -> None:
     assert result.stderr.startswith("Error:") and "F444W: BUNIT 'DN/s' of bad.fits is not supported" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "bad.zarr").exists()
+
+
+def test_a_galactic_wcs_is_refused(tmp_path: Path) -> None:
+    """GLON/GLAT axes would land in the catalogue's ra/dec columns: refused in one line."""
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["GLON-TAN", "GLAT-TAN"]
+    w.wcs.crval, w.wcs.crpix, w.wcs.cdelt = [10.0, 20.0], [32.0, 32.0], [-0.03 / 3600, 0.03 / 3600]
+    h = w.to_header()
+    h["BUNIT"] = "nJy"
+    fits.writeto(tmp_path / "gal.fits", np.ones((64, 64), np.float32), h)
+    with pytest.raises(ValueError, match="has a GLON/GLAT WCS; catalogues give ICRS ra/dec"):
+        ingest_mosaic(tmp_path / "m.zarr", {"F277W": str(tmp_path / "gal.fits")}, progress=False)
+    assert not (tmp_path / "m.zarr").exists()

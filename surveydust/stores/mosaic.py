@@ -398,6 +398,10 @@ def _celestial_wcs(band: str, loc: _Located) -> WCS | None:
             raise ValueError(f"{band}: unreadable WCS in {loc.path.name} ({exc})") from None
     if not wcs.has_celestial or wcs.wcs.lng != 0 or wcs.wcs.lat != 1:
         return None
+    ctype = [str(c).upper() for c in list(wcs.wcs.ctype)[:2]]
+    if not (ctype[0].startswith("RA") and ctype[1].startswith("DEC")):
+        raise ValueError(f"{band}: {loc.path.name} has a {ctype[0].split('-')[0]}/{ctype[1].split('-')[0]} WCS; "
+                         "catalogues give ICRS ra/dec, so reproject the mosaic to RA/Dec (CTYPE RA---TAN, DEC--TAN)")
     return wcs.celestial
 
 
