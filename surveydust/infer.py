@@ -81,6 +81,8 @@ def run_catalogue(
     _check_bands(mosaic, metas, cfg, detecting=sources is None)
     wcs = mosaic_wcs(mosaic)
     positions = source_positions(sources, wcs, mosaic) if sources is not None else None
+    if positions is not None and not len(positions["x"]):  # before any cluster starts
+        raise ValueError("no sources: none of the given positions lies on the mosaic's data")
     z_table = redshift_table(redshifts) if redshifts is not None else None
     shape = (mosaic.sizes["y"], mosaic.sizes["x"])
     tile_size = cfg.tile_pix or int(mosaic["sci"].encoding.get("chunks", (1, 2048, 2048))[-1])
@@ -106,8 +108,6 @@ def run_catalogue(
             _run_tiles(c, todo, parts, str(store), halo, [str(p) for p in bundles], cfg, positions, z_table,
                        token, progress)
         columns = parts.load_all()
-        if positions is not None and not len(columns.get("x", ())):
-            raise ValueError("no sources: none of the given positions lies on the mosaic's data")
         if not len(columns.get("x", ())):
             logger.warning("no sources detected: the catalogue is empty")
         ds = assemble(columns, list(mosaic["band"].values), [_name(m) for m in metas],
