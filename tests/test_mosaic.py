@@ -290,3 +290,20 @@ def test_a_galactic_wcs_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="has a GLON/GLAT WCS; catalogues give ICRS ra/dec"):
         ingest_mosaic(tmp_path / "m.zarr", {"F277W": str(tmp_path / "gal.fits")}, progress=False)
     assert not (tmp_path / "m.zarr").exists()
+
+
+def test_an_all_nan_band_is_ingested_with_a_warning(tmp_path: Path, client, caplog) -> None:
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval, w.wcs.crpix, w.wcs.cdelt = [10.0, 20.0], [32.0, 32.0], [-0.03 / 3600, 0.03 / 3600]
+    h = w.to_header()
+    h["BUNIT"] = "nJy"
+    fits.writeto(tmp_path / "good.fits", np.ones((64, 64), np.float32), h)
+    fits.writeto(tmp_path / "empty.fits", np.full((64, 64), np.nan, np.float32), h)
+    with caplog.at_level(logging.WARNING, logger="surveydust"):
+        out = ingest_mosaic(tmp_path / "m.zarr", {"F277W": str(tmp_path / "good.fits"),
+                                                  "F356W": str(tmp_path / "empty.fits")},
+                            client=client, progress=False)
+    warned = [r.getMessage() for r in caplog.records if "no valid pixel" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("band F356W")
+    assert open_mosaic(out).sizes["band"] == 2

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ from surveydust.stores.training import (
 
 __all__ = ["DEFAULT_CHUNK", "STORE_KIND", "ingest_mosaic", "mosaic_wcs", "open_mosaic"]
 
+logger = logging.getLogger(__name__)
 STORE_KIND = "mosaic"
 DEFAULT_CHUNK = 2048
 #: bands whose pixel->sky mappings differ by more than this [pixels] are refused
@@ -186,7 +188,8 @@ def ingest_mosaic(
                  for p in paths}
 
     def compute(write: Any) -> dict[str, Any]:
-        finished = dask.delayed(_finish, pure=False)(write, inputs, checksums)
+        has_data = ds["sci"].notnull().any(("y", "x")).data  # shares the block reads with the write
+        finished = dask.delayed(_finish, pure=False)(write, inputs, checksums, has_data)
         return run_with_progress(c, finished, progress)
 
     with open_client(client, profile=cluster, workers=workers) as c:
@@ -474,8 +477,16 @@ def _input_record(s: BandSource) -> dict[str, Any]:
     }
 
 
-def _finish(_written: Any, inputs: Mapping[str, Mapping[str, Any]], checksums: Mapping[str, str]) -> dict:
-    """Attrs to record once the data are written: ``input`` with each band's file checksums."""
+def _finish(_written: Any, inputs: Mapping[str, Mapping[str, Any]], checksums: Mapping[str, str],
+            has_data: np.ndarray) -> dict:
+    """Attrs to record once the data are written: ``input`` with each band's file checksums.
+
+    A band without a single valid pixel (``has_data`` per band) is written, with a warning.
+    """
+    for band, ok in zip(inputs, np.asarray(has_data)):
+        if not ok:
+            logger.warning("band %s has no valid pixel (all NaN, zero weight or bad error): it is ingested, "
+                           "but no source can be measured in it", band)
     done = {}
     for band, record in inputs.items():
         paths = dict.fromkeys(record[role] for role in ROLES if record[role])
