@@ -44,6 +44,7 @@ import dask.array as da
 from dask.base import tokenize
 import numpy as np
 import xarray as xr
+import zarr
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_area, proj_plane_pixel_scales
@@ -193,7 +194,11 @@ def ingest_mosaic(
         return run_with_progress(c, finished, progress)
 
     with open_client(client, profile=cluster, workers=workers) as c:
-        return write_store_atomically(ds, out, store_kind=STORE_KIND, encoding=encoding, compute=compute)
+        written = write_store_atomically(ds, out, store_kind=STORE_KIND, encoding=encoding, compute=compute)
+    for band in zarr.open_group(written, mode="r").attrs.get("empty_bands", []):
+        logger.warning("band %s has no valid pixel (all NaN, zero weight or bad error): it is ingested, "
+                       "but no source can be measured in it", band)
+    return written
 
 
 def open_mosaic(path: Path | str) -> xr.Dataset:
@@ -481,17 +486,13 @@ def _finish(_written: Any, inputs: Mapping[str, Mapping[str, Any]], checksums: M
             has_data: np.ndarray) -> dict:
     """Attrs to record once the data are written: ``input`` with each band's file checksums.
 
-    A band without a single valid pixel (``has_data`` per band) is written, with a warning.
+    Bands without a single valid pixel (``has_data`` per band) are listed in ``empty_bands``.
     """
-    for band, ok in zip(inputs, np.asarray(has_data)):
-        if not ok:
-            logger.warning("band %s has no valid pixel (all NaN, zero weight or bad error): it is ingested, "
-                           "but no source can be measured in it", band)
     done = {}
     for band, record in inputs.items():
         paths = dict.fromkeys(record[role] for role in ROLES if record[role])
         done[band] = {**record, "sha256": {p: checksums[p] for p in paths}}
-    return {"input": done}
+    return {"input": done, "empty_bands": [b for b, ok in zip(inputs, np.asarray(has_data)) if not ok]}
 
 
 # --------------------------------------------------------------------------- lazy reading
