@@ -409,7 +409,8 @@ def get_client(
     return client
 
 
-CONNECT_GRACE_S = 5.0  # beyond the profile's timeout, before a silent scheduler address is given up
+CONNECT_GRACE_S = 5.0
+DRAIN_TIMEOUT_S = 30.0  # longest wait for the running tasks of a failed computation  # beyond the profile's timeout, before a silent scheduler address is given up
 
 
 class QuietWorkerLogs(WorkerPlugin):
@@ -486,7 +487,24 @@ def run_with_progress(client: Client, collection: Any, progress: bool = True) ->
     from distributed import progress as progress_bar
 
     future = client.compute(collection)
-    if progress and sys.stderr.isatty():
-        progress_bar(future)
-        print(file=sys.stderr)
-    return future.result()
+    try:
+        if progress and sys.stderr.isatty():
+            progress_bar(future)
+            print(file=sys.stderr)
+        return future.result()
+    except BaseException:
+        # no task of it may still write (e.g. into a temporary store) once the caller cleans up
+        _cancel_and_drain(client, future, set(collection.__dask_graph__().keys()))
+        raise
+
+
+def _cancel_and_drain(client: Client, future: Any, keys: set[Any], timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+    """Cancel ``future``'s computation and wait (at most ``timeout_s``) until none of the
+    graph's ``keys`` still runs on a worker (cancelling does not stop a running task)."""
+    client.cancel(future, force=True)
+    deadline = time.monotonic() + timeout_s
+    with contextlib.suppress(Exception):  # a cluster that is going away has nothing left to drain
+        while time.monotonic() < deadline:
+            if not any(k in keys for running in client.processing().values() for k in running):
+                return
+            time.sleep(0.1)
