@@ -293,7 +293,8 @@ def test_shipped_bundle(name: str) -> None:
     img = images(bands=len(bands))
     for z in (None, 7.0):
         ds = predictor.predict(img, z)
-        assert (ds["A_V_err"] > 0).all() and np.isfinite(ds["log_ssfr"]).all()
+        # 0 where the whole 16-84% interval is clipped at A_V = 0 (a confidently dust-free stamp)
+        assert (ds["A_V_err"] >= 0).all() and (ds["log_ssfr_err"] > 0).all() and np.isfinite(ds["log_ssfr"]).all()
         _check_posterior(ds)
 
 
