@@ -51,17 +51,24 @@ def network_inputs(images: np.ndarray, crop: int, redshift: np.ndarray | None = 
     flag saying it is known (0 and 0 where it is not).
     """
     cut = crop_centre(np.asarray(images, dtype=np.float32), crop)
-    n = cut.shape[0]
     aperture = circular_aperture(crop, NORM_APERTURE_PIX)
     flux = cut[:, :, aperture].sum(axis=(1, 2))
     scale = np.maximum(flux, NORM_FLOOR_NJY)
     normed = np.arcsinh(cut * (np.float32(aperture.sum()) / scale[:, None, None, None]))
+    return {"image": np.ascontiguousarray(normed.transpose(0, 2, 3, 1)),
+            "aux": aux_features(np.log10(scale), redshift)}
+
+
+def aux_features(log_flux: np.ndarray, redshift: np.ndarray | None = None) -> np.ndarray:
+    """The ``aux`` input ``(n, 3)`` float32 (:data:`AUX_FEATURES`): log10 flux [nJy], ``z - 7``
+    and a flag saying z is known (0 and 0 where ``redshift`` is NaN or None)."""
+    log_flux = np.asarray(log_flux, dtype=np.float64).reshape(-1)
+    n = log_flux.size
     z = np.full(n, np.nan) if redshift is None else np.asarray(redshift, dtype=np.float64).reshape(-1)
     if z.size != n:
         raise ValueError(f"got {z.size} redshifts for {n} images")
     known = np.isfinite(z)
-    aux = np.column_stack([np.log10(scale), np.where(known, z - REDSHIFT_CENTRE, 0.0), known])
-    return {"image": np.ascontiguousarray(normed.transpose(0, 2, 3, 1)), "aux": aux.astype(np.float32)}
+    return np.column_stack([log_flux, np.where(known, z - REDSHIFT_CENTRE, 0.0), known]).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from surveydust.bundle import save_bundle
 from surveydust.cluster import open_client, worker_resources
 from surveydust.config import TrainingConfig, load_training_config
 from surveydust.posterior import MIN_CALIBRATION_SAMPLES, calibrate, describe, log_offsets, to_network
-from surveydust.preprocess import Split, feature_stats, network_inputs, select_samples, split_by_galaxy
+from surveydust.preprocess import Split, aux_features, feature_stats, network_inputs, select_samples, split_by_galaxy
 from surveydust.provenance import VERSION
 from surveydust.stores.training import check_output_path, open_training_store, replace_atomically
 
@@ -256,10 +256,7 @@ class StoreBatches:
         if self.shuffle and self.z is not None:
             z[np.random.default_rng([self.cfg.seed, 5, self.epoch, i]).random(pos.size)
               < self.cfg.redshift_dropout] = np.nan
-        aux = network_inputs(np.zeros((pos.size, 1, self.cfg.crop, self.cfg.crop), np.float32),
-                             self.cfg.crop, z)["aux"]
-        aux[:, 0] = log_flux
-        return {"image": image, "aux": aux}, self.y[pos]
+        return {"image": image, "aux": aux_features(log_flux, z)}, self.y[pos]
 
 
 def store_batches(part: Part, cfg: TrainingConfig, mean: np.ndarray, std: np.ndarray,

@@ -279,25 +279,26 @@ def test_console_script_bad_input_is_one_line_error(tmp_path, images) -> None:
     assert not (tmp_path / "bad.zarr").exists()
 
 
-def test_a_galactic_wcs_is_refused(tmp_path: Path) -> None:
-    """GLON/GLAT axes would land in the catalogue's ra/dec columns: refused in one line."""
+def _njy_header(ctype1: str, ctype2: str) -> fits.Header:
+    """A 64 x 64 px, 0.03"/px TAN header with the given axis types, BUNIT nJy."""
     w = WCS(naxis=2)
-    w.wcs.ctype = ["GLON-TAN", "GLAT-TAN"]
+    w.wcs.ctype = [ctype1, ctype2]
     w.wcs.crval, w.wcs.crpix, w.wcs.cdelt = [10.0, 20.0], [32.0, 32.0], [-0.03 / 3600, 0.03 / 3600]
     h = w.to_header()
     h["BUNIT"] = "nJy"
-    fits.writeto(tmp_path / "gal.fits", np.ones((64, 64), np.float32), h)
+    return h
+
+
+def test_a_galactic_wcs_is_refused(tmp_path: Path) -> None:
+    """GLON/GLAT axes would land in the catalogue's ra/dec columns: refused in one line."""
+    fits.writeto(tmp_path / "gal.fits", np.ones((64, 64), np.float32), _njy_header("GLON-TAN", "GLAT-TAN"))
     with pytest.raises(ValueError, match="has a GLON/GLAT WCS; catalogues give ICRS ra/dec"):
         ingest_mosaic(tmp_path / "m.zarr", {"F277W": str(tmp_path / "gal.fits")}, progress=False)
     assert not (tmp_path / "m.zarr").exists()
 
 
 def test_an_all_nan_band_is_ingested_with_a_warning(tmp_path: Path, client, caplog) -> None:
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crval, w.wcs.crpix, w.wcs.cdelt = [10.0, 20.0], [32.0, 32.0], [-0.03 / 3600, 0.03 / 3600]
-    h = w.to_header()
-    h["BUNIT"] = "nJy"
+    h = _njy_header("RA---TAN", "DEC--TAN")
     fits.writeto(tmp_path / "good.fits", np.ones((64, 64), np.float32), h)
     fits.writeto(tmp_path / "empty.fits", np.full((64, 64), np.nan, np.float32), h)
     with caplog.at_level(logging.WARNING, logger="surveydust"):
