@@ -30,6 +30,7 @@ import numpy as np
 import xarray as xr
 
 from surveydust.backend import keras_module
+from surveydust.config import load_training_config
 from surveydust.posterior import LEVEL_NAMES, LEVELS, LOG_OFFSETS, percentiles
 from surveydust.preprocess import network_inputs
 from surveydust.provenance import sha256
@@ -147,6 +148,8 @@ class Predictor:
         self.loss: str = self.meta["loss"]
         self.uses_redshift: bool = bool(self.meta.get("uses_redshift", False))
         self.offsets: dict[str, float] = dict(self.meta.get("posterior", {}).get("offsets", LOG_OFFSETS))
+        train = load_training_config(**self.meta["training_config"])  # merged over today's defaults
+        self.snr_band, self.snr_min = train.snr_band, train.snr_min  # its training selection
         scaling = self.meta["target_scaling"]
         self._mean = np.array([scaling[t][0] for t in self.targets])
         self._std = np.array([scaling[t][1] for t in self.targets])

@@ -373,14 +373,15 @@ def _band_paths(pairs: tuple[str, ...], option: str) -> dict[str, Path]:
 @click.option("--wht", "wht_files", multiple=True, metavar="BAND=FITS",
               help="Separate weight (inverse-variance) image of a band; zero weight = no data (repeatable).")
 @click.option("--field", default=None, help="Field name recorded in the store [default: OUT without .zarr].")
-@click.option("--chunk", type=int, default=2048, show_default=True,
-              help="Zarr chunk edge [pixels]; chunks are 1 band x CHUNK x CHUNK.")
+@click.option("--chunk", type=int, default=None,
+              help="Zarr chunk edge [pixels]; chunks are 1 band x CHUNK x CHUNK [default: 512]. "
+                   "Catalogue tiles are whole chunks, about 2048 px.")
 @with_cluster_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing store (after the new one is complete).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_friendly_errors
 def ingest_mosaic_command(out: Path, band_files: tuple[str, ...], err_files: tuple[str, ...],
-                          wht_files: tuple[str, ...], field: str | None, chunk: int, cluster: str | None,
+                          wht_files: tuple[str, ...], field: str | None, chunk: int | None, cluster: str | None,
                           workers: int | None, jobs: int | None, overwrite: bool, quiet: bool) -> None:
     """Ingest FITS survey mosaics (one per band, one pixel grid) into a mosaic store OUT (Zarr).
 
@@ -443,7 +444,7 @@ def run_catalogue_command(store: Path | None, out: Path | None, models: tuple[Pa
                           jobs: int | None, overwrite: bool, quiet: bool) -> None:
     """Detect galaxies on a mosaic STORE (from ingest-mosaic) and predict their dust and sSFR.
 
-    Tiles (the store's chunks plus a halo) are Dask tasks: detection on the
+    Tiles (whole store chunks, about 2048 px, plus a halo) are Dask tasks: detection on the
     inverse-variance weighted long-wavelength bands, aperture photometry
     (nJy), 32x32 stamps, CNN predictions of A_V, E(B-V), R_V [mag] and
     log sSFR [log10 yr^-1] with uncertainties. Finished tiles are kept: an

@@ -75,6 +75,7 @@ def run_demo(directory: Path | str = "demo", *, out: Path | str | None = None, m
     out = Path(out) if out is not None else directory / "catalogue.zarr"
     store, truth = make_demo_field(directory, client=client, overwrite=overwrite, progress=progress)
     export_to = out.with_suffix(f".{export_format}") if export_format else None
+    catalogue_options.setdefault("tile_pix", DEMO_TILE_PIX)
     redshifts = catalogue_options.pop("redshifts", None) or truth  # injected z stand in for spectroscopy
     cat = run_catalogue(store, out, model=model, redshifts=redshifts, client=client, export_to=export_to,
                         overwrite=overwrite, progress=progress, **catalogue_options)

@@ -9,7 +9,6 @@ mosaic's 0-based (x, y) pixel-centre convention; fluxes in nJy.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +16,8 @@ import numpy as np
 from surveydust.config import CatalogueConfig
 from surveydust.instrument import circular_aperture
 
+FWHM_PER_SIGMA = 2.3548  # of a Gaussian
+SUB_OBJECT_LIMIT = 4096  # most components SEP follows while deblending one segment
 #: flag bits of the catalogue's ``flag`` variable
 FLAGS = {"edge": 1, "masked": 2, "low_snr": 4, "out_of_distribution": 8, "blended": 16, "no_redshift": 32}
 
@@ -50,64 +51,66 @@ def make_tiles(shape: tuple[int, int], size: int) -> list[Tile]:
 
 
 def detection_image(sci: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse-variance weighted sum of bands ``(band, y, x)`` as a per-pixel SNR image.
+    """Inverse-variance weighted sum of bands ``(band, y, x)`` as a per-pixel SNR image (float32).
 
     Returns the image and the mask of pixels with data in every band (NaN
-    science or non-positive/NaN error anywhere masks the pixel).
+    science or non-positive/NaN error anywhere masks the pixel); masked pixels are 0.
     """
-    valid = np.all(np.isfinite(sci) & np.isfinite(err) & (err > 0), axis=0)
-    ivar = np.where(valid, 1.0 / np.where(valid, err, 1.0) ** 2, 0.0)
-    num = np.where(valid, np.nan_to_num(sci), 0.0) * ivar
-    with np.errstate(invalid="ignore", divide="ignore"):
-        snr = np.where(valid, num.sum(axis=0) / np.sqrt(ivar.sum(axis=0)), 0.0)
-    return snr.astype(np.float32), valid
+    sci, err = np.asarray(sci, np.float32), np.asarray(err, np.float32)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        ivar = 1.0 / (err * err)
+        good = np.isfinite(sci) & (err > 0) & np.isfinite(ivar)
+        valid = good.all(axis=0)
+        ivar = np.where(good, ivar, np.float32(0))
+        num = (np.where(good, sci, np.float32(0)) * ivar).sum(axis=0)
+        snr = np.where(valid, num / np.sqrt(ivar.sum(axis=0)), np.float32(0))
+    return snr.astype(np.float32, copy=False), valid
 
 
 def detect(sci: np.ndarray, err: np.ndarray, cfg: CatalogueConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Detect sources on bands ``(band, y, x)``; return centroids x, y and a blended flag.
+    """Detect sources on bands ``(band, y, x)``; return centroids x, y [pixels] and a blended flag.
 
     The detection image (:func:`detection_image`) is smoothed with a Gaussian
-    of ``cfg.smooth_fwhm_pix``, thresholded at ``cfg.threshold`` with
-    ``cfg.npixels`` connected pixels, and optionally deblended. Masked pixels
-    are never part of a detection. Centroids are flux-weighted on the
-    unsmoothed detection image.
+    of ``cfg.smooth_fwhm_pix`` (masked pixels count as 0), thresholded at
+    ``cfg.threshold`` with ``cfg.npixels`` 8-connected pixels, and optionally
+    deblended by SExtractor's multi-thresholding (32 levels, ``cfg.deblend_contrast``)
+    with SEP. Masked pixels are never part of a detection. Centroids are
+    SNR-weighted on the unsmoothed detection image within each segment;
+    ``blended`` marks sources split off a larger segment.
     """
-    from astropy.convolution import Gaussian2DKernel, convolve
-    from photutils.segmentation import SourceCatalog, deblend_sources, detect_sources
-    from photutils.utils.exceptions import NoDetectionsWarning
+    import sep
+    from scipy import ndimage
 
     snr, valid = detection_image(sci, err)
     empty = np.zeros(0)
-    if not valid.any():  # a tile of NaN border (photutils refuses an all-True mask)
+    if not valid.any():  # a tile of NaN border
         return empty, empty, np.zeros(0, dtype=bool)
     smoothed = snr
     if cfg.smooth_fwhm_pix > 0:
-        kernel = Gaussian2DKernel(cfg.smooth_fwhm_pix / 2.3548)
-        smoothed = convolve(snr, kernel, mask=~valid, nan_treatment="fill", fill_value=0.0,
-                            preserve_nan=False, normalize_kernel=True)
-    with warnings.catch_warnings():  # an empty tile (e.g. all NaN) is not worth a warning
-        warnings.simplefilter("ignore", NoDetectionsWarning)
-        segm = detect_sources(smoothed, cfg.threshold, cfg.npixels, mask=~valid)
-    if segm is None:
-        return empty, empty, np.zeros(0, dtype=bool)
-    parents = segm.data.copy()
-    if cfg.deblend:
-        segm = deblend_sources(smoothed, segm, cfg.npixels, contrast=cfg.deblend_contrast, progress_bar=False)
-    cat = SourceCatalog(np.where(valid, snr, 0.0), segm, convolved_data=smoothed, mask=~valid)
-    x, y = np.asarray(cat.x_centroid, float), np.asarray(cat.y_centroid, float)
-    blended = _children_per_parent(parents, segm.data)[segm.labels]
+        smoothed = ndimage.gaussian_filter(snr, cfg.smooth_fwhm_pix / FWHM_PER_SIGMA, mode="constant", cval=0.0,
+                                           truncate=4.0)
+    sep.set_extract_pixstack(max(300_000, snr.size))  # a tile may be one big segment
+    sep.set_sub_object_limit(SUB_OBJECT_LIMIT)
+    objects, segments = sep.extract(np.ascontiguousarray(smoothed), cfg.threshold, mask=~valid,
+                                    minarea=cfg.npixels, filter_kernel=None, deblend_nthresh=32,
+                                    deblend_cont=cfg.deblend_contrast if cfg.deblend else 1.0, clean=False,
+                                    segmentation_map=True)
+    x, y = _centroids(snr, segments, len(objects))
+    blended = (objects["flag"] & sep.OBJ_MERGED) > 0
     good = np.isfinite(x) & np.isfinite(y)
     return x[good], y[good], blended[good]
 
 
-def _children_per_parent(parents: np.ndarray, children: np.ndarray) -> np.ndarray:
-    """For each child label: whether its parent segment was split into several children."""
-    on = children > 0
-    pairs = np.unique(np.stack([children[on], parents[on]]), axis=1)
-    n_children = np.bincount(pairs[1], minlength=parents.max() + 1)
-    out = np.zeros(children.max() + 1, dtype=bool)
-    out[pairs[0]] = n_children[pairs[1]] > 1
-    return out
+def _centroids(weight: np.ndarray, segments: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``weight``-weighted centroids (x, y) of segments 1..n of a segmentation map (positive weights only)."""
+    label = segments.ravel()
+    on = np.flatnonzero(label > 0)
+    w = np.maximum(weight.ravel()[on], 0).astype(np.float64)
+    yy, xx = np.divmod(on, weight.shape[1])
+    idx = label[on] - 1
+    total = np.bincount(idx, w, n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.bincount(idx, w * xx, n) / total, np.bincount(idx, w * yy, n) / total
 
 
 def stamp_origins(x: np.ndarray, y: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +128,7 @@ def cut_stamps(image: np.ndarray, x: np.ndarray, y: np.ndarray, size: int) -> np
 
     Vectorised (one fancy index); pixels outside the image are NaN.
     """
-    n_band, ny, nx = image.shape
+    _, ny, nx = image.shape
     padded = np.pad(image, ((0, 0), (size, size), (size, size)), constant_values=np.nan)
     x0, y0 = stamp_origins(x, y, size)
     rows = (y0 + size)[:, None] + np.arange(size)[None, :]

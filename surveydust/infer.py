@@ -25,7 +25,7 @@ import numpy as np
 from surveydust.bundle import Predictor, load_model, read_meta, richest_bundle
 from surveydust.catalogue import OutputLock, TileParts, assemble, export, write_catalogue
 from surveydust.cluster import open_client, worker_resources
-from surveydust.config import CatalogueConfig, load_catalogue_config, load_training_config
+from surveydust.config import CatalogueConfig, load_catalogue_config
 from surveydust.detect import FLAGS, Tile, aperture_photometry, cut_stamps, detect, make_tiles
 from surveydust.preprocess import ood_score
 from surveydust.provenance import VERSION
@@ -72,7 +72,7 @@ def run_catalogue(
 
     Returns the catalogue as an in-memory ``xarray.Dataset`` (dim ``source``).
     """
-    from surveydust.stores.mosaic import mosaic_wcs, open_mosaic
+    from surveydust.stores.mosaic import block_pix, mosaic_wcs, open_mosaic, store_chunk
 
     cfg = load_catalogue_config(config, **overrides)
     mosaic = open_mosaic(store)
@@ -85,7 +85,7 @@ def run_catalogue(
         raise ValueError("no sources: none of the given positions lies on the mosaic's data")
     z_table = redshift_table(redshifts) if redshifts is not None else None
     shape = (mosaic.sizes["y"], mosaic.sizes["x"])
-    tile_size = cfg.tile_pix or int(mosaic["sci"].encoding.get("chunks", (1, 2048, 2048))[-1])
+    tile_size = cfg.tile_pix or block_pix(store_chunk(mosaic))
     crop = max(int(m["crop"]) for m in metas)
     halo = max(cfg.halo_pix, crop // 2 + 1)
     tiles = make_tiles(shape, tile_size)
@@ -204,16 +204,13 @@ def catalogue_tile(store: str, tile: Tile, halo: int, bundles: list[str], cfg: C
     Models that take redshifts get each source's ``z`` (from ``positions``,
     else the nearest entry of ``z_table``); sources without one are predicted
     without (and flagged ``no_redshift`` in the catalogue)."""
-    from surveydust.stores.mosaic import mosaic_wcs, open_mosaic
+    from surveydust.stores.mosaic import mosaic_reader
 
-    mosaic = open_mosaic(store)
-    shape = (mosaic.sizes["y"], mosaic.sizes["x"])
+    mosaic = mosaic_reader(store)
+    shape = mosaic.shape
     y0, y1, x0, x1 = tile.with_halo(halo, shape)
-    box = {"y": slice(y0, y1), "x": slice(x0, x1)}
-    with dask.config.set(scheduler="synchronous"):  # read here, not through the cluster
-        sci = mosaic["sci"].isel(box).values.astype(np.float32)
-        err = mosaic["err"].isel(box).values.astype(np.float32)
-    bands = list(mosaic["band"].values)
+    sci, err = mosaic.read(y0, y1, x0, x1)
+    bands = list(mosaic.bands)
     columns: dict[str, np.ndarray] = {}
     if positions is None:
         det = [bands.index(b) for b in cfg.detection_bands]
@@ -230,11 +227,11 @@ def catalogue_tile(store: str, tile: Tile, halo: int, bundles: list[str], cfg: C
     size = max(p.crop for p in predictors)
     stamps = cut_stamps(sci, x - x0, y - y0, size)
     err_stamps = cut_stamps(err, x - x0, y - y0, size)
-    flux, flux_err = aperture_photometry(stamps, err_stamps, cfg.aperture_arcsec / _pixel_scale(mosaic))
+    flux, flux_err = aperture_photometry(stamps, err_stamps, cfg.aperture_arcsec / mosaic.pixel_scale_arcsec)
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.where(flux_err > 0, flux / flux_err, np.nan)
     flag = _geometry_flags(x, y, size, shape, stamps) | np.where(blended, FLAGS["blended"], 0)
-    ra, dec = mosaic_wcs(mosaic).all_pix2world(x, y, 0)
+    ra, dec = mosaic.wcs.all_pix2world(x, y, 0)
     columns.update(ra=ra, dec=dec, x=x, y=y, tile=np.full(x.size, tile.index), flux=flux, flux_err=flux_err,
                    snr=snr)
     z = columns["z"] if "z" in columns else np.full(x.size, np.nan)
@@ -245,10 +242,6 @@ def catalogue_tile(store: str, tile: Tile, halo: int, bundles: list[str], cfg: C
     columns["flag"] = (flag | model_flags).astype(np.uint16)
     columns["tile_index"] = np.array(tile.index)
     return columns
-
-
-def _pixel_scale(mosaic: Any) -> float:
-    return float(mosaic.attrs["pixel_scale_arcsec"])
 
 
 def _geometry_flags(x: np.ndarray, y: np.ndarray, size: int, shape: tuple[int, int],
@@ -276,9 +269,8 @@ def _predict_all(predictors: list[Predictor], stamps: np.ndarray, snr: np.ndarra
         ood = ood_score(images, p.crop, stats) if stats else np.full(len(images), np.nan)
         out.setdefault("ood", []).append(ood.astype(np.float32))
         flag |= np.where(ood > cfg.ood_sigma, FLAGS["out_of_distribution"], 0).astype(np.uint16)
-        train = load_training_config(**p.meta["training_config"])  # merged over today's defaults
-        if i == 0 and train.snr_band in bands:
-            low = ~(snr[:, bands.index(train.snr_band)] >= train.snr_min)
+        if i == 0 and p.snr_band in bands:
+            low = ~(snr[:, bands.index(p.snr_band)] >= p.snr_min)
             flag |= np.where(low, FLAGS["low_snr"], 0).astype(np.uint16)
     return {k: np.stack(v, axis=1) for k, v in out.items()}, flag
 

@@ -21,7 +21,6 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -198,12 +197,15 @@ def target_values(ds: Any, cfg: TrainingConfig) -> np.ndarray:
 
 
 class StoreBatches:
-    """Batches streamed from a training store, a Zarr chunk at a time (made a
-    ``keras.utils.PyDataset`` by :func:`store_batches`).
+    """Batches streamed from a training store (made a ``keras.utils.PyDataset`` by
+    :func:`store_batches`).
 
-    Every epoch visits the chunks in a new random order and the samples of each
-    chunk in a new random order; inputs are normalised per chunk, and a
-    ``redshift_dropout`` fraction of each batch is shown without its redshift.
+    Every epoch visits the chunks in a new random order, in windows of as many
+    chunks as ``shuffle_buffer_mb`` holds; the samples of a window are mixed
+    freely, so a batch holds many galaxies, not the copies of a few (a store
+    keeps each galaxy's views together). When the whole part fits one window it
+    is read once and kept. A ``redshift_dropout`` fraction of each batch is
+    shown without its redshift.
     """
 
     def __init__(self, part: Part, cfg: TrainingConfig, mean: np.ndarray, std: np.ndarray,
@@ -214,44 +216,61 @@ class StoreBatches:
         self.index = np.sort(np.asarray(part.index))
         self.y = ((target_values(ds.isel(sample=self.index), cfg) - mean) / std).astype(np.float32)
         self.z = ds["redshift"].values[self.index].astype(np.float64) if cfg.use_redshift else None
+        sample_bytes = 4 * len(cfg.bands) * cfg.crop ** 2
+        self.window = max(1, int(cfg.shuffle_buffer_mb * 2 ** 20 // (sample_bytes * self.chunk)))  # chunks
         self.cfg, self.shuffle, self.epoch = cfg, shuffle, 0
         self._lock = threading.Lock()
-        self._order = self._epoch_order()
+        self._loaded: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._order, self._window_of, self._windows = self._epoch_order()
 
     def __len__(self) -> int:
         return int(np.ceil(self.index.size / self.cfg.batch_size))
 
-    def _epoch_order(self) -> np.ndarray:
-        """Positions into ``self.index``: chunks shuffled, then samples within each chunk."""
-        if not self.shuffle:
-            return np.arange(self.index.size)
-        rng = np.random.default_rng([self.cfg.seed, 3, self.epoch])
+    def _epoch_order(self) -> tuple[np.ndarray, np.ndarray, list[tuple[int, ...]]]:
+        """Positions into ``self.index`` for this epoch, the window of each, and each window's chunks."""
         block = self.index // self.chunk
-        blocks = rng.permutation(np.unique(block))
-        return np.concatenate([rng.permutation(np.flatnonzero(block == b)) for b in blocks])
+        rng = np.random.default_rng([self.cfg.seed, 3, self.epoch])
+        blocks = rng.permutation(np.unique(block)) if self.shuffle else np.unique(block)
+        windows = [tuple(sorted(blocks[i:i + self.window].tolist())) for i in range(0, blocks.size, self.window)]
+        order = [np.flatnonzero(np.isin(block, w)) for w in windows]
+        if self.shuffle:
+            order = [rng.permutation(o) for o in order]
+        window_of = np.repeat(np.arange(len(windows)), [o.size for o in order])
+        return np.concatenate(order), window_of, windows
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
-        self._order = self._epoch_order()
+        self._order, self._window_of, self._windows = self._epoch_order()
 
-    @lru_cache(maxsize=4)  # noqa: B019 (one loader per fit; the cache dies with it)
-    def _block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised ``image`` and log flux of every sample of chunk ``b``."""
-        images = np.asarray(self.image[b * self.chunk:(b + 1) * self.chunk].compute(scheduler="synchronous"))
-        x = network_inputs(images, self.cfg.crop)
-        return x["image"], x["aux"][:, 0]
+    def _window_inputs(self, window: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Store indices, normalised ``image`` and log flux of every sample of ``window``'s chunks,
+        read once (reading a new window drops all but the last one read)."""
+        with self._lock:
+            if window not in self._loaded:
+                for old in list(self._loaded)[:-1]:
+                    del self._loaded[old]
+                sample = self.index[np.isin(self.index // self.chunk, window)]
+                image, flux = [], []
+                for b in window:
+                    rows = sample[sample // self.chunk == b] - b * self.chunk
+                    chunk = np.asarray(self.image[b * self.chunk:(b + 1) * self.chunk].compute(scheduler="synchronous"))
+                    x = network_inputs(chunk[rows], self.cfg.crop)
+                    image.append(x["image"])
+                    flux.append(x["aux"][:, 0])
+                self._loaded[window] = (sample, np.concatenate(image), np.concatenate(flux))
+            return self._loaded[window]
 
     def __getitem__(self, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        pos = np.sort(self._order[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size])
-        pos = pos[np.argsort(np.random.default_rng([self.cfg.seed, 4, self.epoch, i]).random(pos.size))]
+        span = slice(i * self.cfg.batch_size, (i + 1) * self.cfg.batch_size)
+        pos, window_of = self._order[span], self._window_of[span]
         sample = self.index[pos]
         image = np.empty((pos.size, self.cfg.crop, self.cfg.crop, len(self.cfg.bands)), np.float32)
         log_flux = np.empty(pos.size, np.float32)
-        for b in np.unique(sample // self.chunk):
-            with self._lock:
-                block_image, block_flux = self._block(int(b))
-            mine = sample // self.chunk == b
-            image[mine], log_flux[mine] = block_image[sample[mine] % self.chunk], block_flux[sample[mine] % self.chunk]
+        for w in np.unique(window_of):
+            stored, w_image, w_flux = self._window_inputs(self._windows[w])
+            mine = window_of == w
+            row = np.searchsorted(stored, sample[mine])
+            image[mine], log_flux[mine] = w_image[row], w_flux[row]
         z = np.full(pos.size, np.nan) if self.z is None else self.z[pos].copy()
         if self.shuffle and self.z is not None:
             z[np.random.default_rng([self.cfg.seed, 5, self.epoch, i]).random(pos.size)

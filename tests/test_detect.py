@@ -1,4 +1,4 @@
-"""Tiles, detection, stamps and photometry on small synthetic images (real photutils)."""
+"""Tiles, detection, stamps and photometry on small synthetic images (real SEP detection)."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def test_aperture_photometry_sums_flux_and_errors_in_quadrature() -> None:
 
 def test_a_tile_without_data_has_no_sources() -> None:
     """An all-NaN tile (the border of a rotated mosaic) or one with no valid error gives an
-    empty detection, not photutils' 'mask must not be True for every pixel'."""
+    empty detection, not an error."""
     cfg = load_catalogue_config()
     sci = np.full((3, 64, 64), np.nan)
     err = np.ones_like(sci)

@@ -22,7 +22,8 @@ from surveydust.demo import make_demo_field, match_truth
 from surveydust.infer import run_catalogue
 from surveydust.stores.mosaic import open_mosaic
 
-SIZE = 640  # 3 x 3 tiles of 256 px (the demo's chunks)
+SIZE = 640
+TILE = 256  # 3 x 3 tiles (the demo's), not the default of whole chunks near 2048 px
 DEMO_BANDS = ["F115W", "F150W", "F200W", "F277W", "F356W", "F444W"]
 # the default model on the six-band demo field: the shipped bundle with the most of its bands
 DEFAULT = richest_bundle(DEMO_BANDS)
@@ -39,7 +40,7 @@ def field(tmp_path_factory, client) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def reference(field, tmp_path_factory, client) -> xr.Dataset:
     out = tmp_path_factory.mktemp("ref") / "cat.zarr"
-    run_catalogue(field[0], out, client=client, progress=False)
+    run_catalogue(field[0], out, client=client, progress=False, tile_pix=TILE)
     return open_catalogue(out)
 
 
@@ -136,7 +137,7 @@ def test_sources_mode_counts_positions_off_the_mosaic(field, tmp_path: Path, cli
 
 def test_redshifts_table_fills_z_by_position(field, reference, tmp_path: Path, client) -> None:
     store, truth = field
-    cat = run_catalogue(store, client=client, redshifts=truth, progress=False)
+    cat = run_catalogue(store, client=client, redshifts=truth, progress=False, tile_pix=TILE)
     _same(cat[["x", "y", "flux"]], reference[["x", "y", "flux"]])  # the same sources
     table = Table.read(truth)
     has_z = np.isfinite(cat["z"].values)
@@ -221,7 +222,7 @@ def test_killed_worker_gives_the_same_catalogue(field, reference, tmp_path: Path
 
     with get_client("local", workers=2) as c:
         killer = kill_worker_running(c, "catalogue-tile-", delay_s=0.5)
-        run_catalogue(field[0], tmp_path / "cat.zarr", client=c, progress=False)
+        run_catalogue(field[0], tmp_path / "cat.zarr", client=c, progress=False, tile_pix=TILE)
         assert killer.result(timeout=60)
     _same(open_catalogue(tmp_path / "cat.zarr"), reference)
 
@@ -229,7 +230,7 @@ def test_killed_worker_gives_the_same_catalogue(field, reference, tmp_path: Path
 def test_interrupted_run_resumes_to_the_same_catalogue(field, reference, tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("surveydust")
     out = tmp_path / "cat.zarr"
-    args = [str(exe), "run-catalogue", str(field[0]), "--out", str(out), "--workers", "1"]
+    args = [str(exe), "run-catalogue", str(field[0]), "--out", str(out), "--workers", "1", "--set", f"tile_pix={TILE}"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     parts = tmp_path / ".cat.zarr.parts"
@@ -257,7 +258,7 @@ def test_one_and_three_band_models_run_in_one_pass(field, reference, tmp_path: P
     one_band = train(sims, tmp_path / "m1", client=client, progress=False, bands=["F277W"], max_epochs=1,
                      snr_min=0, calibration_fraction=0.3, model={"conv_filters": [8, 16], "dense_units": [16]})
     cat = run_catalogue(field[0], client=client, model=[one_band, reference.attrs["models"][0]["path"]],
-                        progress=False)
+                        progress=False, tile_pix=TILE)
     assert list(cat["model"].values) == ["F277W", DEFAULT_NAME]
     assert cat["A_V"].shape == cat["A_V_p975"].shape == (reference.sizes["source"], 2)
     np.testing.assert_array_equal(cat["A_V"].sel(model=DEFAULT_NAME).values,

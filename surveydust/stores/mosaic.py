@@ -5,7 +5,7 @@ Layout (DESIGN section 3; xarray Dataset in Zarr v3)::
     sci(band, y, x)   float32, flux per pixel [nJy]; NaN where there is no data
     err(band, y, x)   float32, 1-sigma error per pixel [nJy]; NaN where sci is NaN
     coord band        filter names ("F277W", ...), in wavelength order
-    Zarr chunks       (1, chunk, chunk), chunk = 2048 by default
+    Zarr chunks       (1, chunk, chunk), chunk = 512 by default
 
     attrs: store_kind="mosaic", store_id, complete, surveydust_version, field,
            wcs_header (celestial WCS of the common grid, FITS header string),
@@ -60,11 +60,12 @@ from surveydust.stores.training import (
     zarr_compressor,
 )
 
-__all__ = ["DEFAULT_CHUNK", "STORE_KIND", "ingest_mosaic", "mosaic_wcs", "open_mosaic"]
+__all__ = ["BLOCK_PIX", "DEFAULT_CHUNK", "STORE_KIND", "MosaicReader", "block_pix", "store_chunk", "ingest_mosaic", "mosaic_reader", "mosaic_wcs", "open_mosaic"]
 
 logger = logging.getLogger(__name__)
 STORE_KIND = "mosaic"
-DEFAULT_CHUNK = 2048
+DEFAULT_CHUNK = 512  # Zarr chunk edge [pixels]: small, so a tile's halo decompresses little beyond the tile
+BLOCK_PIX = 2048  # edge [pixels] of one ingest task's block and of a catalogue tile, rounded to whole chunks
 #: bands whose pixel->sky mappings differ by more than this [pixels] are refused
 GRID_TOLERANCE_PIX = 1e-3
 MIN_CHUNK = 16
@@ -115,7 +116,7 @@ def ingest_mosaic(
     bands: Mapping[str, Path | str | Mapping[str, Path | str | None]],
     *,
     field: str | None = None,
-    chunk: int = DEFAULT_CHUNK,
+    chunk: int | None = None,
     client: Any = None,
     cluster: str | None = None,
     workers: int | None = None,
@@ -141,7 +142,9 @@ def ingest_mosaic(
     field
         Field name recorded in the attrs [default: ``out``'s name without suffix].
     chunk
-        Zarr (and Dask) chunk edge [pixels]; chunks are ``(1, chunk, chunk)``.
+        Zarr chunk edge [pixels]; chunks are ``(1, chunk, chunk)`` [default:
+        ``DEFAULT_CHUNK``, 512]. Each Dask task reads and writes a block of
+        :func:`block_pix` pixels (whole chunks, about ``BLOCK_PIX``).
     client, cluster, workers
         Dask client to run on, or the cluster profile and worker count of a
         new one (closed afterwards).
@@ -166,6 +169,7 @@ def ingest_mosaic(
     ValueError for unknown bands, missing ``SCI``, unsupported units, bands on
     different pixel grids and other unusable input.
     """
+    chunk = DEFAULT_CHUNK if chunk is None else chunk
     if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < MIN_CHUNK:
         raise ValueError(f"chunk must be an integer >= {MIN_CHUNK} pixels, got {chunk!r}")
     chunk = int(chunk)
@@ -201,6 +205,17 @@ def ingest_mosaic(
     return written
 
 
+def block_pix(chunk: int) -> int:
+    """The multiple of ``chunk`` nearest :data:`BLOCK_PIX` (at least one chunk) [pixels]: the
+    edge of an ingest task's block and the default catalogue tile of a store chunked so."""
+    return max(chunk, round(BLOCK_PIX / chunk) * chunk)
+
+
+def store_chunk(ds: xr.Dataset) -> int:
+    """The Zarr chunk edge [pixels] of an open mosaic store."""
+    return int(ds["sci"].encoding.get("chunks", (1, DEFAULT_CHUNK, DEFAULT_CHUNK))[-1])
+
+
 def open_mosaic(path: Path | str) -> xr.Dataset:
     """Open a complete mosaic store lazily (dask-backed, one dask chunk per Zarr chunk)."""
     ds = open_complete_store(path, STORE_KIND, "mosaic store", chunks={})
@@ -216,6 +231,54 @@ def mosaic_wcs(ds: xr.Dataset) -> WCS:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         return WCS(header)
+
+
+@dataclass(frozen=True)
+class MosaicReader:
+    """A complete mosaic store opened for reading pixel boxes straight from Zarr (no
+    xarray or Dask layer per read): what a tile task needs, parsed once."""
+
+    path: str
+    store_id: str
+    bands: tuple[str, ...]
+    shape: tuple[int, int]
+    pixel_scale_arcsec: float
+    wcs: WCS
+    sci: Any
+    err: Any
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
+        """``sci`` and ``err`` ``(band, y, x)`` [nJy per pixel, float32] of the box ``[y0, y1) x [x0, x1)``."""
+        return (np.asarray(self.sci[:, y0:y1, x0:x1], dtype=np.float32),
+                np.asarray(self.err[:, y0:y1, x0:x1], dtype=np.float32))
+
+
+_READERS: dict[str, MosaicReader] = {}
+
+
+def mosaic_reader(path: Path | str) -> MosaicReader:
+    """The mosaic store at ``path`` as a :class:`MosaicReader`, opened once per process
+    (opened again when the store at ``path`` was replaced: a new ``store_id``)."""
+    key = str(Path(path).resolve())
+    cached = _READERS.get(key)
+    if cached is not None and _store_id(key) == cached.store_id:
+        return cached
+    ds = open_mosaic(path)  # kind, completeness and variables checked once
+    group = zarr.open_group(key, mode="r")
+    reader = MosaicReader(path=key, store_id=str(ds.attrs.get("store_id", "")),
+                          bands=tuple(str(b) for b in ds["band"].values), shape=(ds.sizes["y"], ds.sizes["x"]),
+                          pixel_scale_arcsec=float(ds.attrs["pixel_scale_arcsec"]), wcs=mosaic_wcs(ds),
+                          sci=group["sci"], err=group["err"])
+    _READERS[key] = reader
+    return reader
+
+
+def _store_id(path: str) -> str | None:
+    """The ``store_id`` of the Zarr group at ``path``; None when it is not one (the full open says why)."""
+    try:
+        return zarr.open_group(path, mode="r").attrs.get("store_id")
+    except Exception:  # noqa: BLE001 (zarr raises several types for non-stores)
+        return None
 
 
 # --------------------------------------------------------------------------- input checks
@@ -584,7 +647,8 @@ def read_block(planes: tuple[Plane, Plane | None, Plane | None], ys: slice, xs: 
 
 def _build_dataset(sources: Sequence[BandSource], chunk: int) -> xr.Dataset:
     reader = _BlockReader(sources)
-    pair = da.from_array(reader, chunks=(2, 1, chunk, chunk), meta=np.empty((0, 0, 0, 0), np.float32),
+    block = block_pix(chunk)
+    pair = da.from_array(reader, chunks=(2, 1, block, block), meta=np.empty((0, 0, 0, 0), np.float32),
                          name=f"read-mosaic-{tokenize(reader, chunk)}")
     dims = ("band", "y", "x")
     ds = xr.Dataset(
