@@ -70,28 +70,38 @@ def detection_image(sci: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.nd
 def detect(sci: np.ndarray, err: np.ndarray, cfg: CatalogueConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Detect sources on bands ``(band, y, x)``; return centroids x, y [pixels] and a blended flag.
 
-    The detection image (:func:`detection_image`) is smoothed with a Gaussian
-    of ``cfg.smooth_fwhm_pix`` (masked pixels count as 0), thresholded at
-    ``cfg.threshold`` with ``cfg.npixels`` 8-connected pixels, and optionally
-    deblended by SExtractor's multi-thresholding (32 levels, ``cfg.deblend_contrast``)
-    with SEP. Masked pixels are never part of a detection. Centroids are
-    SNR-weighted on the unsmoothed detection image within each segment;
-    ``blended`` marks sources split off a larger segment.
+    The detection image (:func:`detection_image`) is smoothed (:func:`smooth`)
+    and its sources found (:func:`find_sources`). Masked pixels are never part
+    of a detection; a tile without data has no sources.
     """
-    import sep
+    snr, valid = detection_image(sci, err)
+    if not valid.any():  # a tile of NaN border
+        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool)
+    return find_sources(smooth(snr, cfg.smooth_fwhm_pix), snr, valid, cfg)
+
+
+def smooth(image: np.ndarray, fwhm_pix: float) -> np.ndarray:
+    """``image`` convolved with a normalised Gaussian of ``fwhm_pix`` [pixels] (separable,
+    out to 4 sigma; zero beyond the edges); ``fwhm_pix`` <= 0 returns ``image``."""
     from scipy import ndimage
 
-    snr, valid = detection_image(sci, err)
-    empty = np.zeros(0)
-    if not valid.any():  # a tile of NaN border
-        return empty, empty, np.zeros(0, dtype=bool)
-    smoothed = snr
-    if cfg.smooth_fwhm_pix > 0:
-        smoothed = ndimage.gaussian_filter(snr, cfg.smooth_fwhm_pix / FWHM_PER_SIGMA, mode="constant", cval=0.0,
-                                           truncate=4.0)
+    if fwhm_pix <= 0:
+        return image
+    return ndimage.gaussian_filter(image, fwhm_pix / FWHM_PER_SIGMA, mode="constant", cval=0.0, truncate=4.0)
+
+
+def find_sources(smoothed: np.ndarray, snr: np.ndarray, valid: np.ndarray,
+                 cfg: CatalogueConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sources of a smoothed detection image: ``cfg.npixels`` 8-connected pixels above
+    ``cfg.threshold`` (outside the mask ``~valid``), optionally deblended by SExtractor's
+    multi-thresholding (32 levels, ``cfg.deblend_contrast``) with SEP. Centroids x, y
+    [pixels] are ``snr``-weighted within each segment; ``blended`` marks sources split
+    off a larger segment."""
+    import sep
+
     sep.set_extract_pixstack(max(300_000, snr.size))  # a tile may be one big segment
     sep.set_sub_object_limit(SUB_OBJECT_LIMIT)
-    objects, segments = sep.extract(np.ascontiguousarray(smoothed), cfg.threshold, mask=~valid,
+    objects, segments = sep.extract(np.ascontiguousarray(smoothed, dtype=np.float32), cfg.threshold, mask=~valid,
                                     minarea=cfg.npixels, filter_kernel=None, deblend_nthresh=32,
                                     deblend_cont=cfg.deblend_contrast if cfg.deblend else 1.0, clean=False,
                                     segmentation_map=True)
@@ -151,5 +161,5 @@ def aperture_photometry(stamps: np.ndarray, errors: np.ndarray, radius_pix: floa
     return flux, err
 
 
-__all__ = ["FLAGS", "Tile", "aperture_photometry", "cut_stamps", "detect", "detection_image", "make_tiles",
-           "stamp_origins"]
+__all__ = ["FLAGS", "Tile", "aperture_photometry", "cut_stamps", "detect", "detection_image", "find_sources",
+           "make_tiles", "smooth", "stamp_origins"]

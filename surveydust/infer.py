@@ -1,12 +1,15 @@
 """Bulk inference on a mosaic store: tiled detection (or given positions), stamps, CNN predictions.
 
 One Dask task per tile (``catalogue-tile-<run>-<n>`` on the dashboard) reads
-the tile plus a halo from the mosaic store on the worker, finds its sources
-(detection, or the ``--sources`` positions that fall in its core), measures
-aperture photometry, cuts all stamps with one vectorised index and predicts
-with every model. Each worker loads a model bundle once and keeps it for all
-its tiles. When workers advertise a ``GPU`` resource, tile tasks ask for one,
-so predictions run on the GPU workers.
+the tile plus a halo from the mosaic store on the worker (straight from Zarr,
+the store opened once per worker process), finds its sources (detection, or
+the ``--sources`` positions that fall in its core), measures aperture
+photometry, cuts all stamps with one vectorised index and predicts with every
+model (:func:`measure_tile`, then :func:`predict_tile`). Each worker loads a
+model bundle once and keeps it for all its tiles. When workers advertise a
+``GPU`` resource, the two steps are separate tasks (``measure-tile-...`` on any
+worker, ``catalogue-tile-...`` asking for a GPU), so only the predictions wait
+for a GPU worker.
 """
 
 from __future__ import annotations
@@ -105,8 +108,8 @@ def run_catalogue(
         logger.info("%d tiles of %d x %d pixels (%d done before), halo %d px, models: %s", len(tiles),
                     tile_size, tile_size, len(tiles) - len(todo), halo, ", ".join(_name(m) for m in metas))
         with open_client(client, profile=cluster, workers=workers) as c:
-            _run_tiles(c, todo, parts, str(store), halo, [str(p) for p in bundles], cfg, positions, z_table,
-                       token, progress)
+            _run_tiles(c, todo, parts, str(store), halo, crop, [str(p) for p in bundles], cfg, positions,
+                       z_table, token, progress)
         columns = parts.load_all()
         if not len(columns.get("x", ())):
             logger.warning("no sources detected: the catalogue is empty")
@@ -154,8 +157,8 @@ def _check_bands(mosaic: Any, metas: list[dict[str, Any]], cfg: CatalogueConfig,
                          "they are needed by the model(s) or the detection image")
 
 
-def _run_tiles(client: Any, todo: list[Tile], parts: TileParts, store: str, halo: int, bundles: list[str],
-               cfg: CatalogueConfig, positions: dict[str, np.ndarray] | None,
+def _run_tiles(client: Any, todo: list[Tile], parts: TileParts, store: str, halo: int, size: int,
+               bundles: list[str], cfg: CatalogueConfig, positions: dict[str, np.ndarray] | None,
                z_table: dict[str, np.ndarray] | None, token: str, progress: bool) -> None:
     from distributed import as_completed
 
@@ -170,9 +173,15 @@ def _run_tiles(client: Any, todo: list[Tile], parts: TileParts, store: str, halo
             if not own.any():
                 continue  # no given position here: the tile is not even read
             mine = {k: v[own] for k, v in positions.items()}
-        futures.append(client.submit(catalogue_tile, store, tile, halo, bundles, cfg, mine, z_table,
-                                     key=f"catalogue-tile-{token[:8]}-{tile.index}", pure=False,
-                                     resources={"GPU": 1} if gpu else None))
+        key = f"catalogue-tile-{token[:8]}-{tile.index}"
+        if gpu:  # detection on any worker's CPU, then only the prediction asks for a GPU
+            measured = client.submit(measure_tile, store, tile, halo, size, cfg, mine, z_table,
+                                     key=f"measure-tile-{token[:8]}-{tile.index}", pure=False)
+            futures.append(client.submit(predict_tile, measured, bundles, cfg, key=key, pure=False,
+                                         resources={"GPU": 1}))
+        else:  # one task: the stamps never leave the worker
+            futures.append(client.submit(catalogue_tile, store, tile, halo, bundles, cfg, mine, z_table,
+                                         key=key, pure=False))
     if not futures:
         return
     start, n_sources = time.perf_counter(), 0
@@ -199,16 +208,25 @@ def _predictor(path: str) -> Predictor:
 def catalogue_tile(store: str, tile: Tile, halo: int, bundles: list[str], cfg: CatalogueConfig,
                    positions: dict[str, np.ndarray] | None,
                    z_table: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Sources, photometry and predictions of one tile (a Dask task on a worker).
+    """Sources, photometry and predictions of one tile (a Dask task on a CPU worker):
+    :func:`measure_tile` then :func:`predict_tile`."""
+    size = max(p.crop for p in map(_predictor, bundles))
+    return predict_tile(measure_tile(store, tile, halo, size, cfg, positions, z_table), bundles, cfg)
 
-    Models that take redshifts get each source's ``z`` (from ``positions``,
-    else the nearest entry of ``z_table``); sources without one are predicted
-    without (and flagged ``no_redshift`` in the catalogue)."""
+
+def measure_tile(store: str, tile: Tile, halo: int, size: int, cfg: CatalogueConfig,
+                 positions: dict[str, np.ndarray] | None,
+                 z_table: dict[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Sources of one tile (detected, or the given ``positions`` in its core), their
+    aperture photometry [nJy], geometry flags, sky positions and redshifts, and their
+    ``size`` x ``size`` stamps ``(source, band, y, x)`` [nJy]; pure CPU work.
+
+    A source's ``z`` comes from ``positions``, else the nearest entry of ``z_table``
+    (NaN where neither has one)."""
     from surveydust.stores.mosaic import mosaic_reader
 
     mosaic = mosaic_reader(store)
-    shape = mosaic.shape
-    y0, y1, x0, x1 = tile.with_halo(halo, shape)
+    y0, y1, x0, x1 = tile.with_halo(halo, mosaic.shape)
     sci, err = mosaic.read(y0, y1, x0, x1)
     bands = list(mosaic.bands)
     columns: dict[str, np.ndarray] = {}
@@ -223,24 +241,32 @@ def catalogue_tile(store: str, tile: Tile, halo: int, bundles: list[str], cfg: C
         blended = np.zeros(x.size, dtype=bool)
         columns.update({k: v for k, v in positions.items() if k in ("input_id", "z", "beta_input",
                                                                       "beta_input_err")})
-    predictors = [_predictor(p) for p in bundles]
-    size = max(p.crop for p in predictors)
     stamps = cut_stamps(sci, x - x0, y - y0, size)
     err_stamps = cut_stamps(err, x - x0, y - y0, size)
     flux, flux_err = aperture_photometry(stamps, err_stamps, cfg.aperture_arcsec / mosaic.pixel_scale_arcsec)
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.where(flux_err > 0, flux / flux_err, np.nan)
-    flag = _geometry_flags(x, y, size, shape, stamps) | np.where(blended, FLAGS["blended"], 0)
+    flag = _geometry_flags(x, y, size, mosaic.shape, stamps) | np.where(blended, FLAGS["blended"], 0)
     ra, dec = mosaic.wcs.all_pix2world(x, y, 0)
-    columns.update(ra=ra, dec=dec, x=x, y=y, tile=np.full(x.size, tile.index), flux=flux, flux_err=flux_err,
-                   snr=snr)
     z = columns["z"] if "z" in columns else np.full(x.size, np.nan)
     if z_table is not None:
         z = np.where(np.isfinite(z), z, match_redshifts(ra, dec, z_table, cfg.redshift_match_arcsec)["z"])
-    preds, model_flags = _predict_all(predictors, stamps, snr, bands, cfg, z)
+    columns.update(ra=ra, dec=dec, x=x, y=y, tile=np.full(x.size, tile.index), flux=flux, flux_err=flux_err,
+                   snr=snr, flag=flag.astype(np.uint16), tile_index=np.array(tile.index),
+                   band=np.array(bands), model_z=z)
+    return columns, stamps
+
+
+def predict_tile(measured: tuple[dict[str, np.ndarray], np.ndarray], bundles: list[str],
+                 cfg: CatalogueConfig) -> dict[str, np.ndarray]:
+    """A tile's columns (from :func:`measure_tile`: ``(columns, stamps)``) with every model's
+    predictions ``(source, model)`` and flags added; a Dask task of its own on GPU workers
+    (each worker process loads a model once and keeps it)."""
+    columns, stamps = dict(measured[0]), measured[1]
+    bands, z = list(columns.pop("band")), columns.pop("model_z")
+    preds, model_flags = _predict_all([_predictor(p) for p in bundles], stamps, columns["snr"], bands, cfg, z)
     columns.update(preds)
-    columns["flag"] = (flag | model_flags).astype(np.uint16)
-    columns["tile_index"] = np.array(tile.index)
+    columns["flag"] = (columns["flag"] | model_flags).astype(np.uint16)
     return columns
 
 
@@ -349,4 +375,4 @@ def _log_summary(ds: Any) -> None:
     logger.info("catalogue: %d sources (flags: %s)", ds.sizes["source"], counts)
 
 
-__all__ = ["add_redshifts", "add_uv_slopes", "catalogue_tile", "run_catalogue"]
+__all__ = ["add_redshifts", "add_uv_slopes", "catalogue_tile", "measure_tile", "predict_tile", "run_catalogue"]

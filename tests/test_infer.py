@@ -227,6 +227,19 @@ def test_killed_worker_gives_the_same_catalogue(field, reference, tmp_path: Path
     _same(open_catalogue(tmp_path / "cat.zarr"), reference)
 
 
+def test_gpu_workers_predict_in_their_own_tasks_with_the_same_catalogue(field, reference, tmp_path: Path) -> None:
+    """Workers advertising the GPU resource (here CPU workers with the label, as on a node
+    whose devices Dask counts): detection runs as measure-tile tasks, only the predictions
+    ask for a GPU, and the catalogue is the same."""
+    from surveydust.cluster import get_client
+
+    with get_client("local", workers=2, resources={"GPU": 1}) as c:
+        run_catalogue(field[0], tmp_path / "cat.zarr", client=c, progress=False, tile_pix=TILE)
+        keys = {str(t["key"]).rsplit("-", 1)[0].rsplit("-", 1)[0] for t in c.get_task_stream()}
+    assert {"measure-tile", "catalogue-tile"} <= keys, keys
+    _same(open_catalogue(tmp_path / "cat.zarr"), reference)
+
+
 def test_interrupted_run_resumes_to_the_same_catalogue(field, reference, tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("surveydust")
     out = tmp_path / "cat.zarr"
