@@ -25,7 +25,7 @@ from surveydust.provenance import VERSION as __version__
 #: public name -> module that defines it (imported on first use, so ``import surveydust``
 #: and ``surveydust --help`` stay fast)
 _API = {
-    "load_model": "surveydust.bundle", "open_catalogue": "surveydust.catalogue",
+    "load_model": "surveydust.bundle", "open_catalogue": "surveydust.stores.catalogue",
     "get_client": "surveydust.cluster", "run_catalogue": "surveydust.infer",
     "simulate": "surveydust.simulate", "ingest_mosaic": "surveydust.stores.mosaic",
     "open_mosaic": "surveydust.stores.mosaic", "ingest_skirt": "surveydust.stores.skirt",

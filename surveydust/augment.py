@@ -48,7 +48,8 @@ import xarray as xr
 
 from surveydust.cluster import open_client, run_with_progress
 from surveydust.config import AugmentConfig
-from surveydust.stores.training import check_output_path, open_training_store, write_training_store
+from surveydust.stores.base import check_output_path
+from surveydust.stores.training import open_training_store, write_training_store
 
 __all__ = [
     "HOG_CELL",

@@ -69,13 +69,13 @@ from surveydust.backend import verbose
 
 __all__ = [
     "KINDS",
-    "visible_gpus",
     "ClusterClient",
     "get_client",
     "make_cluster",
     "open_client",
     "profile_settings",
     "run_with_progress",
+    "visible_gpus",
     "worker_resources",
 ]
 

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from surveydust.detect import FLAGS
 from surveydust.sources import TRUTH_MATCH_ARCSEC, nearest
+from surveydust.stores.catalogue import FLAGS
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def compare(catalogue: Path | str | xr.Dataset, out: Path | str, truth: Path | s
     """
     from astropy.table import Table
 
-    from surveydust.catalogue import open_catalogue
+    from surveydust.stores.catalogue import open_catalogue
 
     cat = catalogue if isinstance(catalogue, xr.Dataset) else open_catalogue(catalogue)
     out = Path(out)

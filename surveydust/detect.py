@@ -18,8 +18,6 @@ from surveydust.instrument import circular_aperture
 
 FWHM_PER_SIGMA = 2.3548  # of a Gaussian
 SUB_OBJECT_LIMIT = 4096  # most components SEP follows while deblending one segment
-#: flag bits of the catalogue's ``flag`` variable
-FLAGS = {"edge": 1, "masked": 2, "low_snr": 4, "out_of_distribution": 8, "blended": 16, "no_redshift": 32}
 
 
 @dataclass(frozen=True)
@@ -161,5 +159,5 @@ def aperture_photometry(stamps: np.ndarray, errors: np.ndarray, radius_pix: floa
     return flux, err
 
 
-__all__ = ["FLAGS", "Tile", "aperture_photometry", "cut_stamps", "detect", "detection_image", "find_sources",
+__all__ = ["Tile", "aperture_photometry", "cut_stamps", "detect", "detection_image", "find_sources",
            "make_tiles", "smooth", "stamp_origins"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,14 @@ import dask.base
 import numpy as np
 
 from surveydust.bundle import Predictor, load_model, read_meta, richest_bundle
-from surveydust.catalogue import OutputLock, TileParts, assemble, export, write_catalogue
 from surveydust.cluster import open_client, worker_resources
 from surveydust.config import CatalogueConfig, load_catalogue_config
-from surveydust.detect import FLAGS, Tile, aperture_photometry, cut_stamps, detect, make_tiles
+from surveydust.detect import Tile, aperture_photometry, cut_stamps, detect, make_tiles
 from surveydust.preprocess import ood_score
 from surveydust.provenance import VERSION
+from surveydust.runs import ResumableRun
 from surveydust.sources import match_redshifts, redshift_table, source_positions
+from surveydust.stores.catalogue import FLAGS, assemble, export, write_catalogue
 from surveydust.uvslope import meurer_av, uv_slopes
 
 logger = logging.getLogger(__name__)
@@ -97,20 +97,19 @@ def run_catalogue(
                                None if z_table is None else {k: v.tolist() for k, v in z_table.items()})
     out_path = Path(out) if out is not None else None
     if out_path is not None:
-        from surveydust.stores.training import check_output_path
+        from surveydust.stores.base import check_output_path
 
         check_output_path(out_path, overwrite, "catalogue")
-    scratch = None if out_path is not None else tempfile.TemporaryDirectory(prefix="surveydust-catalogue-")
-    target = out_path or Path(scratch.name) / "catalogue.zarr"
-    with OutputLock(target):
-        parts = TileParts(target, token)
-        todo = [t for t in tiles if t.index not in parts.done()]
+    with ResumableRun(out_path, token, scratch_prefix="surveydust-catalogue-") as run:
+        todo = [t for t in tiles if t.index not in run.done]
         logger.info("%d tiles of %d x %d pixels (%d done before), halo %d px, models: %s", len(tiles),
                     tile_size, tile_size, len(tiles) - len(todo), halo, ", ".join(_name(m) for m in metas))
-        with open_client(client, profile=cluster, workers=workers) as c:
-            _run_tiles(c, todo, parts, str(store), halo, crop, [str(p) for p in bundles], cfg, positions,
-                       z_table, token, progress)
-        columns = parts.load_all()
+        if todo:
+            with open_client(client, profile=cluster, workers=workers) as c:
+                futures = _submit_tiles(c, todo, str(store), halo, crop, [str(p) for p in bundles], cfg, positions,
+                                        z_table, token)
+                run.collect(futures, _tile_progress() if progress else None)
+        columns = run.results()
         if not len(columns.get("x", ())):
             logger.warning("no sources detected: the catalogue is empty")
         ds = assemble(columns, list(mosaic["band"].values), [_name(m) for m in metas],
@@ -121,11 +120,8 @@ def run_catalogue(
         _log_summary(ds)
         if out_path is not None:
             write_catalogue(ds, out_path, overwrite=overwrite)
-        parts.remove()
         if export_to is not None:
             export(ds, export_to, overwrite=overwrite)
-    if scratch is not None:
-        scratch.cleanup()
     return ds
 
 
@@ -157,15 +153,13 @@ def _check_bands(mosaic: Any, metas: list[dict[str, Any]], cfg: CatalogueConfig,
                          "they are needed by the model(s) or the detection image")
 
 
-def _run_tiles(client: Any, todo: list[Tile], parts: TileParts, store: str, halo: int, size: int,
-               bundles: list[str], cfg: CatalogueConfig, positions: dict[str, np.ndarray] | None,
-               z_table: dict[str, np.ndarray] | None, token: str, progress: bool) -> None:
-    from distributed import as_completed
-
-    if not todo:
-        return
+def _submit_tiles(client: Any, todo: list[Tile], store: str, halo: int, size: int, bundles: list[str],
+                  cfg: CatalogueConfig, positions: dict[str, np.ndarray] | None,
+                  z_table: dict[str, np.ndarray] | None, token: str) -> dict[int, Any]:
+    """One future per tile to do (tile index -> future of its columns); with ``positions``,
+    tiles holding none of them are skipped."""
     gpu = any("GPU" in r for r in worker_resources(client).values())
-    futures = []
+    futures = {}
     for tile in todo:
         mine = None
         if positions is not None:
@@ -177,22 +171,22 @@ def _run_tiles(client: Any, todo: list[Tile], parts: TileParts, store: str, halo
         if gpu:  # detection on any worker's CPU, then only the prediction asks for a GPU
             measured = client.submit(measure_tile, store, tile, halo, size, cfg, mine, z_table,
                                      key=f"measure-tile-{token[:8]}-{tile.index}", pure=False)
-            futures.append(client.submit(predict_tile, measured, bundles, cfg, key=key, pure=False,
-                                         resources={"GPU": 1}))
+            futures[tile.index] = client.submit(predict_tile, measured, bundles, cfg, key=key, pure=False,
+                                                resources={"GPU": 1})
         else:  # one task: the stamps never leave the worker
-            futures.append(client.submit(catalogue_tile, store, tile, halo, bundles, cfg, mine, z_table,
-                                         key=key, pure=False))
-    if not futures:
-        return
-    start, n_sources = time.perf_counter(), 0
-    for i, future in enumerate(as_completed(futures), 1):
-        columns = future.result()
-        index = int(columns.pop("tile_index"))
-        parts.save(index, columns)
-        n_sources += len(columns["x"])
-        if progress:
-            logger.info("tile %d/%d done: %d sources so far (%.0f s)", i, len(futures), n_sources,
-                        time.perf_counter() - start)
+            futures[tile.index] = client.submit(catalogue_tile, store, tile, halo, bundles, cfg, mine, z_table,
+                                                key=key, pure=False)
+    return futures
+
+
+def _tile_progress() -> Any:
+    """``describe`` for :meth:`ResumableRun.collect`: tiles done, sources so far, seconds."""
+    start, sources = time.perf_counter(), [0]
+
+    def describe(n: int, total: int, columns: dict[str, np.ndarray]) -> str:
+        sources[0] += len(columns["x"])
+        return f"tile {n}/{total} done: {sources[0]} sources so far ({time.perf_counter() - start:.0f} s)"
+    return describe
 
 
 _PREDICTORS: dict[str, Predictor] = {}
@@ -252,8 +246,7 @@ def measure_tile(store: str, tile: Tile, halo: int, size: int, cfg: CatalogueCon
     if z_table is not None:
         z = np.where(np.isfinite(z), z, match_redshifts(ra, dec, z_table, cfg.redshift_match_arcsec)["z"])
     columns.update(ra=ra, dec=dec, x=x, y=y, tile=np.full(x.size, tile.index), flux=flux, flux_err=flux_err,
-                   snr=snr, flag=flag.astype(np.uint16), tile_index=np.array(tile.index),
-                   band=np.array(bands), model_z=z)
+                   snr=snr, flag=flag.astype(np.uint16), band=np.array(bands), model_z=z)
     return columns, stamps
 
 

@@ -69,11 +69,11 @@ import dask.base
 import numpy as np
 import xarray as xr
 
-from surveydust.catalogue import OutputLock, TileParts, open_catalogue, write_catalogue
 from surveydust.cluster import open_client
-from surveydust.detect import FLAGS
 from surveydust.instrument import NIRCAM_BANDS, bandpass
 from surveydust.provenance import VERSION
+from surveydust.runs import ResumableRun
+from surveydust.stores.catalogue import FLAGS, open_catalogue, write_catalogue
 
 logger = logging.getLogger(__name__)
 
@@ -320,7 +320,7 @@ def fit_sed(
         cat = open_catalogue(source_path)
     out_path = Path(out) if out is not None else source_path
     if out is not None:
-        from surveydust.stores.training import check_output_path
+        from surveydust.stores.base import check_output_path
 
         check_output_path(out_path, overwrite, "catalogue")
     curves = filter_curves([str(b) for b in cat["band"].values])
@@ -334,27 +334,23 @@ def fit_sed(
         _check_same_settings(cat.attrs.get("sed_fit", {}), settings)
     jobs = _jobs(cat, curves, _selection(cat, sources), default_redshift, max_z, overwrite)
     token = dask.base.tokenize(settings, [(j["index"], j["flux"], j["err"], j["redshift"]) for j in jobs])
-    scratch = tempfile.TemporaryDirectory(prefix="surveydust-sedfit-") if out_path is None else None
-    target = Path(f"{out_path or Path(scratch.name) / 'catalogue.zarr'}-sed")
-    with OutputLock(out_path or target):
-        parts = TileParts(target, token)
-        done = parts.done()
-        todo = [j for j in jobs if j["index"] not in done]
+    with ResumableRun(out_path, token, scratch_prefix="surveydust-sedfit-", parts_suffix="-sed") as run:
+        todo = [j for j in jobs if j["index"] not in run.done]
         logger.info("SED fits of %d sources (%d done before) in %d bands (%s), n_live %d, %s A_V prior",
                     len(jobs), len(jobs) - len(todo), len(curves), ", ".join(curves), n_live, av_prior)
         if todo:
             with open_client(client, profile=cluster, workers=workers) as c:
-                _run_fits(c, todo, list(curves.values()), {"n_live": n_live, "av_prior": av_prior}, token, parts,
-                          progress)
-        ds = _merge(cat, parts.load_all(), {**settings, "bagpipes_version": _version("bagpipes"),
-                                            "surveydust_version": VERSION,
-                                            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+                [shared] = c.scatter([list(curves.values())], broadcast=True, hash=False)
+                options = {"n_live": n_live, "av_prior": av_prior}
+                run.collect({j["index"]: c.submit(fit_task, j, shared, options, key=f"fit-sed-{token[:8]}-{j['index']}",
+                                                  pure=False) for j in todo},
+                            _fit_progress() if progress else None)
+        ds = _merge(cat, run.results(), {**settings, "bagpipes_version": _version("bagpipes"),
+                                         "surveydust_version": VERSION,
+                                         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
         if out_path is not None:
             write_catalogue(ds, out_path, overwrite=True if out is None else overwrite)
             logger.info("wrote %s", out_path)
-        parts.remove()
-    if scratch is not None:
-        scratch.cleanup()
     return ds
 
 
@@ -435,20 +431,14 @@ def fit_task(job: dict[str, Any], curves: list[np.ndarray], options: dict[str, A
     return columns
 
 
-def _run_fits(client: Any, todo: list[dict[str, Any]], curves: list[np.ndarray], options: dict[str, Any],
-              token: str, parts: TileParts, progress: bool) -> None:
-    from distributed import as_completed
-
-    [shared] = client.scatter([curves], broadcast=True, hash=False)
-    futures = [client.submit(fit_task, job, shared, options, key=f"fit-sed-{token[:8]}-{job['index']}", pure=False)
-               for job in todo]
+def _fit_progress() -> Any:
+    """``describe`` for :meth:`ResumableRun.collect`: fits done, the source, its A_V, seconds."""
     start = time.perf_counter()
-    for n, future in enumerate(as_completed(futures), 1):
-        columns = future.result()
-        parts.save(int(columns["source"][0]), columns)
-        if progress:
-            logger.info("SED fit %d/%d done: source %d, A_V = %.2f (%.0f s)", n, len(todo),
-                        int(columns["source"][0]), float(columns["A_V_sed"][0]), time.perf_counter() - start)
+
+    def describe(n: int, total: int, columns: dict[str, np.ndarray]) -> str:
+        return (f"SED fit {n}/{total} done: source {int(columns['source'][0])}, "
+                f"A_V = {float(columns['A_V_sed'][0]):.2f} ({time.perf_counter() - start:.0f} s)")
+    return describe
 
 
 def _merge(cat: xr.Dataset, results: dict[str, np.ndarray], settings: dict[str, Any]) -> xr.Dataset:
@@ -472,4 +462,4 @@ def _merge(cat: xr.Dataset, results: dict[str, np.ndarray], settings: dict[str, 
     return cat
 
 
-__all__ = ["fit_instructions", "fit_photometry", "fit_sed", "filter_curves", "import_bagpipes", "result_names"]
+__all__ = ["filter_curves", "fit_instructions", "fit_photometry", "fit_sed", "import_bagpipes", "result_names"]

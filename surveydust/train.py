@@ -36,7 +36,8 @@ from surveydust.config import TrainingConfig, load_training_config
 from surveydust.posterior import MIN_CALIBRATION_SAMPLES, calibrate, describe, log_offsets, to_network
 from surveydust.preprocess import Split, aux_features, feature_stats, network_inputs, select_samples, split_by_galaxy
 from surveydust.provenance import VERSION
-from surveydust.stores.training import check_output_path, open_training_store, replace_atomically
+from surveydust.stores.base import check_output_path, replace_atomically
+from surveydust.stores.training import open_training_store
 
 logger = logging.getLogger(__name__)
 EPOCH_TOPIC = "surveydust-epoch"

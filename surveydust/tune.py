@@ -56,7 +56,8 @@ from surveydust.config import (
     load_tuning_config,
 )
 from surveydust.preprocess import Split
-from surveydust.stores.training import open_training_store, replace_atomically
+from surveydust.stores.base import replace_atomically
+from surveydust.stores.training import open_training_store
 from surveydust.train import Part, fit_bundle, prepare_training
 
 logger = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ from astropy.table import Table
 from conftest import kill_worker_running
 
 from surveydust.bundle import read_meta, richest_bundle
-from surveydust.catalogue import open_catalogue
 from surveydust.demo import make_demo_field, match_truth
 from surveydust.infer import run_catalogue
+from surveydust.stores.catalogue import open_catalogue
 from surveydust.stores.mosaic import open_mosaic
 
 SIZE = 640
@@ -93,7 +93,7 @@ def test_catalogue_recovers_injected_galaxies_once(field, reference) -> None:
 
 
 def test_export_opens_in_astropy(reference, tmp_path: Path) -> None:
-    from surveydust.catalogue import export
+    from surveydust.stores.catalogue import export
 
     for suffix in (".fits", ".ecsv"):
         table = Table.read(export(reference, tmp_path / f"cat{suffix}"))
@@ -248,11 +248,11 @@ def test_interrupted_run_resumes_to_the_same_catalogue(field, reference, tmp_pat
                             start_new_session=True)
     parts = tmp_path / ".cat.zarr.parts"
     deadline = time.time() + 180
-    while time.time() < deadline and len(list(parts.glob("tile-*.npz"))) < 2 and proc.poll() is None:
+    while time.time() < deadline and len(list(parts.glob("part-*.npz"))) < 2 and proc.poll() is None:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    kept = len(list(parts.glob("tile-*.npz")))
+    kept = len(list(parts.glob("part-*.npz")))
     assert 2 <= kept < 9 and not out.exists()
     again = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -262,8 +262,8 @@ def test_interrupted_run_resumes_to_the_same_catalogue(field, reference, tmp_pat
 
 
 def test_one_and_three_band_models_run_in_one_pass(field, reference, tmp_path: Path, client) -> None:
-    from surveydust.catalogue import export
     from surveydust.simulate import simulate
+    from surveydust.stores.catalogue import export
     from surveydust.train import train
 
     sims = simulate(tmp_path / "s.zarr", client=client, progress=False, n_galaxies=12, views_per_galaxy=1,

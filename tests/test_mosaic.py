@@ -10,15 +10,15 @@ import dask
 import numpy as np
 import pytest
 import zarr
-from click.testing import CliRunner
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
+from click.testing import CliRunner
+from test_cli import run  # tests/ is on sys.path (rootdir-less test modules)
 
 import surveydust
 from surveydust.cli import main
 from surveydust.provenance import sha256
 from surveydust.stores.mosaic import _build_dataset, ingest_mosaic, mosaic_wcs, open_mosaic, resolve_bands
-from test_cli import run  # tests/ is on sys.path (rootdir-less test modules)
 
 SHAPE = (300, 500)  # larger than one 128-pixel chunk in both axes, not a multiple of it
 PIXAR_SR = 2.0e-14  # 2 MJy/sr x 1e6 Jy/MJy x 2e-14 sr = 4e-8 Jy = 40 nJy

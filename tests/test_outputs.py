@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from surveydust.cli import main
-from surveydust.stores.training import check_output_path, existing_kind
+from surveydust.stores.base import check_output_path, existing_kind
 
 
 def _store(path, kind):
@@ -63,8 +63,8 @@ def test_cli_overwrite_refuses_a_folder_of_user_files(tmp_path, tiny_mosaic) -> 
 
 
 def test_a_field_without_sources_writes_an_empty_catalogue(tmp_path, tiny_mosaic, client) -> None:
-    from surveydust.catalogue import open_catalogue
     from surveydust.infer import run_catalogue
+    from surveydust.stores.catalogue import open_catalogue
 
     cat = run_catalogue(tiny_mosaic, tmp_path / "cat.zarr", client=client, progress=False, threshold=1e6,
                         export_to=tmp_path / "cat.ecsv")
@@ -74,7 +74,7 @@ def test_a_field_without_sources_writes_an_empty_catalogue(tmp_path, tiny_mosaic
 
 
 def test_a_second_run_on_the_same_output_is_refused(tmp_path) -> None:
-    from surveydust.catalogue import OutputLock
+    from surveydust.runs import OutputLock
 
     out = tmp_path / "cat.zarr"
     with OutputLock(out):
@@ -91,7 +91,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path) -> None:
     import subprocess
     import sys
 
-    from surveydust.catalogue import OutputLock
+    from surveydust.runs import OutputLock
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True)
@@ -107,14 +107,14 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path) -> None:
 def test_damaged_tile_parts_are_redone_and_an_empty_run_file_does_not_block(tmp_path) -> None:
     import numpy as np
 
-    from surveydust.catalogue import RUN_FILE, TileParts
+    from surveydust.runs import RUN_FILE, Parts
 
     out = tmp_path / "cat.zarr"
-    parts = TileParts(out, "token-a")
+    parts = Parts(out, "token-a")
     parts.save(0, {"x": np.arange(3.0)})
     parts.save(1, {"x": np.arange(2.0)})
-    (parts.path / "tile-000001.npz").write_bytes(b"PK\x03\x04 truncated")
+    (parts.path / "part-000001.npz").write_bytes(b"PK\x03\x04 truncated")
     assert parts.done() == {0}
     (parts.path / RUN_FILE).write_text("")  # a run killed while writing run.json
-    again = TileParts(out, "token-a")
+    again = Parts(out, "token-a")
     assert again.done() == set() and (again.path / RUN_FILE).read_text()

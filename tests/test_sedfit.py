@@ -13,10 +13,9 @@ import pytest
 import xarray as xr
 from click.testing import CliRunner
 
-from surveydust.catalogue import open_catalogue, write_catalogue
 from surveydust.compare import methods
-from surveydust.detect import FLAGS
-from surveydust.sedfit import fit_photometry, fit_sed, filter_curves, import_bagpipes, photometry_ujy
+from surveydust.sedfit import filter_curves, fit_photometry, fit_sed, import_bagpipes, photometry_ujy
+from surveydust.stores.catalogue import FLAGS, open_catalogue, write_catalogue
 
 BANDS = ["F090W", "F115W", "F150W", "F200W", "F277W", "F356W", "F410M", "F444W"]
 # a z = 7 galaxy with a broad, still rising log-normal SFH (tmax, fwhm, t_U(7) = 0.75 Gyr)

@@ -35,10 +35,10 @@ import numpy as np
 import pytest
 import yaml
 
-from surveydust.catalogue import open_catalogue
 from surveydust.cluster import make_cluster
 from surveydust.demo import make_demo_field
 from surveydust.infer import run_catalogue
+from surveydust.stores.catalogue import open_catalogue
 
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 PROGRAMS = ("slurmctld", "slurmd", "sinfo", "squeue", "scancel", "sbatch", "munged", "mungekey", "munge")

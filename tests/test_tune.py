@@ -13,8 +13,8 @@ import numpy as np
 import optuna
 import pytest
 from astropy.table import Table
-
 from conftest import kill_worker_running
+
 from surveydust.config import load_training_config, load_tuning_config
 from surveydust.tune import JOURNAL_FILE, STUDY_NAME, suggest_training, tune
 

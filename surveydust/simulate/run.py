@@ -25,7 +25,8 @@ from surveydust.simulate.imaging import PSFSet, galaxy_photometry, observe
 from surveydust.simulate.morphology import draw_view, render_maps
 from surveydust.simulate.population import draw_galaxy
 from surveydust.simulate.sed_library import load_sed_library
-from surveydust.stores.training import annotate, check_output_path, write_training_store
+from surveydust.stores.base import check_output_path
+from surveydust.stores.training import annotate, write_training_store
 
 #: per-sample variables a simulation task returns, with their dtypes
 TASK_OUTPUTS = {"image": np.float32, "A_V": np.float32, "EBV": np.float32, "log_ssfr": np.float32,

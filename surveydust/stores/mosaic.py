@@ -28,10 +28,10 @@ an interrupted ingest leaves nothing that looks finished.
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
-import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,26 +41,26 @@ from typing import Any
 import astropy.units as u
 import dask
 import dask.array as da
-from dask.base import tokenize
 import numpy as np
 import xarray as xr
 import zarr
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_area, proj_plane_pixel_scales
+from dask.base import tokenize
 
 from surveydust.cluster import open_client, run_with_progress
 from surveydust.instrument import KNOWN_BANDS
 from surveydust.physics import mjy_per_sr_to_njy, pixel_area_sr
 from surveydust.provenance import sha256
-from surveydust.stores.training import (
+from surveydust.stores.base import (
     check_output_path,
     open_complete_store,
     write_store_atomically,
     zarr_compressor,
 )
 
-__all__ = ["BLOCK_PIX", "DEFAULT_CHUNK", "STORE_KIND", "MosaicReader", "block_pix", "store_chunk", "ingest_mosaic", "mosaic_reader", "mosaic_wcs", "open_mosaic"]
+__all__ = ["BLOCK_PIX", "DEFAULT_CHUNK", "STORE_KIND", "MosaicReader", "block_pix", "ingest_mosaic", "mosaic_reader", "mosaic_wcs", "open_mosaic", "store_chunk"]
 
 logger = logging.getLogger(__name__)
 STORE_KIND = "mosaic"

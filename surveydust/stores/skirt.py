@@ -67,7 +67,8 @@ from surveydust.cluster import open_client, run_with_progress
 from surveydust.instrument import KNOWN_BANDS
 from surveydust.physics import mjy_per_sr_to_njy, pixel_area_sr, r_v
 from surveydust.provenance import sha256
-from surveydust.stores.training import annotate, check_output_path, write_training_store
+from surveydust.stores.base import check_output_path
+from surveydust.stores.training import annotate, write_training_store
 
 REQUIRED_LABELS = ("A_V", "EBV", "log_ssfr")
 OPTIONAL_LABELS = ("dtm", "log_mstar", "log_sfr")

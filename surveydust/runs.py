@@ -1,0 +1,197 @@
+"""Resumable runs: work split into numbered parts (tiles, sources), each part's result
+saved when its Dask task finishes, so a re-run with the same inputs and settings
+does only the rest; the output is locked while a run writes it.
+
+While a run goes on, each finished part is ``part-NNNNNN.npz`` in a hidden
+``.<name>.parts`` folder next to the output (with ``run.json``, the run's
+token); the output itself appears (atomically) only when every part is done,
+and the parts are then removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+RUN_FILE = "run.json"
+
+
+class OutputLock:
+    """An exclusive lock on an output path, held by this process (``.<name>.lock`` beside it).
+
+    A second run on the same output is refused at once with one line naming the
+    holder; a lock whose process is gone (same host, PID not alive) is stale
+    and taken over.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.path = out.with_name(f".{out.name}.lock")
+        self.held = False
+
+    def __enter__(self) -> OutputLock:
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None:
+                    raise ValueError(f"another surveydust run (pid {holder['pid']} on {holder['host']}) is "
+                                     f"writing {self.path.name.removeprefix('.').removesuffix('.lock')}; "
+                                     f"wait for it, or delete {self.path} if that run is dead") from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise ValueError(f"cannot take the lock {self.path}")
+
+    def _holder(self) -> dict[str, Any] | None:
+        """The live holder of the lock, or None when the lock is stale or unreadable."""
+        try:
+            holder = json.loads(self.path.read_text())
+            pid, host = int(holder["pid"]), str(holder["host"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if host != socket.gethostname():
+            return holder  # another machine's process: cannot tell, so respect it
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return holder
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+class Parts:
+    """The folder of finished parts of one run (keyed by the run's inputs and settings).
+
+    Parts are written atomically; a part file that cannot be read (a killed
+    write, a damaged disk) is deleted and its part done again.
+    """
+
+    def __init__(self, out: Path, token: str) -> None:
+        self.path = out.with_name(f".{out.name}.parts")
+        run = self.path / RUN_FILE
+        if self.path.exists() and self._token(run) != token:
+            shutil.rmtree(self.path)  # left by a run with other inputs or settings: start afresh
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.path / f".run-{uuid.uuid4().hex[:8]}.json"
+        tmp.write_text(json.dumps({"token": token}))
+        os.replace(tmp, run)
+
+    @staticmethod
+    def _token(run: Path) -> str | None:
+        try:
+            return json.loads(run.read_text()).get("token")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def _file(self, index: int) -> Path:
+        return self.path / f"part-{index:06d}.npz"
+
+    def done(self) -> set[int]:
+        """Indices of the readable finished parts (unreadable ones are deleted)."""
+        out = set()
+        for p in self.path.glob("part-*.npz"):
+            try:
+                with np.load(p, allow_pickle=False) as z:
+                    for k in z.files:
+                        z[k]
+            except Exception:  # noqa: BLE001 (zip, pickle and OS errors of a damaged part)
+                p.unlink(missing_ok=True)
+                continue
+            out.add(int(p.stem.split("-")[1]))
+        return out
+
+    def save(self, index: int, columns: dict[str, np.ndarray]) -> None:
+        tmp = self.path / f".tmp-{uuid.uuid4().hex[:8]}.npz"
+        np.savez(tmp, **columns)
+        os.replace(tmp, self._file(index))
+
+    def load_all(self) -> dict[str, np.ndarray]:
+        parts = [dict(np.load(p, allow_pickle=False)) for p in sorted(self.path.glob("part-*.npz"))]
+        keys = parts[0].keys() if parts else ()
+        return {k: np.concatenate([p[k] for p in parts]) for k in keys}
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+class ResumableRun:
+    """One resumable run writing ``out`` (None: a scratch folder, removed at the end).
+
+    On entry the output is locked (:class:`OutputLock`) and its parts folder
+    (beside ``out``; ``parts_suffix`` added to its name) opened for ``token``: ``done`` holds the parts a killed or failed run with the same token
+    finished. :meth:`collect` saves each result as its task finishes; after a clean
+    exit the parts are removed (after a failure they stay, for the next run).
+    """
+
+    def __init__(self, out: Path | None, token: str, *, scratch_prefix: str = "surveydust-run-",
+                 parts_suffix: str = "") -> None:
+        self.out, self.token = out, token
+        self._scratch = tempfile.TemporaryDirectory(prefix=scratch_prefix) if out is None else None
+        self.target = out if out is not None else Path(self._scratch.name) / "output.zarr"
+        self._parts_of = Path(f"{self.target}{parts_suffix}")
+        self._lock = OutputLock(self.target)
+        self.parts: Parts | None = None
+        self.done: set[int] = set()
+
+    def __enter__(self) -> ResumableRun:
+        try:
+            self._lock.__enter__()
+            self.parts = Parts(self._parts_of, self.token)
+            self.done = self.parts.done()
+        except BaseException:
+            self._cleanup()
+            raise
+        return self
+
+    def collect(self, futures: Mapping[int, Any], describe: Callable[[int, int, dict[str, np.ndarray]], str] | None
+                = None) -> None:
+        """Wait for the Dask ``futures`` (part index -> future of a dict of arrays), saving each
+        result as its part as soon as it is done; ``describe(n_done, n_total, result)`` is logged."""
+        from distributed import as_completed
+
+        index = {future.key: i for i, future in futures.items()}
+        for n, future in enumerate(as_completed(list(futures.values())), 1):
+            result = future.result()
+            self.parts.save(index[future.key], result)
+            if describe is not None:
+                logger.info("%s", describe(n, len(futures), result))
+
+    def results(self) -> dict[str, np.ndarray]:
+        """Every saved part's arrays, concatenated in part order."""
+        return self.parts.load_all()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if kind is None and self.parts is not None:
+            self.parts.remove()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        self._lock.__exit__(None, None, None)
+        if self._scratch is not None:
+            self._scratch.cleanup()
+
+
+__all__ = ["RUN_FILE", "OutputLock", "Parts", "ResumableRun"]

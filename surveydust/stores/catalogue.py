@@ -1,0 +1,118 @@
+"""Catalogue store: one row per source, assembled from the finished tiles of a run.
+
+Layout (DESIGN section 3; an xarray Dataset with dim ``source``, in Zarr)::
+
+    source_id, ra, dec [deg, ICRS], x, y [0-based pixels], tile     (source)
+    flux, flux_err [nJy], snr                                         (source, band)
+    A_V, EBV, R_V, log_ssfr and their *_err                           (source, model)
+    flag (bit mask, see surveydust.detect.FLAGS), ood [sigma]         (source[, model])
+    input_id, z (from a --sources file, when given)                   (source)
+    coords: band, model ("F277W+F356W+F444W", one per model bundle)
+    attrs: provenance (surveydust version, models and checksums, mosaic store id, config, time)
+
+Runs write it resumably (:mod:`surveydust.runs`). Rows are sorted by (tile,
+y, x), so the catalogue does not depend on the order in which tiles finished.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from surveydust.quantities import UNITS as QUANTITY_UNITS
+from surveydust.quantities import quantity
+from surveydust.stores.base import check_output_path, open_complete_store, write_store_atomically
+
+STORE_KIND = "catalogue"
+#: flag bits of the catalogue's ``flag`` variable
+FLAGS = {"edge": 1, "masked": 2, "low_snr": 4, "out_of_distribution": 8, "blended": 16, "no_redshift": 32}
+UNITS = {"ra": "deg", "dec": "deg", "x": "pixel", "y": "pixel", "flux": "nJy", "flux_err": "nJy",
+         "ood": "sigma", **QUANTITY_UNITS}
+
+
+def assemble(columns: dict[str, np.ndarray], bands: list[str], models: list[str],
+             attrs: dict[str, Any]) -> xr.Dataset:
+    """Build the catalogue Dataset from concatenated tile columns (sorted by tile, y, x)."""
+    n = len(columns.get("x", []))
+    order = np.lexsort((columns["x"], columns["y"], columns["tile"])) if n else np.zeros(0, int)
+    ds = xr.Dataset(coords={"source": np.arange(n), "band": np.asarray(bands, dtype=object),
+                            "model": np.asarray(models, dtype=object)})
+    ds["source_id"] = ("source", np.arange(n, dtype=np.int64))
+    for name, values in columns.items():
+        values = values[order]
+        if values.dtype.kind == "U":  # fixed-width strings have no Zarr v3 spec: store variable-length
+            values = values.astype(object)
+        dims = ("source", "band") if name in ("flux", "flux_err", "snr") else \
+            ("source", "model") if values.ndim == 2 else ("source",)
+        ds[name] = (dims, values)
+        if quantity(name) in UNITS:
+            ds[name].attrs["units"] = UNITS[quantity(name)]
+    ds["flag"].attrs["flag_meanings"] = attrs.get("flag_meanings", "")
+    ds.attrs.update(attrs)
+    return ds
+
+
+def write_catalogue(ds: xr.Dataset, out: Path, overwrite: bool) -> Path:
+    """Write ``ds`` to the Zarr store ``out`` (moved into place only when complete)."""
+    out = check_output_path(out, overwrite, STORE_KIND)
+    return write_store_atomically(ds, out, store_kind=STORE_KIND, encoding={})
+
+
+def open_catalogue(path: Path | str) -> xr.Dataset:
+    """Open a complete catalogue store (into memory)."""
+    return open_complete_store(path, STORE_KIND, "catalogue").load()
+
+
+def to_table(ds: xr.Dataset) -> Any:
+    """Flatten the catalogue into an astropy Table (one column per band / model value).
+
+    Per-band columns are named ``flux_F277W``; with one model, predictions keep
+    their names (``A_V``), with several they get the model's bands as a suffix
+    (``A_V_F277W_F356W_F444W``).
+    """
+    from astropy.table import Table
+
+    table = Table()
+    models = list(ds["model"].values)
+    for name, var in ds.data_vars.items():
+        columns = [(name, var.values)] if var.dims == ("source",) else [
+            (name if var.dims[1] == "model" and len(models) == 1 else f"{name}_{label.replace('+', '_')}",
+             var.values[:, i])
+            for i, label in enumerate(ds[var.dims[1]].values)]
+        for col, values in columns:
+            table[col] = np.asarray(values.tolist(), dtype=str) if values.dtype.kind in "OT" else values
+            _set_unit(table[col], var.attrs.get("units"))
+    table.meta.update({k: v if isinstance(v, (str, int, float)) else json.dumps(v) for k, v in ds.attrs.items()})
+    return table
+
+
+def _set_unit(column: Any, unit: str | None) -> None:
+    """A unit astropy (and FITS) understand, or the unit written into the description."""
+    import astropy.units as u
+
+    if not unit:
+        return
+    try:
+        column.unit = u.Unit(unit)
+    except ValueError:
+        column.description = f"[{unit}]"
+
+
+def export(ds: xr.Dataset, path: Path | str, overwrite: bool = False) -> Path:
+    """Write the catalogue as FITS (``.fits``) or ECSV (``.ecsv``), readable by TOPCAT/astropy."""
+    path = Path(path)
+    formats = {".fits": "fits", ".ecsv": "ascii.ecsv"}
+    if path.suffix.lower() not in formats:
+        raise ValueError(f"export format of {path.name}: use a .fits or .ecsv file name")
+    table = to_table(ds)
+    if path.suffix.lower() == ".fits":  # FITS header keywords: short, uppercase, scalar
+        table.meta = {k[:8].upper(): str(v)[:68] for k, v in table.meta.items()}
+    table.write(path, format=formats[path.suffix.lower()], overwrite=overwrite)
+    return path
+
+
+__all__ = ["FLAGS", "STORE_KIND", "assemble", "export", "open_catalogue", "to_table", "write_catalogue"]
