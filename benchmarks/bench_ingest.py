@@ -102,7 +102,7 @@ def baseline(files: dict[str, Path], out: Path, chunk: int, result: mp.Queue) ->
     """Whole band in memory, numpy conversion, plain zarr write (runs in its own process)."""
     import zarr
 
-    from surveydust.stores.training import zarr_compressor
+    from surveydust.stores.base import zarr_compressor
 
     t0 = time.perf_counter()
     size = fits.getheader(files[BANDS[0]], "SCI")["NAXIS1"]
