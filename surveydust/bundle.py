@@ -34,11 +34,10 @@ from surveydust.config import load_training_config
 from surveydust.posterior import LEVEL_NAMES, LEVELS, LOG_OFFSETS, percentiles
 from surveydust.preprocess import network_inputs
 from surveydust.provenance import sha256
-from surveydust.quantities import UNITS, quantity
+from surveydust.quantities import MIN_PREDICTED_EBV_FOR_RV, UNITS, quantity, r_v
 
 FORMAT_VERSION = 2
 MODEL_FILE, META_FILE = "model.keras", "bundle.json"
-MIN_EBV_FOR_RV = 1e-3
 PREPROCESS_BATCHES = 8
 REQUIRED_META = ("bands", "targets", "crop", "loss", "target_scaling", "checksums")
 SHIPPED = "bundles"  # folder of the shipped bundles inside surveydust/data
@@ -148,7 +147,7 @@ class Predictor:
         self.loss: str = self.meta["loss"]
         self.uses_redshift: bool = bool(self.meta.get("uses_redshift", False))
         self.offsets: dict[str, float] = dict(self.meta.get("posterior", {}).get("offsets", LOG_OFFSETS))
-        train = load_training_config(**self.meta["training_config"])  # merged over today's defaults
+        train = load_training_config(**self.meta.get("training_config", {}))  # merged over today's defaults
         self.snr_band, self.snr_min = train.snr_band, train.snr_min  # its training selection
         scaling = self.meta["target_scaling"]
         self._mean = np.array([scaling[t][0] for t in self.targets])
@@ -227,9 +226,8 @@ class Predictor:
         if {"A_V", "EBV"} <= set(self.targets):
             a, e = ds["A_V"].values.astype(float), ds["EBV"].values.astype(float)
             sa, se = ds["A_V_err"].values.astype(float), ds["EBV_err"].values.astype(float)
-            ok = e > MIN_EBV_FOR_RV
+            rv = r_v(a, e, MIN_PREDICTED_EBV_FOR_RV)
             with np.errstate(divide="ignore", invalid="ignore"):
-                rv = np.where(ok, a / e, np.nan)
                 rv_err = np.abs(rv) * np.hypot(sa / np.abs(a), se / e)
             ds["R_V"] = ("sample", rv.astype(np.float32))
             ds["R_V_err"] = ("sample", rv_err.astype(np.float32))

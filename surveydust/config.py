@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from surveydust.instrument import DEPTH_PRESETS, KNOWN_BANDS
+from surveydust.quantities import PREDICTED
 
 
 class _Config(BaseModel):
@@ -112,7 +113,7 @@ class SimulationConfig(_Config):
         return self.n_galaxies * self.views_per_galaxy * len(self.dtm_values)
 
 
-TARGETS = ("A_V", "EBV", "log_ssfr")
+TARGETS = PREDICTED  # what a network may be trained for
 
 
 class AugmentConfig(_Config):

@@ -39,18 +39,17 @@ import xarray as xr
 from scipy.ndimage import gaussian_filter
 
 from surveydust.augment import apply_transform
-from surveydust.bundle import MIN_EBV_FOR_RV, Predictor, load_model
+from surveydust.bundle import Predictor, load_model
 from surveydust.config import TrainingConfig, load_training_config
 from surveydust.figures import subplots
-from surveydust.physics import r_v
 from surveydust.posterior import LEVEL_NAMES, LEVELS, coverage, crps_from_percentiles
 from surveydust.preprocess import NORM_APERTURE_PIX, colour_features, select_samples
+from surveydust.quantities import MIN_EBV_FOR_RV, MIN_PREDICTED_EBV_FOR_RV, PREDICTED, r_v
 from surveydust.stores.training import open_training_store
 
 logger = logging.getLogger(__name__)
 
 TARGETS = ("EBV", "A_V", "R_V", "log_ssfr")  # the order of the paper's Table 2
-PREDICTED = ("A_V", "EBV", "log_ssfr")  # R_V is derived from A_V and E(B-V)
 TARGET_LABELS = {"EBV": "E(B-V) [mag]", "A_V": "A_V [mag]", "R_V": "R_V = A_V / E(B-V)",
                  "log_ssfr": "log sSFR [yr^-1]"}
 RESIDUAL_UNITS = {"EBV": "mag", "A_V": "mag", "R_V": "", "log_ssfr": "dex"}
@@ -77,14 +76,13 @@ Z_95 = 1.96
 AV_BINS = (0.0, 0.1, 0.3, 0.6, 1.0, 1.5, np.inf)  # [mag] bins of true A_V for the bias table
 SNR_BINS = (0.0, 10.0, 20.0, 50.0, np.inf)  # bins of SNR in the selection band
 SNR_BAND = "F277W"  # the selection band of every shipped bundle
-TRUE_EBV_MIN_FOR_RV = 1e-4  # [mag] true R_V is NaN below (the store's definition)
 BASELINE = "baseline (colours)"
 MEURER = "Meurer (UV slope)"
 BASELINE_APERTURE_ARCSEC = 0.25  # radius of the baseline's photometry aperture
 BLOCK_SAMPLES = 16384  # samples read and predicted at once (3 bands x 32^2 float32: 200 MB)
 CONTOUR_FRACTIONS = (0.95, 0.70, 0.50, 0.30, 0.10)  # of points enclosed, outermost first
-RV_NOTE = (f"R_V rows use only samples with finite true R_V (true E(B-V) > {TRUE_EBV_MIN_FOR_RV:g} mag) "
-           f"and finite predicted R_V (predicted E(B-V) > {MIN_EBV_FOR_RV:g} mag); see its N")
+RV_NOTE = (f"R_V rows use only samples with finite true R_V (true E(B-V) > {MIN_EBV_FOR_RV:g} mag) "
+           f"and finite predicted R_V (predicted E(B-V) > {MIN_PREDICTED_EBV_FOR_RV:g} mag); see its N")
 
 
 @dataclass(frozen=True)
@@ -269,7 +267,7 @@ def truths(ds: xr.Dataset, idx: np.ndarray) -> dict[str, np.ndarray]:
     out = {t: labels[t].values.astype(np.float64)[inverse] for t in (*PREDICTED, "redshift")}
     out["snr"] = ds["snr"].sel(band=SNR_BAND).values[uniq][inverse] if SNR_BAND in ds["band"].values \
         else np.full(idx.size, np.nan)
-    out["R_V"] = r_v(out["A_V"], out["EBV"], TRUE_EBV_MIN_FOR_RV)
+    out["R_V"] = r_v(out["A_V"], out["EBV"])
     return out
 
 
@@ -377,8 +375,7 @@ def _baselines(ds: xr.Dataset, plan: _Plan, block_samples: int) -> dict[str, xr.
                                .predict(x_test), 0.0 if t in ("A_V", "EBV") else -np.inf)
                  for t in PREDICTED if t in p.targets}
         if {"A_V", "EBV"} <= set(means):
-            ok = means["EBV"] > MIN_EBV_FOR_RV
-            means["R_V"] = np.where(ok, means["A_V"] / np.where(ok, means["EBV"], 1.0), np.nan)
+            means["R_V"] = r_v(means["A_V"], means["EBV"], MIN_PREDICTED_EBV_FOR_RV)
         logger.info("baseline: trained on %d samples (%d galaxies), %d features of bands %s%s", train.size,
                     np.unique(train_ds["galaxy_id"].values[train]).size, x_train.shape[1], "+".join(p.bands),
                     " and z" if with_z else "")

@@ -66,11 +66,3 @@ def kpc_per_arcsec(redshift: float) -> float:
     from astropy.cosmology import Planck18
 
     return float(1.0 / Planck18.arcsec_per_kpc_proper(redshift).value)
-
-
-def r_v(a_v: np.ndarray, ebv: np.ndarray, min_ebv: float = 1e-4) -> np.ndarray:
-    """R_V = A_V / E(B-V), NaN where E(B-V) <= ``min_ebv`` (no measurable reddening)."""
-    a_v, ebv = np.asarray(a_v, float), np.asarray(ebv, float)
-    out = np.full(np.broadcast(a_v, ebv).shape, np.nan)
-    np.divide(a_v, ebv, out=out, where=ebv > min_ebv)
-    return out

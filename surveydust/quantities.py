@@ -9,10 +9,24 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 #: what the networks predict; R_V = A_V / E(B-V) is derived
 PREDICTED = ("A_V", "EBV", "log_ssfr")
 #: units of every quantity (uncertainties and percentiles share them)
 UNITS = {"A_V": "mag", "EBV": "mag", "R_V": "", "log_ssfr": "log10(yr^-1)"}
+#: E(B-V) [mag] at or below which a true R_V is undefined (NaN): no measurable reddening
+MIN_EBV_FOR_RV = 1e-4
+#: the same for a predicted E(B-V) [mag] (a median this small is not a measured reddening)
+MIN_PREDICTED_EBV_FOR_RV = 1e-3
+
+
+def r_v(a_v: np.ndarray, ebv: np.ndarray, min_ebv: float = MIN_EBV_FOR_RV) -> np.ndarray:
+    """R_V = A_V / E(B-V), NaN where E(B-V) <= ``min_ebv`` (no measurable reddening)."""
+    a_v, ebv = np.asarray(a_v, float), np.asarray(ebv, float)
+    out = np.full(np.broadcast(a_v, ebv).shape, np.nan)
+    np.divide(a_v, ebv, out=out, where=ebv > min_ebv)
+    return out
 
 
 def quantity(name: str) -> str:

@@ -16,7 +16,6 @@ import pytest
 from surveydust.bundle import (
     FORMAT_VERSION,
     META_FILE,
-    MIN_EBV_FOR_RV,
     MODEL_FILE,
     default_bundle_path,
     load_model,
@@ -29,6 +28,7 @@ from surveydust.bundle import (
 from surveydust.config import load_training_config
 from surveydust.model import build_model
 from surveydust.posterior import LEVEL_NAMES, LEVELS, from_network, percentiles, to_network
+from surveydust.quantities import MIN_PREDICTED_EBV_FOR_RV
 
 BANDS = ("F277W", "F356W", "F444W")
 TARGETS = ["A_V", "EBV", "log_ssfr"]
@@ -99,7 +99,7 @@ def test_predict_dataset(bundle: Path) -> None:
         assert (ds[f"{name}_err"] > 0).all()
     assert ds["A_V"].attrs["units"] == ds["EBV_p975"].attrs["units"] == "mag"
     assert ds["log_ssfr_p16"].attrs["units"] == "log10(yr^-1)" and ds["R_V"].attrs["units"] == ""
-    ok = ds["EBV"].values > MIN_EBV_FOR_RV
+    ok = ds["EBV"].values > MIN_PREDICTED_EBV_FOR_RV
     np.testing.assert_allclose(ds["R_V"].values[ok], (ds["A_V"] / ds["EBV"]).values[ok], rtol=1e-5)
     assert np.isnan(ds["R_V"].values[~ok]).all()
     assert ds.attrs["bands"] == list(BANDS) and ds.attrs["uses_redshift"] == 0

@@ -20,8 +20,8 @@ from surveydust.physics import (
     mjy_per_sr_to_njy,
     njy_to_ab,
     pixel_area_sr,
-    r_v,
 )
+from surveydust.quantities import r_v
 
 C_AA = 2.99792458e18
 

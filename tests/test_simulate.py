@@ -15,7 +15,7 @@ from astropy.io import fits
 from surveydust.cluster import get_client
 from surveydust.config import load_simulation_config, simulation_config_from_json
 from surveydust.instrument import KNOWN_BANDS, band_weights
-from surveydust.physics import r_v
+from surveydust.quantities import r_v
 from surveydust.simulate import simulate
 from surveydust.simulate.run import simulate_galaxies
 from surveydust.simulate.sed_library import load_sed_library

@@ -36,8 +36,9 @@ from scipy.ndimage import distance_transform_edt
 
 from surveydust.config import SimulationConfig, load_simulation_config
 from surveydust.instrument import pixel_noise_njy, psf_kernel
-from surveydust.physics import kpc_per_arcsec, mjy_per_sr_to_njy, pixel_area_sr, r_v
+from surveydust.physics import kpc_per_arcsec, mjy_per_sr_to_njy, pixel_area_sr
 from surveydust.provenance import VERSION
+from surveydust.quantities import r_v
 from surveydust.simulate.imaging import PSFSet, galaxy_photometry, observe
 from surveydust.simulate.morphology import draw_view, render_maps
 from surveydust.simulate.population import draw_galaxy

@@ -20,7 +20,8 @@ import xarray as xr
 from surveydust.cluster import open_client, run_with_progress
 from surveydust.config import SimulationConfig, load_simulation_config
 from surveydust.instrument import pixel_noise_njy, psf_kernel
-from surveydust.physics import kpc_per_arcsec, r_v
+from surveydust.physics import kpc_per_arcsec
+from surveydust.quantities import r_v
 from surveydust.simulate.imaging import PSFSet, galaxy_photometry, observe
 from surveydust.simulate.morphology import draw_view, render_maps
 from surveydust.simulate.population import draw_galaxy

@@ -65,12 +65,13 @@ from astropy.table import Table
 
 from surveydust.cluster import open_client, run_with_progress
 from surveydust.instrument import KNOWN_BANDS
-from surveydust.physics import mjy_per_sr_to_njy, pixel_area_sr, r_v
+from surveydust.physics import mjy_per_sr_to_njy, pixel_area_sr
 from surveydust.provenance import sha256
+from surveydust.quantities import PREDICTED, r_v
 from surveydust.stores.base import check_output_path
 from surveydust.stores.training import annotate, write_training_store
 
-REQUIRED_LABELS = ("A_V", "EBV", "log_ssfr")
+REQUIRED_LABELS = PREDICTED
 OPTIONAL_LABELS = ("dtm", "log_mstar", "log_sfr")
 #: views per dask block when reading images
 VIEWS_PER_BLOCK = 256
