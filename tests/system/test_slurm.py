@@ -40,6 +40,8 @@ from surveydust.demo import make_demo_field
 from surveydust.infer import run_catalogue
 from surveydust.stores.catalogue import open_catalogue
 
+pytestmark = pytest.mark.system
+
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 PROGRAMS = ("slurmctld", "slurmd", "sinfo", "squeue", "scancel", "sbatch", "munged", "mungekey", "munge")
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/bin"])

@@ -13,7 +13,9 @@ import yaml
 
 from surveydust.cluster import make_cluster
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+pytestmark = pytest.mark.system
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 @pytest.fixture

@@ -44,9 +44,9 @@ from surveydust.cluster import get_client
 from surveydust.demo import make_demo_field
 from surveydust.infer import _predictor, run_catalogue
 
-pytestmark = pytest.mark.timeout(900)  # the one-time apt-get install of Chromium included
+pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]  # the one-time apt-get install of Chromium included
 
-ARTEFACTS = Path(__file__).resolve().parent / "artefacts"
+ARTEFACTS = Path(__file__).resolve().parents[1] / "artefacts"
 SCREENSHOT = ARTEFACTS / "dashboard.png"
 WINDOW = (1400, 900)
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

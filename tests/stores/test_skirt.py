@@ -14,10 +14,10 @@ from surveydust.physics import ab_to_njy, njy_to_ab
 from surveydust.stores.skirt import ingest_skirt, rebin_matrix
 from surveydust.stores.training import open_training_store
 
-FIXTURE = Path(__file__).parent / "data" / "skirt"
+FIXTURE = Path(__file__).parents[1] / "data" / "skirt"
 CUBES = sorted(FIXTURE.glob("*.fits"))
 PROPS = FIXTURE / "properties.csv"
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "tng50_skirt_mock"
+REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "tng50_skirt_mock"
 REAL_LONG = REAL / "188916_i0_a0_z3_NIRCam_long.fits"
 
 
