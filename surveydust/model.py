@@ -95,7 +95,10 @@ def build_model(bands: tuple[str, ...], crop: int, n_targets: int, cfg: ModelCon
     return keras.Model([image, aux], out, name=f"surveydust_{cfg.architecture}")
 
 
-def compile_model(model: keras.Model, loss: str, learning_rate: float) -> keras.Model:
-    """Adam with the chosen loss; XLA off (slower than plain TF on CPU, and sticky in .keras files)."""
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=LOSSES[loss], jit_compile=False)
+def compile_model(model: keras.Model, loss: str, learning_rate: float, weight_decay: float = 0.0) -> keras.Model:
+    """Adam (AdamW with decoupled ``weight_decay`` > 0) with the chosen loss; XLA off (slower
+    than plain TF on CPU, and sticky in .keras files)."""
+    optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay) if weight_decay > 0 \
+        else keras.optimizers.Adam(learning_rate)
+    model.compile(optimizer=optimizer, loss=LOSSES[loss], jit_compile=False)
     return model

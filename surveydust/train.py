@@ -324,7 +324,7 @@ def fit_bundle(parts: dict[str, Part], cfg: TrainingConfig, out: str, meta: dict
         xv, val_ds = _in_memory(parts["validation"], cfg)
         yv = ((target_values(val_ds, cfg) - mean) / std).astype(np.float32)
         model = compile_model(build_model(cfg.bands, cfg.crop, len(cfg.targets), cfg.model, cfg.loss),
-                              cfg.loss, cfg.learning_rate)
+                              cfg.loss, cfg.learning_rate, cfg.weight_decay)
         stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
                                              restore_best_weights=True)
         schedule = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=LR_PATIENCE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Iterator
 
@@ -62,6 +63,10 @@ def test_local_profile_gives_working_client(capfd: pytest.CaptureFixture[str]) -
         assert all(addr.startswith("tcp://127.0.0.1:") for addr in info["workers"])
         assert client.submit(sum, [1, 2, 3]).result(timeout=30) == 6
         assert all(r == {"GPU": 1.0} for r in worker_resources(client).values())
+        # numpy temporaries stay on the heap in workers (Dask's trim setting would mmap each one)
+        env = client.run(lambda: {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")})
+        assert all(e == {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "65536"}
+                   for e in env.values()), env
         link = client.dashboard_link
     err = capfd.readouterr().err
     assert f"Dask dashboard: {link}" in err

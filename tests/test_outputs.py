@@ -118,3 +118,43 @@ def test_damaged_tile_parts_are_redone_and_an_empty_run_file_does_not_block(tmp_
     (parts.path / RUN_FILE).write_text("")  # a run killed while writing run.json
     again = Parts(out, "token-a")
     assert again.done() == set() and (again.path / RUN_FILE).read_text()
+
+
+def _chunk_files(store, array):
+    return sorted(p for p in (store / array / "c").rglob("*") if p.is_file())
+
+
+def test_a_store_with_a_lost_chunk_is_refused_in_one_line(tmp_path, tiny_mosaic) -> None:
+    """A chunk file deleted from a complete store (a half-copied folder, a disk fault) would
+    read as NaN: the chunk counts in the completion record catch it before any work."""
+    import shutil
+
+    from surveydust.stores.mosaic import open_mosaic
+
+    store = tmp_path / "field.zarr"
+    shutil.copytree(tiny_mosaic, store)
+    recorded = open_mosaic(store).attrs["chunk_counts"]
+    assert recorded["sci"] == len(_chunk_files(store, "sci")) > 1
+    _chunk_files(store, "sci")[1].unlink()
+    result = CliRunner().invoke(main, ["run-catalogue", str(store), "--out", str(tmp_path / "cat.zarr")])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
+    assert f"is damaged: array 'sci' has {recorded['sci'] - 1} of its {recorded['sci']} chunk files" in lines[0]
+    assert not (tmp_path / "cat.zarr").exists()
+
+
+def test_a_corrupt_chunk_is_named_in_one_line(tmp_path, tiny_mosaic) -> None:
+    import shutil
+
+    store = tmp_path / "field.zarr"
+    shutil.copytree(tiny_mosaic, store)
+    chunk = _chunk_files(store, "err")[0]
+    chunk.write_bytes(b"\x00garbage" * 64)
+    result = CliRunner().invoke(main, ["run-catalogue", str(store), "--out", str(tmp_path / "cat.zarr"),
+                                       "--workers", "1"])
+    assert result.exit_code != 0
+    lines = [line for line in result.output.strip().splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert "is damaged: a chunk of 'err' in y 0:256, x 0:256 cannot be read" in lines[0], lines[0]
+    assert not (tmp_path / "cat.zarr").exists()

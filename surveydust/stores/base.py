@@ -80,7 +80,8 @@ def write_store_atomically(
 ) -> Path:
     """Write ``ds`` as a surveydust Zarr store of kind ``store_kind`` at ``path``, atomically.
 
-    Sets the attrs ``store_kind``, ``store_id``, ``surveydust_version`` and
+    Sets the attrs ``store_kind``, ``store_id``, ``surveydust_version``,
+    ``chunk_counts`` (chunk files written per array, so a lost one is noticed) and
     ``complete`` (False while writing). The store is written to a hidden
     temporary sibling, marked complete and only then moved into place (an old
     store at ``path`` is replaced after that). ``compute`` receives the delayed
@@ -100,7 +101,8 @@ def write_store_atomically(
             delayed = ds.to_zarr(tmp, mode="w", encoding=encoding, compute=False, consolidated=True)
         extra = delayed.compute() if compute is None else compute(delayed)
         attrs = zarr.open_group(tmp, mode="r+").attrs
-        attrs.update({**(extra if isinstance(extra, Mapping) else {}), "complete": True})
+        attrs.update({**(extra if isinstance(extra, Mapping) else {}), "chunk_counts": chunk_counts(tmp),
+                      "complete": True})
         with _quiet_consolidation():
             zarr.consolidate_metadata(tmp)
         replace_atomically(tmp, path)
@@ -145,8 +147,23 @@ def open_complete_store(path: Path | str, store_kind: str, what: str, **open_kwa
         raise ValueError(f"{path} is not a surveydust {what} (store_kind={ds.attrs.get('store_kind')!r})")
     if not ds.attrs.get("complete", False):
         raise ValueError(f"{what} {path} is incomplete (an interrupted write?)")
+    found = chunk_counts(path)
+    for name, n in (ds.attrs.get("chunk_counts") or {}).items():
+        if found.get(name, 0) < n:
+            raise ValueError(f"{what} {path} is damaged: array {name!r} has {found.get(name, 0)} of its {n} chunk "
+                             "files (deleted or lost); write it again")
     return ds
 
 
-__all__ = ["check_output_path", "existing_kind", "open_complete_store", "replace_atomically",
+def chunk_counts(path: Path | str) -> dict[str, int]:
+    """Chunk files per array of the Zarr v3 store at ``path`` (``<array>/c/...``; chunks that
+    are all fill value are not written, so this is what was written, not the grid size)."""
+    counts = {}
+    for meta in Path(path).glob("*/zarr.json"):
+        c = meta.parent / "c"
+        counts[meta.parent.name] = sum(len(files) for _, _, files in os.walk(c)) if c.is_dir() else 0
+    return counts
+
+
+__all__ = ["check_output_path", "chunk_counts", "existing_kind", "open_complete_store", "replace_atomically",
            "write_store_atomically", "zarr_compressor"]

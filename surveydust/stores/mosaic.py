@@ -248,9 +248,16 @@ class MosaicReader:
     err: Any
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
-        """``sci`` and ``err`` ``(band, y, x)`` [nJy per pixel, float32] of the box ``[y0, y1) x [x0, x1)``."""
-        return (np.asarray(self.sci[:, y0:y1, x0:x1], dtype=np.float32),
-                np.asarray(self.err[:, y0:y1, x0:x1], dtype=np.float32))
+        """``sci`` and ``err`` ``(band, y, x)`` [nJy per pixel, float32] of the box ``[y0, y1) x [x0, x1)``;
+        a chunk that cannot be decoded is a one-line ValueError naming the array and the box."""
+        out = []
+        for name, array in (("sci", self.sci), ("err", self.err)):
+            try:
+                out.append(np.asarray(array[:, y0:y1, x0:x1], dtype=np.float32))
+            except Exception as exc:  # noqa: BLE001 (codec and I/O errors of a damaged chunk)
+                raise ValueError(f"mosaic store {self.path} is damaged: a chunk of {name!r} in y {y0}:{y1}, "
+                                 f"x {x0}:{x1} cannot be read ({type(exc).__name__}); ingest it again") from None
+        return out[0], out[1]
 
 
 _READERS: dict[str, MosaicReader] = {}
