@@ -103,7 +103,6 @@ from surveydust.detect import (
     smooth,
 )
 from surveydust.infer import _predictor, catalogue_tile, measure_tile, predict_tile
-
 from surveydust.stores.catalogue import write_catalogue
 from surveydust.stores.mosaic import DEFAULT_CHUNK, block_pix, ingest_mosaic, mosaic_reader, open_mosaic, store_chunk
 
