@@ -53,16 +53,26 @@ def detection_image(sci: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.nd
 
     Returns the image and the mask of pixels with data in every band (NaN
     science or non-positive/NaN error anywhere masks the pixel); masked pixels are 0.
+    Band by band into preallocated 2-d buffers (no full-cube temporaries).
     """
     sci, err = np.asarray(sci, np.float32), np.asarray(err, np.float32)
+    shape = sci.shape[1:]
+    num, den, valid = np.zeros(shape, np.float32), np.zeros(shape, np.float32), np.ones(shape, bool)
+    w, term, ok = np.empty(shape, np.float32), np.empty(shape, np.float32), np.empty(shape, bool)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        ivar = 1.0 / (err * err)
-        good = np.isfinite(sci) & (err > 0) & np.isfinite(ivar)
-        valid = good.all(axis=0)
-        ivar = np.where(good, ivar, np.float32(0))
-        num = (np.where(good, sci, np.float32(0)) * ivar).sum(axis=0)
-        snr = np.where(valid, num / np.sqrt(ivar.sum(axis=0)), np.float32(0))
-    return snr.astype(np.float32, copy=False), valid
+        for s, e in zip(sci, err, strict=True):
+            np.reciprocal(np.multiply(e, e, out=w), out=w)  # inverse variance
+            np.isfinite(w, out=ok)
+            ok &= e > 0
+            ok &= np.isfinite(s)
+            valid &= ok
+            np.copyto(w, 0, where=~ok)
+            np.copyto(np.multiply(s, w, out=term), 0, where=~ok)
+            num += term
+            den += w
+        np.divide(num, np.sqrt(den, out=den), out=num)
+    np.copyto(num, 0, where=~valid)
+    return num, valid
 
 
 def detect(sci: np.ndarray, err: np.ndarray, cfg: CatalogueConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
