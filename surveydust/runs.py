@@ -28,6 +28,20 @@ logger = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 
 
+def may_be_alive(pid: int, host: str) -> bool:
+    """Whether process ``pid`` on ``host`` may still run: False only when it is on this
+    machine and gone (another machine's process cannot be checked, so it is respected)."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 class OutputLock:
     """An exclusive lock on an output path, held by this process (``.<name>.lock`` beside it).
 
@@ -66,15 +80,7 @@ class OutputLock:
             pid, host = int(holder["pid"]), str(holder["host"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if host != socket.gethostname():
-            return holder  # another machine's process: cannot tell, so respect it
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return holder
+        return holder if may_be_alive(pid, host) else None
 
     def __exit__(self, *exc: Any) -> None:
         if self.held:
@@ -194,4 +200,4 @@ class ResumableRun:
             self._scratch.cleanup()
 
 
-__all__ = ["RUN_FILE", "OutputLock", "Parts", "ResumableRun"]
+__all__ = ["RUN_FILE", "OutputLock", "Parts", "ResumableRun", "may_be_alive"]

@@ -158,3 +158,33 @@ def test_a_corrupt_chunk_is_named_in_one_line(tmp_path, tiny_mosaic) -> None:
     assert len(lines) == 1 and "Traceback" not in result.output, result.output
     assert "is damaged: a chunk of 'err' in y 0:256, x 0:256 cannot be read" in lines[0], lines[0]
     assert not (tmp_path / "cat.zarr").exists()
+
+
+def test_a_partial_store_left_by_a_killed_run_is_removed_by_the_next_write(tmp_path) -> None:
+    """SIGKILL (or a lost node) leaves the hidden .partial folder of an atomic write; the next
+    write of that output removes it when its process is gone, and leaves a live writer's alone."""
+    import socket
+    import subprocess
+    import sys
+
+    import numpy as np
+    import xarray as xr
+
+    from surveydust.stores.catalogue import open_catalogue, write_catalogue
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        host = socket.gethostname()
+        stale = tmp_path / f".cat.zarr.partial-{host}-{int(dead.stdout)}-0badf00d"
+        running = tmp_path / f".cat.zarr.partial-{host}-{live.pid}-5eedf00d"
+        for folder in (stale, running):
+            folder.mkdir()
+            (folder / "zarr.json").write_text("{}")
+        ds = xr.Dataset({"x": ("source", np.arange(3.0))}, coords={"source": np.arange(3)})
+        write_catalogue(ds, tmp_path / "cat.zarr", overwrite=False)
+        assert sorted(tmp_path.glob(".cat.zarr.partial-*")) == [running]  # the stale one and its own are gone
+        assert list(open_catalogue(tmp_path / "cat.zarr")["x"].values) == [0.0, 1.0, 2.0]
+    finally:
+        live.kill()

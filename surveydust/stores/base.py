@@ -11,8 +11,10 @@ successor is whole.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
+import socket
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -24,6 +26,8 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from surveydust.provenance import VERSION
+
+logger = logging.getLogger(__name__)
 
 
 def zarr_compressor() -> BloscCodec:
@@ -95,7 +99,8 @@ def write_store_atomically(
         surveydust_version=VERSION,
         complete=False,
     )
-    tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
+    remove_stale_partials(path)
+    tmp = path.with_name(f".{path.name}.partial-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         with _quiet_consolidation():
             delayed = ds.to_zarr(tmp, mode="w", encoding=encoding, compute=False, consolidated=True)
@@ -109,6 +114,18 @@ def write_store_atomically(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def remove_stale_partials(path: Path) -> None:
+    """Delete the temporary siblings of ``path`` (``.<name>.partial-<host>-<pid>-<id>``) whose
+    writer was killed (SIGKILL, a node lost): its process on this host is gone."""
+    from surveydust.runs import may_be_alive
+
+    for partial in path.parent.glob(f".{path.name}.partial-*"):
+        host, pid, _ = (partial.name.split(".partial-", 1)[1].rsplit("-", 2) + ["", ""])[:3]
+        if pid.isdigit() and not may_be_alive(int(pid), host):
+            shutil.rmtree(partial, ignore_errors=True)
+            logger.info("removed %s, left by a killed run (pid %s)", partial.name, pid)
 
 
 @contextlib.contextmanager
