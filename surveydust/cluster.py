@@ -61,7 +61,7 @@ import yaml
 from dask.system import CPU_COUNT
 from dask.utils import parse_timedelta
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, Worker
-from distributed.core import Server
+from distributed.core import Server, Status
 from distributed.deploy.cluster import Cluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -333,15 +333,54 @@ def _check_scaling(name: str, kind: str, workers: int | None, jobs: int | None) 
         raise ValueError("give workers= or jobs=, not both")
 
 
+SUBMIT_TIMEOUT_S = 60.0  # longest wait for the batch system to accept (not start) the jobs
+
+
 def _scale(
     name: str, cluster: Cluster, settings: dict[str, Any], workers: int | None, jobs: int | None
 ) -> None:
-    """Submit the jobs of a jobqueue cluster: ``workers`` workers, else ``jobs`` jobs."""
-    if workers is not None:
-        cluster.scale(n=workers)
-    else:
-        n_jobs = jobs if jobs is not None else settings.get("jobs", 1)
-        cluster.scale(jobs=_positive_int(n_jobs, f"cluster profile {name!r}: jobs"))
+    """Submit the jobs of a jobqueue cluster (``workers`` workers, else ``jobs`` jobs) and wait
+    until the batch system has accepted every one: a refused submission (a bad partition,
+    account or limit) is one ``ValueError`` line, not a wait for workers that never come."""
+    refusals = _SubmitRefusals()
+    log = logging.getLogger("tornado.application")  # where dask-jobqueue's background submission fails
+    log.addFilter(refusals)
+    try:
+        if workers is not None:
+            cluster.scale(n=workers)
+        else:
+            n_jobs = jobs if jobs is not None else settings.get("jobs", 1)
+            cluster.scale(jobs=_positive_int(n_jobs, f"cluster profile {name!r}: jobs"))
+        deadline = time.monotonic() + SUBMIT_TIMEOUT_S
+        while not (cluster.workers and all(getattr(job, "job_id", None) for job in cluster.workers.values())):
+            if refusals.messages or time.monotonic() > deadline:
+                for job in list(getattr(cluster, "_created", ())):  # never submitted: let close() pass them
+                    if job.status == Status.created:
+                        job.status = Status.failed
+                reason = refusals.messages[0] if refusals.messages else \
+                    f"no job was accepted within {SUBMIT_TIMEOUT_S:g} s"
+                raise ValueError(f"cluster profile {name!r}: the batch system refused the job: {reason}")
+            time.sleep(0.1)
+    finally:
+        log.removeFilter(refusals)
+
+
+class _SubmitRefusals(logging.Filter):
+    """Keeps (as one line each) and drops the tracebacks of failed job submissions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not (isinstance(exc, RuntimeError) and "Command exited with non-zero exit code" in str(exc)):
+            return True
+        text = str(exc)
+        command = text.split("Command:\n", 1)[-1].split("\n", 1)[0].split(" ")[0]
+        stderr = text.split("stderr:\n", 1)[-1].strip().replace("\n", " ") or "no message"
+        self.messages.append(f"{command} failed: {stderr}")
+        return False
 
 
 def _announce_dashboard(client: Client) -> None:

@@ -317,3 +317,24 @@ def test_run_catalogue_on_real_slurm_matches_local_cluster(slurm, tmp_path: Path
     assert set(on_slurm.data_vars) == set(local.data_vars)
     for name in local.data_vars:
         np.testing.assert_array_equal(on_slurm[name].values, local[name].values, err_msg=name)
+
+
+@pytest.mark.slurm
+def test_a_job_the_batch_system_refuses_is_one_error_line(slurm, tmp_path: Path) -> None:
+    """sbatch refuses the job (a partition that does not exist): one Error line naming the
+    refusal, at once and non-zero, instead of waiting for workers that never come."""
+    profile = {**_slurm_profile(tmp_path, slurm.memory_mb), "queue": "no-such-partition"}
+    (tmp_path / "dask").mkdir()
+    (tmp_path / "dask" / "surveydust.yaml").write_text(
+        yaml.safe_dump({"surveydust": {"cluster": {"profiles": {"slurm": profile}}}}))
+    exe = Path(sys.executable).with_name("surveydust")
+    start = time.monotonic()
+    done = subprocess.run([str(exe), "run-catalogue", "--demo", "--out", str(tmp_path / "demo" / "cat.zarr"),
+                           "--cluster", "slurm", "--jobs", "1", "--quiet"], capture_output=True, text=True,
+                          env={**slurm.env, "DASK_CONFIG": str(tmp_path / "dask")}, cwd=tmp_path, timeout=300)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "the batch system refused the job: sbatch failed:" in errors[0], errors[0]
+    assert "partition" in errors[0].lower(), errors[0]
+    assert time.monotonic() - start < 240
