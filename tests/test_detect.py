@@ -92,3 +92,31 @@ def test_a_tile_without_data_has_no_sources() -> None:
     assert x.size == y.size == blended.size == 0
     x, y, _ = detect(np.ones((3, 64, 64)), np.zeros((3, 64, 64)), cfg)  # zero weight everywhere
     assert x.size == 0
+
+
+def test_detection_on_a_simulated_field_is_as_complete_as_the_photutils_pipeline(tmp_path, client) -> None:
+    """A 1536 x 1536 px three-band field of 150 simulated galaxies (FITS, ingested), detected
+    whole. The photutils pipeline SEP replaced (astropy convolution, detect_sources,
+    deblend_sources, SourceCatalog centroids) found 84 sources on this field: 79 of the 150
+    injected galaxies within 0.1", 5 spurious, median offset 10.0 mas."""
+    from astropy.table import Table
+
+    from surveydust.compare import nearest
+    from surveydust.demo import TRUTH_MATCH_ARCSEC
+    from surveydust.simulate import simulate_field
+    from surveydust.stores.mosaic import ingest_mosaic, mosaic_reader
+
+    files = simulate_field(tmp_path / "fits", n_galaxies=150, shape=(1536, 1536), bands=["F277W", "F356W", "F444W"],
+                           seed=11)
+    mosaic = mosaic_reader(ingest_mosaic(tmp_path / "m.zarr", {b: str(p) for b, p in files.bands.items()},
+                                         client=client, progress=False))
+    sci, err = mosaic.read(0, 1536, 0, 1536)
+    x, y, blended = detect(sci, err, load_catalogue_config())
+    ra, dec = mosaic.wcs.all_pix2world(x, y, 0)
+    truth = Table.read(files.truth)
+    idx, sep, ok = nearest(np.asarray(truth["ra_centroid"]), np.asarray(truth["dec_centroid"]), ra, dec,
+                           TRUTH_MATCH_ARCSEC)
+    spurious = x.size - np.unique(idx[ok]).size
+    assert ok.sum() >= 79 and spurious <= 5, (ok.sum(), spurious)
+    assert np.median(sep[ok]) < 0.011  # arcsec
+    assert blended.dtype == bool and blended.size == x.size
