@@ -9,8 +9,9 @@ before TensorFlow loads):
    beforehand, shuffled by Keras, validation on the validation galaxies): the
    baseline.
 2. ``surveydust fit``: :func:`surveydust.train.fit_bundle` on the same samples,
-   streamed from the Zarr training store a chunk at a time (:class:`StoreBatches`,
-   normalised per chunk, redshift dropout), with the same validation data, then
+   streamed from the Zarr training store (:class:`StoreBatches`: windows of chunks
+   as large as ``shuffle_buffer_mb``, the whole part here, galaxies mixed across
+   batches, redshift dropout), with the same validation data, then
    its calibration and bundle writing. The goal is at least 0.9 of the
    baseline's samples per second.
 
