@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from surveydust.sources import TRUTH_MATCH_ARCSEC, nearest
+from surveydust.sources import TRUTH_MATCH_ARCSEC, nearest, read_table
 from surveydust.stores.catalogue import FLAGS
 
 logger = logging.getLogger(__name__)
@@ -43,9 +43,7 @@ def methods(cat: xr.Dataset, quantity: str) -> dict[str, np.ndarray]:
 def truth_values(cat: xr.Dataset, truth: Path | str,
                  radius_arcsec: float = TRUTH_MATCH_ARCSEC) -> dict[str, np.ndarray]:
     """Truth per catalogue source (NaN where no injected galaxy lies within ``radius_arcsec``)."""
-    from astropy.table import Table
-
-    table = Table.read(truth)
+    table = read_table(truth, "truth")
     ra = table["ra_centroid"] if "ra_centroid" in table.colnames else table["ra"]
     dec = table["dec_centroid"] if "dec_centroid" in table.colnames else table["dec"]
     idx, _, ok = nearest(cat["ra"].values, cat["dec"].values, np.asarray(ra), np.asarray(dec), radius_arcsec)

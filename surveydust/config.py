@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from surveydust.instrument import DEPTH_PRESETS, KNOWN_BANDS
+from surveydust.instrument import DEPTH_PRESETS, KNOWN_BANDS, check_bands
 from surveydust.quantities import PREDICTED
 
 
@@ -31,17 +31,6 @@ def _check_range(v: tuple[float, float], name: str) -> tuple[float, float]:
     if not v[0] <= v[1]:
         raise ValueError(f"{name} must be [low, high] with low <= high, got {list(v)}")
     return v
-
-
-def _check_bands(bands: tuple[str, ...]) -> tuple[str, ...]:
-    """Upper-case band names; refuse unknown or repeated ones."""
-    bands = tuple(b.upper() for b in bands)
-    unknown = [b for b in bands if b not in KNOWN_BANDS]
-    if unknown:
-        raise ValueError(f"unknown band(s) {unknown}; known: {', '.join(KNOWN_BANDS)}")
-    if len(set(bands)) != len(bands):
-        raise ValueError(f"bands listed twice: {list(bands)}")
-    return bands
 
 
 class SimulationConfig(_Config):
@@ -78,7 +67,7 @@ class SimulationConfig(_Config):
     @field_validator("bands")
     @classmethod
     def _known_bands(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return _check_bands(v)
+        return check_bands(v)
 
     @field_validator("redshift_range", "log_mstar_range", "gas_to_stellar_mass")
     @classmethod
@@ -175,7 +164,7 @@ class TrainingConfig(_Config):
     @field_validator("bands")
     @classmethod
     def _known_bands(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return _check_bands(v)
+        return check_bands(v)
 
     @field_validator("targets")
     @classmethod
@@ -269,7 +258,7 @@ class CatalogueConfig(_Config):
     @field_validator("detection_bands")
     @classmethod
     def _known_bands(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return _check_bands(v)
+        return check_bands(v)
 
 
 _C = TypeVar("_C", bound=_Config)

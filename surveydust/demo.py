@@ -93,9 +93,9 @@ def match_truth(catalogue: Any, truth: Path | str, radius_arcsec: float = TRUTH_
     (nearest within ``radius_arcsec``): the numbers of matches, missed galaxies
     (mostly those below the detection limit) and spurious sources, and the
     median separation [arcsec]."""
-    from astropy.table import Table
+    from surveydust.sources import read_table
 
-    truth = Table.read(truth)
+    truth = read_table(truth, "truth")
     n_cat = catalogue.sizes["source"]
     idx, sep, ok = nearest(np.asarray(truth["ra_centroid"]), np.asarray(truth["dec_centroid"]),
                            catalogue["ra"].values, catalogue["dec"].values, radius_arcsec)

@@ -7,8 +7,10 @@ magnitudes of point sources in 0.1 arcsec radius apertures.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
@@ -45,6 +47,18 @@ DEPTH_PRESETS: dict[str, dict[str, float]] = {
               "F277W": 30.0, "F356W": 30.0, "F410M": 29.6, "F444W": 29.7},
 }
 DEPTH_APERTURE_RADIUS_ARCSEC = 0.1
+
+
+def check_bands(bands: Sequence[Any]) -> tuple[str, ...]:
+    """NIRCam band names as given (any case, spaces around), upper-cased; unknown or repeated
+    ones are refused with one ``ValueError`` line."""
+    names = tuple(str(b).strip().upper() for b in bands)
+    unknown = [b for b in names if b not in KNOWN_BANDS]
+    if unknown:
+        raise ValueError(f"unknown band(s) {unknown}; known: {', '.join(KNOWN_BANDS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"bands listed twice: {list(names)}")
+    return names
 
 
 @lru_cache(maxsize=32)

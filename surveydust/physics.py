@@ -6,6 +6,7 @@ Units: wavelengths in Angstrom, flux densities in nJy, luminosities in erg/s.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import extinction
 import numpy as np
@@ -45,6 +46,19 @@ def njy_to_ab(flux_njy: float | np.ndarray) -> float | np.ndarray:
 def mjy_per_sr_to_njy(values: np.ndarray, pixel_area_sr: float) -> np.ndarray:
     """Surface brightness in MJy/sr to flux per pixel in nJy (1 MJy = 1e15 nJy)."""
     return np.asarray(values) * (1e15 * pixel_area_sr)
+
+
+def njy_per_pixel_factor(unit: Any, area_sr: float) -> float | None:
+    """Factor turning image values in ``unit`` (an astropy unit: a surface brightness such as
+    MJy/sr, or a flux density such as nJy or uJy) into flux per pixel [nJy], for pixels of
+    ``area_sr`` [sr]; None for any other unit."""
+    import astropy.units as u
+
+    if unit.is_equivalent(u.MJy / u.sr):
+        return float(mjy_per_sr_to_njy(unit.to(u.MJy / u.sr), area_sr))
+    if unit.is_equivalent(u.nJy):
+        return float(unit.to(u.nJy))
+    return None
 
 
 def pixel_area_sr(pixel_scale_arcsec: float) -> float:

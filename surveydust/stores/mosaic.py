@@ -50,8 +50,8 @@ from astropy.wcs.utils import proj_plane_pixel_area, proj_plane_pixel_scales
 from dask.base import tokenize
 
 from surveydust.cluster import open_client, run_with_progress
-from surveydust.instrument import KNOWN_BANDS
-from surveydust.physics import mjy_per_sr_to_njy, pixel_area_sr
+from surveydust.instrument import KNOWN_BANDS, check_bands
+from surveydust.physics import njy_per_pixel_factor, pixel_area_sr
 from surveydust.provenance import sha256
 from surveydust.stores.base import (
     check_output_path,
@@ -295,14 +295,7 @@ def resolve_bands(bands: Mapping[str, Any]) -> list[BandSource]:
     """Check every band's files and headers (no pixel data read); wavelength order."""
     if not isinstance(bands, Mapping) or not bands:
         raise ValueError("no bands given: pass {band: FITS path} (CLI: --band F277W=file.fits)")
-    names: dict[str, Any] = {}
-    for band, spec in bands.items():
-        name = str(band).strip().upper()
-        if name not in KNOWN_BANDS:
-            raise ValueError(f"unknown band {band!r}; known: {', '.join(KNOWN_BANDS)}")
-        if name in names:
-            raise ValueError(f"band {name} is given twice")
-        names[name] = spec
+    names = dict(zip(check_bands(list(bands)), bands.values(), strict=True))
     return [_resolve_band(name, names[name]) for name in KNOWN_BANDS if name in names]
 
 
@@ -496,11 +489,10 @@ def _to_njy(band: str, loc: _Located, bunit: Any, pixar_sr: float | None, wcs: W
     if bunit is None or not str(bunit).strip():
         raise ValueError(f"{band}: {loc.path.name} (HDU {loc.index}) has no BUNIT; {expected}")
     unit = _parse_unit(str(bunit).strip())
-    if unit is not None and unit.is_equivalent(_SURFACE_BRIGHTNESS):
-        area = pixar_sr if pixar_sr is not None else pixel_area_sr(math.sqrt(proj_plane_pixel_area(wcs)) * 3600)
-        return float(mjy_per_sr_to_njy(unit.to(_SURFACE_BRIGHTNESS), area))
-    if unit is not None and unit.is_equivalent(u.nJy):
-        return float(unit.to(u.nJy))
+    area = pixar_sr if pixar_sr is not None else pixel_area_sr(math.sqrt(proj_plane_pixel_area(wcs)) * 3600)
+    factor = njy_per_pixel_factor(unit, area) if unit is not None else None
+    if factor is not None:
+        return factor
     raise ValueError(f"{band}: BUNIT {str(bunit).strip()!r} of {loc.path.name} is not supported; {expected}")
 
 

@@ -64,8 +64,8 @@ from astropy.io import fits
 from astropy.table import Table
 
 from surveydust.cluster import open_client, run_with_progress
-from surveydust.instrument import KNOWN_BANDS
-from surveydust.physics import mjy_per_sr_to_njy, pixel_area_sr
+from surveydust.instrument import KNOWN_BANDS, check_bands
+from surveydust.physics import njy_per_pixel_factor, pixel_area_sr
 from surveydust.provenance import sha256
 from surveydust.quantities import PREDICTED, r_v
 from surveydust.stores.base import check_output_path
@@ -259,12 +259,10 @@ def _to_njy_factor(path: Path, header: fits.Header) -> float:
         unit = u.Unit(text)
     except ValueError:
         raise ValueError(f"{path.name}: unreadable unit BUNIT={text!r}; expected MJy/sr or nJy") from None
-    if unit.is_equivalent(u.MJy / u.sr):
-        sx, sy = _pixel_scales_arcsec(path, header)
-        area = pixel_area_sr(float(np.sqrt(sx * sy)))  # same solid angle as the sx x sy pixel
-        return float(mjy_per_sr_to_njy(unit.to(u.MJy / u.sr), area))
-    if unit.is_equivalent(u.nJy):
-        return float(unit.to(u.nJy))
+    sx, sy = _pixel_scales_arcsec(path, header)
+    factor = njy_per_pixel_factor(unit, pixel_area_sr(float(np.sqrt(sx * sy))))  # the sx x sy pixel's solid angle
+    if factor is not None:
+        return factor
     raise ValueError(f"{path.name}: unit {text!r} is neither a surface brightness (MJy/sr) nor a flux (nJy)")
 
 
@@ -299,12 +297,9 @@ def _select_bands(views: list[list[CubeInfo]], bands: Sequence[str] | None) -> l
         if not chosen:
             raise ValueError(f"no band of {', '.join(KNOWN_BANDS)} is present in every view")
         return chosen
-    chosen = [str(b).strip().upper() for b in bands]
-    unknown = [b for b in chosen if b not in KNOWN_BANDS]
-    if unknown:
-        raise ValueError(f"unknown band(s) {', '.join(unknown)}; known: {', '.join(KNOWN_BANDS)}")
-    if not chosen or len(set(chosen)) != len(chosen):
-        raise ValueError(f"bands must be a non-empty list without repeats, got {list(bands)}")
+    chosen = list(check_bands(bands))
+    if not chosen:
+        raise ValueError("bands must not be empty")
     for view, avail in zip(views, available):
         absent = [b for b in chosen if b not in avail]
         if absent:

@@ -207,7 +207,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, images) -> None:
     cases = [
         (FileNotFoundError, {"F277W": tmp_path / "none.fits"}, "F277W: mosaic file"),
         (FileNotFoundError, {"F277W": {"sci": good, "err": tmp_path / "e.fits"}}, "err file"),
-        (ValueError, {"F999W": good}, "unknown band 'F999W'"),
+        (ValueError, {"F999W": good}, "unknown band(s) ['F999W']"),
         (ValueError, {"F277W": write_i2d(tmp_path / "dn.fits", images["sci"], bunit="DN/s")},
          "BUNIT 'DN/s'"),
         (ValueError, {"F277W": write_i2d(tmp_path / "nounit.fits", images["sci"], bunit=None)}, "no BUNIT"),
