@@ -299,7 +299,7 @@ class _TrialRunner:
         future = self.client.submit(
             run_trial, str(self.out), trial._trial_id, cfg, self.tuning, self.parts, meta, key=f"tune-trial-{trial.number}-{uuid.uuid4().hex[:8]}", pure=False,
             resources={"GPU": 1} if gpu else None, workers=[worker] if worker else None,
-            allow_other_workers=True)
+            allow_other_workers=worker is not None)  # Dask refuses it without workers= (no idle one)
         self.running[future] = (trial, worker)
         logger.info("trial %d started: %s", trial.number, _describe(trial.params))
 

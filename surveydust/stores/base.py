@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import socket
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -111,9 +112,23 @@ def write_store_atomically(
         with _quiet_consolidation():
             zarr.consolidate_metadata(tmp)
         replace_atomically(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        _remove_late_writes(tmp)
+        raise
     return path
+
+
+def _remove_late_writes(path: Path, quiet_s: float = 1.0, timeout_s: float = 30.0) -> None:
+    """Remove the temporary store ``path`` of a failed write, and again while a task that was
+    already running when its computation failed still writes a chunk into it."""
+    deadline = time.monotonic() + timeout_s
+    shutil.rmtree(path, ignore_errors=True)
+    quiet_until = time.monotonic() + quiet_s
+    while time.monotonic() < min(quiet_until, deadline):
+        time.sleep(0.1)
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            quiet_until = time.monotonic() + quiet_s
 
 
 def remove_stale_partials(path: Path) -> None:

@@ -55,7 +55,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 TILE_KEY = re.compile(r"^catalogue-tile-[0-9a-f]{8}-\d+$")
 LINK = re.compile(r"^Dask dashboard: (\S+)$", re.MULTILINE)
-FIELD_PIX = 640  # 3 x 3 tiles of 256 px (the demo's chunks), as in test_infer
+FIELD_PIX = 640
+TILE_PIX = 256  # 3 x 3 tiles (the demo's), as in test_infer
 N_TILES = 9
 
 # Read, in the page, the task stream's rectangles from the Bokeh document(s) it holds.
@@ -312,7 +313,7 @@ def test_status_page_shows_catalogue_tiles_in_the_task_stream(chromium, dashboar
 
     def run() -> None:
         try:
-            result["catalogue"] = run_catalogue(store, client=client, progress=False)
+            result["catalogue"] = run_catalogue(store, client=client, progress=False, tile_pix=TILE_PIX)
         except BaseException as exc:  # re-raised in the test's thread
             result["error"] = exc
         finally:
