@@ -154,7 +154,7 @@ class ResumableRun:
 
     def __init__(self, out: Path | None, token: str, *, scratch_prefix: str = "surveydust-run-",
                  parts_suffix: str = "") -> None:
-        self.out, self.token = out, token
+        self.token = token
         self._scratch = tempfile.TemporaryDirectory(prefix=scratch_prefix) if out is None else None
         self.target = out if out is not None else Path(self._scratch.name) / "output.zarr"
         self._parts_of = Path(f"{self.target}{parts_suffix}")

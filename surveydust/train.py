@@ -222,7 +222,7 @@ class StoreBatches:
         self.cfg, self.shuffle, self.epoch = cfg, shuffle, 0
         self._lock = threading.Lock()
         self._loaded: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self._order, self._window_of, self._windows = self._epoch_order()
+        self._plan = self._epoch_order()  # one tuple, swapped whole: prefetch threads never mix epochs
 
     def __len__(self) -> int:
         return int(np.ceil(self.index.size / self.cfg.batch_size))
@@ -241,7 +241,7 @@ class StoreBatches:
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
-        self._order, self._window_of, self._windows = self._epoch_order()
+        self._plan = self._epoch_order()
 
     def _window_inputs(self, window: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Store indices, normalised ``image`` and log flux of every sample of ``window``'s chunks,
@@ -262,13 +262,14 @@ class StoreBatches:
             return self._loaded[window]
 
     def __getitem__(self, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        order, window_of, windows = self._plan
         span = slice(i * self.cfg.batch_size, (i + 1) * self.cfg.batch_size)
-        pos, window_of = self._order[span], self._window_of[span]
+        pos, window_of = order[span], window_of[span]
         sample = self.index[pos]
         image = np.empty((pos.size, self.cfg.crop, self.cfg.crop, len(self.cfg.bands)), np.float32)
         log_flux = np.empty(pos.size, np.float32)
         for w in np.unique(window_of):
-            stored, w_image, w_flux = self._window_inputs(self._windows[w])
+            stored, w_image, w_flux = self._window_inputs(windows[w])
             mine = window_of == w
             row = np.searchsorted(stored, sample[mine])
             image[mine], log_flux[mine] = w_image[row], w_flux[row]

@@ -96,7 +96,7 @@ def test_store_batches_stream_in_windows_of_chunks_the_buffer_holds(store: Path)
     assert batches.window == per_window and 1 < per_window < 7  # 7 chunks: more than one window
     reference = network_inputs(ds["image"].sel(band=BANDS).values, cfg.crop)["image"]
     for _ in range(2):
-        windows = list(batches._windows)
+        windows = list(batches._plan[2])
         samples, _ = _epoch(batches, reference)
         seen = np.concatenate(samples)
         np.testing.assert_array_equal(np.sort(seen), np.arange(ds.sizes["sample"]))
