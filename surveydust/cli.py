@@ -257,7 +257,7 @@ def plot_store(store: Path, out: Path | None) -> None:
 @click.option("--max-epochs", type=int, default=None, help="Most epochs (early stopping usually ends sooner).")
 @click.option("--seed", type=int, default=None, help="Seed of the split, augmentation and weights.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Any other training setting, e.g. --set snr_min=3 --set augment.hog=true.")
+              help="Any other training setting, e.g. --set snr_min=3 --set augment.noise=1.")
 @with_cluster_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle (after the new one is complete).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -270,9 +270,10 @@ def train_command(store: Path, out: Path, bands: str | None, targets: str | None
 
     Selects SNR >= 5 samples, holds out 15% of the galaxies for testing and,
     of the rest, 15% for early stopping and 15% for calibrating the
-    percentiles; augments the training galaxies on Dask; fits on a Dask worker
-    (a GPU worker when there is one) with batches streamed from Zarr and every
-    core of that machine. The bundle predicts A_V and E(B-V) [mag, never
+    percentiles; fits on a Dask worker (a GPU worker when there is one) with
+    batches streamed from Zarr and every core of that machine, each sample
+    rotated, flipped and noised afresh in every batch (with --split paper the
+    copies are written first, on Dask). The bundle predicts A_V and E(B-V) [mag, never
     negative] and log sSFR [log10 yr^-1] with calibrated 2.5/16/50/84/97.5
     percentiles, using the redshift when a source has one; R_V is derived.
     """

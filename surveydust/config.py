@@ -108,6 +108,7 @@ TARGETS = PREDICTED  # what a network may be trained for
 class AugmentConfig(_Config):
     """Augmentation of the training split (see configs/training.yaml)."""
 
+    per_batch: bool
     rotations: bool
     flips: bool
     noise: float = Field(ge=0)
@@ -183,6 +184,9 @@ class TrainingConfig(_Config):
 
     @model_validator(mode="after")
     def _crop_fits_pooling(self) -> TrainingConfig:
+        if self.split == "galaxy" and self.augment.per_batch and (self.augment.hog or self.augment.balance):
+            raise ValueError("augment.hog and augment.balance make stored copies: set augment.per_batch=false "
+                             "to use them")
         if self.validation_fraction + self.calibration_fraction >= 1:
             raise ValueError("validation_fraction + calibration_fraction must be < 1")
         pools = len(self.model.conv_filters) - (self.model.architecture == "fusion")

@@ -28,13 +28,13 @@ import dask
 import dask.base
 import numpy as np
 
-from surveydust.augment import augment_store
+from surveydust.augment import allowed_transforms, apply_transform, augment_store
 from surveydust.backend import keras_module
 from surveydust.bundle import save_bundle
 from surveydust.cluster import open_client, worker_resources
-from surveydust.config import TrainingConfig, load_training_config
+from surveydust.config import AugmentConfig, TrainingConfig, load_training_config
 from surveydust.posterior import MIN_CALIBRATION_SAMPLES, calibrate, describe, log_offsets, to_network
-from surveydust.preprocess import Split, aux_features, feature_stats, network_inputs, select_samples, split_by_galaxy
+from surveydust.preprocess import Split, crop_centre, feature_stats, network_inputs, select_samples, split_by_galaxy
 from surveydust.provenance import VERSION
 from surveydust.stores.base import check_output_path, replace_atomically
 from surveydust.stores.training import open_training_store
@@ -76,11 +76,7 @@ def train(
     split, meta = prepare_training(store, cfg)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp, \
             open_client(client, profile=cluster, workers=workers) as c:
-        augmented = str(Path(tmp) / "augmented.zarr")
-        to_augment = split.train if cfg.split == "galaxy" else np.concatenate([split.train, split.test])
-        augment_store(store, augmented, np.sort(to_augment), config=cfg.augment, bands=cfg.bands,
-                      targets=cfg.targets, seed=cfg.seed, client=c, progress=progress)
-        parts, meta = _parts(str(store), augmented, split, cfg, meta)
+        parts, meta = _parts(str(store), Path(tmp) / "augmented.zarr", split, cfg, meta, c, progress)
         gpu = any("GPU" in r for r in worker_resources(c).values())
         token = dask.base.tokenize(cfg.model_dump_json(), meta["training_store"], meta["created"])
         topic = f"{EPOCH_TOPIC}-{token}"
@@ -127,22 +123,37 @@ def prepare_training(store: Path | str, cfg: TrainingConfig) -> tuple[Split, dic
     return split, meta
 
 
-def _parts(store: str, augmented: str, split: Split, cfg: TrainingConfig,
-           meta: dict[str, Any]) -> tuple[dict[str, Part], dict[str, Any]]:
-    """Train, validation and calibration parts (and, for ``paper``, its sample-level test)."""
-    if cfg.split == "galaxy":
-        n_aug = open_training_store(augmented).sizes["sample"]
-        return {"train": Part(augmented, np.arange(n_aug)), "validation": Part(store, split.validation),
-                "calibration": Part(store, split.calibration)}, meta
+def augments_per_batch(cfg: TrainingConfig) -> bool:
+    """Whether rotations, flips and noise are drawn afresh per batch from the stored training
+    galaxies (``augment.per_batch`` with the galaxy split) rather than written as copies first."""
+    return cfg.augment.per_batch and cfg.split == "galaxy"
+
+
+def _parts(store: str, augmented: Path, split: Split, cfg: TrainingConfig, meta: dict[str, Any],
+           client: Any, progress: bool) -> tuple[dict[str, Part], dict[str, Any]]:
+    """Train, validation and calibration parts (and, for ``paper``, its sample-level test).
+
+    The training part is the training galaxies of ``store`` itself when they are
+    augmented per batch; otherwise their augmented copies, written to
+    ``augmented`` on the cluster (for ``paper``: the test samples' too, split
+    by sample afterwards).
+    """
+    held_out = {"validation": Part(store, split.validation), "calibration": Part(store, split.calibration)}
+    if augments_per_batch(cfg):
+        return {"train": Part(store, split.train), **held_out}, meta
+    to_augment = split.train if cfg.split == "galaxy" else np.concatenate([split.train, split.test])
+    augment_store(store, augmented, np.sort(to_augment), config=cfg.augment, bands=cfg.bands,
+                  targets=cfg.targets, seed=cfg.seed, client=client, progress=progress)
     ds = open_training_store(augmented)
+    if cfg.split == "galaxy":
+        return {"train": Part(str(augmented), np.arange(ds.sizes["sample"])), **held_out}, meta
     order = np.random.default_rng([cfg.seed, 2]).permutation(ds.sizes["sample"])
     n_test = int(round(cfg.test_fraction * order.size))
     test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
     pairs = np.column_stack([ds["source_sample"].values[test], ds["transform"].values[test]])
     split_meta = {**meta["split"], "test_galaxies": [], "paper_test": pairs,
                   "n_samples": {**meta["split"]["n_samples"], "train": int(train.size), "test": int(test.size)}}
-    return {"train": Part(augmented, train), "validation": Part(store, split.validation),
-            "calibration": Part(store, split.calibration)}, {**meta, "split": split_meta}
+    return {"train": Part(str(augmented), train), **held_out}, {**meta, "split": split_meta}
 
 
 def _print_epoch(event: tuple[float, dict[str, Any]]) -> None:
@@ -201,27 +212,36 @@ class StoreBatches:
     """Batches streamed from a training store (made a ``keras.utils.PyDataset`` by
     :func:`store_batches`).
 
-    Every epoch visits the chunks in a new random order, in windows of as many
-    chunks as ``shuffle_buffer_mb`` holds; the samples of a window are mixed
-    freely, so a batch holds many galaxies, not the copies of a few (a store
-    keeps each galaxy's views together). When the whole part fits one window it
-    is read once and kept. A ``redshift_dropout`` fraction of each batch is
-    shown without its redshift.
+    Every epoch visits the chunks in a new random order, in windows of chunks
+    whose samples of this part fit ``shuffle_buffer_mb``; the samples of a
+    window are mixed freely, so a batch holds many galaxies, not the copies of
+    a few (a store keeps each galaxy's views together). When the whole part
+    fits one window it is read once and kept. A ``redshift_dropout`` fraction
+    of each batch is shown without its redshift.
+
+    With ``augment`` (per-batch augmentation, ``augment.per_batch``), every
+    sample of every batch gets a random dihedral transform (rotations by 90
+    degrees with ``rotations``, left-right flips with ``flips``) and fresh
+    Gaussian noise of ``u * noise * noise_sigma[band]`` per pixel (``u``
+    uniform in 0..1, drawn per sample) before it is normalised, so the network
+    never sees the same pixels twice.
     """
 
     def __init__(self, part: Part, cfg: TrainingConfig, mean: np.ndarray, std: np.ndarray,
-                 shuffle: bool = True) -> None:
+                 shuffle: bool = True, augment: AugmentConfig | None = None) -> None:
         ds = open_training_store(part.path)
         self.image = ds["image"].sel(band=list(cfg.bands)).data
         self.chunk = self.image.chunks[0][0]
         self.index = np.sort(np.asarray(part.index))
         self.y = ((target_values(ds.isel(sample=self.index), cfg) - mean) / std).astype(np.float32)
         self.z = ds["redshift"].values[self.index].astype(np.float64) if cfg.use_redshift else None
-        sample_bytes = 4 * len(cfg.bands) * cfg.crop ** 2
-        self.window = max(1, int(cfg.shuffle_buffer_mb * 2 ** 20 // (sample_bytes * self.chunk)))  # chunks
+        self.capacity = max(1, int(cfg.shuffle_buffer_mb * 2 ** 20 // (4 * len(cfg.bands) * cfg.crop ** 2)))
+        self.augment = augment
+        self.transforms = allowed_transforms(augment.rotations, augment.flips) if augment else np.zeros(1, int)
+        self.noise = _noise_sigma(ds, cfg.bands, augment.noise) if augment and augment.noise > 0 else None
         self.cfg, self.shuffle, self.epoch = cfg, shuffle, 0
         self._lock = threading.Lock()
-        self._loaded: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._loaded: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
         self._plan = self._epoch_order()  # one tuple, swapped whole: prefetch threads never mix epochs
 
     def __len__(self) -> int:
@@ -231,8 +251,18 @@ class StoreBatches:
         """Positions into ``self.index`` for this epoch, the window of each, and each window's chunks."""
         block = self.index // self.chunk
         rng = np.random.default_rng([self.cfg.seed, 3, self.epoch])
-        blocks = rng.permutation(np.unique(block)) if self.shuffle else np.unique(block)
-        windows = [tuple(sorted(blocks[i:i + self.window].tolist())) for i in range(0, blocks.size, self.window)]
+        blocks, counts = np.unique(block, return_counts=True)
+        if self.shuffle:
+            perm = rng.permutation(blocks.size)
+            blocks, counts = blocks[perm], counts[perm]
+        windows: list[tuple[int, ...]] = []
+        start, held = 0, 0
+        for i, n in enumerate(counts):  # greedy: chunks in turn while their samples fit the buffer
+            if i > start and held + n > self.capacity:
+                windows.append(tuple(sorted(blocks[start:i].tolist())))
+                start, held = i, 0
+            held += n
+        windows.append(tuple(sorted(blocks[start:].tolist())))
         order = [np.flatnonzero(np.isin(block, w)) for w in windows]
         if self.shuffle:
             order = [rng.permutation(o) for o in order]
@@ -243,22 +273,20 @@ class StoreBatches:
         self.epoch += 1
         self._plan = self._epoch_order()
 
-    def _window_inputs(self, window: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Store indices, normalised ``image`` and log flux of every sample of ``window``'s chunks,
-        read once (reading a new window drops all but the last one read)."""
+    def _window_images(self, window: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Store indices and centred crops ``(n, band, crop, crop)`` [nJy] of this part's samples
+        in ``window``'s chunks, read once (reading a new window drops all but the last one read)."""
         with self._lock:
             if window not in self._loaded:
                 for old in list(self._loaded)[:-1]:
                     del self._loaded[old]
                 sample = self.index[np.isin(self.index // self.chunk, window)]
-                image, flux = [], []
+                crops = []
                 for b in window:
                     rows = sample[sample // self.chunk == b] - b * self.chunk
                     chunk = np.asarray(self.image[b * self.chunk:(b + 1) * self.chunk].compute(scheduler="synchronous"))
-                    x = network_inputs(chunk[rows], self.cfg.crop)
-                    image.append(x["image"])
-                    flux.append(x["aux"][:, 0])
-                self._loaded[window] = (sample, np.concatenate(image), np.concatenate(flux))
+                    crops.append(np.ascontiguousarray(crop_centre(chunk[rows], self.cfg.crop), dtype=np.float32))
+                self._loaded[window] = (sample, np.concatenate(crops))
             return self._loaded[window]
 
     def __getitem__(self, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -266,29 +294,49 @@ class StoreBatches:
         span = slice(i * self.cfg.batch_size, (i + 1) * self.cfg.batch_size)
         pos, window_of = order[span], window_of[span]
         sample = self.index[pos]
-        image = np.empty((pos.size, self.cfg.crop, self.cfg.crop, len(self.cfg.bands)), np.float32)
-        log_flux = np.empty(pos.size, np.float32)
+        images = np.empty((pos.size, len(self.cfg.bands), self.cfg.crop, self.cfg.crop), np.float32)
         for w in np.unique(window_of):
-            stored, w_image, w_flux = self._window_inputs(windows[w])
+            stored, crops = self._window_images(windows[w])
             mine = window_of == w
-            row = np.searchsorted(stored, sample[mine])
-            image[mine], log_flux[mine] = w_image[row], w_flux[row]
+            images[mine] = crops[np.searchsorted(stored, sample[mine])]
+        rng = np.random.default_rng([self.cfg.seed, 5, self.epoch, i])
+        if self.augment is not None:
+            images = self._augmented(images, rng)
         z = np.full(pos.size, np.nan) if self.z is None else self.z[pos].copy()
         if self.shuffle and self.z is not None:
-            z[np.random.default_rng([self.cfg.seed, 5, self.epoch, i]).random(pos.size)
-              < self.cfg.redshift_dropout] = np.nan
-        return {"image": image, "aux": aux_features(log_flux, z)}, self.y[pos]
+            z[rng.random(pos.size) < self.cfg.redshift_dropout] = np.nan
+        return network_inputs(images, self.cfg.crop, z), self.y[pos]
+
+    def _augmented(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A random allowed dihedral transform per image, then fresh noise (see the class docstring)."""
+        code = rng.choice(self.transforms, size=len(images))
+        out = np.empty_like(images)
+        for c in np.unique(code):
+            out[code == c] = apply_transform(images[code == c], int(c))
+        if self.noise is not None:
+            amplitude = rng.random(len(images)).astype(np.float32)[:, None, None, None]
+            out += amplitude * self.noise[None, :, None, None] * rng.standard_normal(out.shape, np.float32)
+        return out
+
+
+def _noise_sigma(ds: Any, bands: Sequence[str], factor: float) -> np.ndarray | None:
+    """``factor`` x the store's per-pixel noise sigma [nJy] of ``bands``; None (with a warning) when
+    the store records none."""
+    if "noise_sigma" not in ds or ds["noise_sigma"].dims != ("band",):
+        logger.warning("training store records no noise_sigma; no extra noise is added")
+        return None
+    return (factor * ds["noise_sigma"].sel(band=list(bands)).values).astype(np.float32)
 
 
 def store_batches(part: Part, cfg: TrainingConfig, mean: np.ndarray, std: np.ndarray,
-                  shuffle: bool = True, workers: int = 2) -> Any:
+                  shuffle: bool = True, augment: AugmentConfig | None = None, workers: int = 2) -> Any:
     """A ``keras.utils.PyDataset`` of :class:`StoreBatches` (``workers`` prefetching threads)."""
     import keras
 
     class _Dataset(StoreBatches, keras.utils.PyDataset):
         def __init__(self) -> None:
             keras.utils.PyDataset.__init__(self, workers=workers, use_multiprocessing=False, max_queue_size=16)
-            StoreBatches.__init__(self, part, cfg, mean, std, shuffle)
+            StoreBatches.__init__(self, part, cfg, mean, std, shuffle, augment)
 
     return _Dataset()
 
@@ -321,7 +369,8 @@ def fit_bundle(parts: dict[str, Part], cfg: TrainingConfig, out: str, meta: dict
         y = target_values(train_ds, cfg)
         mean, std = (y.mean(axis=0), np.maximum(y.std(axis=0), 1e-6)) if cfg.loss == "gaussian_nll" \
             else (np.zeros(y.shape[1]), np.ones(y.shape[1]))
-        batches = store_batches(parts["train"], cfg, mean, std)
+        batches = store_batches(parts["train"], cfg, mean, std,
+                                augment=cfg.augment if augments_per_batch(cfg) else None)
         xv, val_ds = _in_memory(parts["validation"], cfg)
         yv = ((target_values(val_ds, cfg) - mean) / std).astype(np.float32)
         model = compile_model(build_model(cfg.bands, cfg.crop, len(cfg.targets), cfg.model, cfg.loss),

@@ -4,8 +4,9 @@ The client process owns the search: it asks Optuna for a trial, submits the
 trial as a Dask task (``tune-trial-<study>-<number>``; one per GPU worker when
 workers advertise ``GPU``, else one per worker), and tells Optuna the outcome.
 On the worker the trial trains with :func:`surveydust.train.fit_bundle` on the
-augmented training split (a Zarr store in the study folder, written once by
-Dask tasks), reports each epoch's validation loss to the study and stops
+training split (augmented per batch, or with ``augment.per_batch: false`` a
+Zarr store of augmented copies in the study folder, written once by Dask
+tasks), reports each epoch's validation loss to the study and stops
 early when the pruner says it is doing worse than the other trials.
 
 The study lives in an Optuna journal file (``study.journal``) that the client
@@ -21,7 +22,7 @@ Study folder::
 
     study.json         search space, training settings and store id (checked on resume)
     study.journal      the Optuna study
-    data/augmented.zarr  augmented training split shared by all trials
+    data/augmented.zarr  augmented copies shared by all trials (augment.per_batch: false)
     trials.ecsv        one row per trial: parameters, value, epochs, state, worker, start, end
     loss.png, importance.png
     best-model/        bundle of the best complete trial (for ``evaluate`` and inference)
@@ -58,7 +59,7 @@ from surveydust.config import (
 from surveydust.preprocess import Split
 from surveydust.stores.base import replace_atomically
 from surveydust.stores.training import open_training_store
-from surveydust.train import Part, fit_bundle, prepare_training
+from surveydust.train import Part, augments_per_batch, fit_bundle, prepare_training
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +113,7 @@ def tune(
     study.sampler = _sampler(tuning, cfg.seed, len(study.trials))
 
     with open_client(client, profile=cluster, workers=workers) as c:
-        train_store = _augmented_split(store, out, split, cfg, c, progress)
-        parts = {"train": Part(train_store, np.arange(open_training_store(train_store).sizes["sample"])),
+        parts = {"train": _training_part(store, out, split, cfg, c, progress),
                  "validation": Part(str(store), split.validation),
                  "calibration": Part(str(store), split.calibration)}
         runner = _TrialRunner(c, study, tuning, cfg, out, meta, parts)
@@ -153,19 +153,20 @@ def _check_study_folder(out: Path, tuning: TuningConfig, cfg: TrainingConfig, st
     path.write_text(json.dumps(identity, indent=2))
 
 
-def _augmented_split(store: Path | str, out: Path, split: Split, cfg: TrainingConfig, client: Any,
-                     progress: bool) -> str:
-    """The augmented training split in the study folder (written once, reused on resume)."""
+def _training_part(store: Path | str, out: Path, split: Split, cfg: TrainingConfig, client: Any,
+                   progress: bool) -> Part:
+    """The trials' training part: the training galaxies of ``store`` when they are augmented per
+    batch, else their augmented copies in the study folder (written once, reused on resume)."""
+    if augments_per_batch(cfg):
+        return Part(str(store), split.train)
     path = out / AUGMENTED
     try:
         open_training_store(path)
-        return str(path)
     except (FileNotFoundError, ValueError):  # missing or incomplete: (re)write it
-        pass
-    path.parent.mkdir(exist_ok=True)
-    augment_store(store, path, split.train, config=cfg.augment, bands=cfg.bands, targets=cfg.targets,
-                  seed=cfg.seed, client=client, overwrite=True, progress=progress)
-    return str(path)
+        path.parent.mkdir(exist_ok=True)
+        augment_store(store, path, split.train, config=cfg.augment, bands=cfg.bands, targets=cfg.targets,
+                      seed=cfg.seed, client=client, overwrite=True, progress=progress)
+    return Part(str(path), np.arange(open_training_store(path).sizes["sample"]))
 
 
 def _sampler(tuning: TuningConfig, seed: int, n_trials_before: int) -> Any:

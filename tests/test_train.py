@@ -20,7 +20,7 @@ from surveydust.train import Part, StoreBatches, target_values
 
 BANDS = ["F277W", "F356W", "F444W"]
 CHUNK_GALAXIES = 2  # galaxies per simulation task: 2 x 11 = 22 samples per Zarr chunk
-TINY = {"snr_min": 0.0, "max_epochs": 2, "batch_size": 32, "bands": BANDS, "calibration_fraction": 0.3,
+TINY = {"snr_min": 0.0, "max_epochs": 2, "batch_size": 8, "bands": BANDS, "calibration_fraction": 0.3,
         "model": {"conv_filters": [4, 8], "dense_units": [8]},
         "augment": {"samples_per_task": 128}}  # several chunks to stream
 
@@ -87,19 +87,24 @@ def test_store_batches_visit_every_sample_once_per_epoch_in_a_new_order(store: P
     np.testing.assert_array_equal(np.concatenate(_epoch(again, reference)[0]), orders[0])  # seeded
 
 
-def test_store_batches_stream_in_windows_of_chunks_the_buffer_holds(store: Path) -> None:
+@pytest.mark.parametrize("part", ["all", "every third"])
+def test_store_batches_stream_in_windows_of_chunks_the_buffer_holds(store: Path, part: str) -> None:
     ds = open_training_store(store)
     chunk = ds["image"].data.chunks[0][0]
     cfg = load_training_config(bands=BANDS, batch_size=16, shuffle_buffer_mb=1)
-    batches = StoreBatches(Part(str(store), np.arange(ds.sizes["sample"])), cfg, np.zeros(3), np.ones(3))
-    per_window = int(2 ** 20 // (4 * len(BANDS) * cfg.crop ** 2 * chunk))
-    assert batches.window == per_window and 1 < per_window < 7  # 7 chunks: more than one window
+    index = np.arange(ds.sizes["sample"])[::1 if part == "all" else 3]
+    batches = StoreBatches(Part(str(store), index), cfg, np.zeros(3), np.ones(3))
+    assert batches.capacity == 2 ** 20 // (4 * len(BANDS) * cfg.crop ** 2)  # 85 samples
     reference = network_inputs(ds["image"].sel(band=BANDS).values, cfg.crop)["image"]
     for _ in range(2):
         windows = list(batches._plan[2])
+        held = [np.isin(index // chunk, w).sum() for w in windows]
+        # windows are filled by the part's samples, not whole chunks: the buffer holds 3 chunks of
+        # 22 samples, or 7 chunks of every third sample
+        assert all(n <= batches.capacity for n in held) and len(windows) == (3 if part == "all" else 1)
         samples, _ = _epoch(batches, reference)
         seen = np.concatenate(samples)
-        np.testing.assert_array_equal(np.sort(seen), np.arange(ds.sizes["sample"]))
+        np.testing.assert_array_equal(np.sort(seen), index)
         # a window's samples come before the next window's: at most two windows in memory
         window_of_chunk = {b: k for k, w in enumerate(windows) for b in w}
         order = np.array([window_of_chunk[b] for b in seen // chunk])
@@ -155,6 +160,55 @@ def test_no_redshift_input_when_the_config_says_so(store: Path) -> None:
     assert (x["aux"][:, 1:] == 0).all()
 
 
+def test_per_batch_augmentation_draws_every_dihedral_transform_of_the_stored_image(store: Path) -> None:
+    from surveydust.augment import apply_transform
+
+    ds = open_training_store(store)
+    cfg = load_training_config(bands=BANDS, batch_size=32, augment={"noise": 0.0})
+    index = np.arange(ds.sizes["sample"])
+    batches = StoreBatches(Part(str(store), index), cfg, np.zeros(3), np.ones(3), augment=cfg.augment)
+    images = ds["image"].sel(band=BANDS).values
+    variants = np.stack([network_inputs(apply_transform(images, c), cfg.crop)["image"] for c in range(8)])
+    flat = variants.reshape(8 * len(index), -1).astype(np.float64)
+    codes = []
+    for _ in range(2):
+        for i in range(len(batches)):
+            x, y = batches[i]
+            a = x["image"].reshape(len(y), -1).astype(np.float64)
+            dist = (a ** 2).sum(1)[:, None] + (flat ** 2).sum(1)[None] - 2 * a @ flat.T
+            code, sample = np.unravel_index(dist.argmin(axis=1), (8, len(index)))
+            # each image is exactly one stored sample under one transform, without noise
+            np.testing.assert_allclose(x["image"], variants[code, sample], rtol=0, atol=1e-5)
+            np.testing.assert_array_equal(y, batches.y[sample])  # labels travel with their images
+            codes.append(code)
+        batches.on_epoch_end()
+    seen = np.bincount(np.concatenate(codes), minlength=8)
+    assert (seen > 0).all() and seen.sum() == 2 * index.size  # all 8 transforms, drawn afresh
+
+
+def test_per_batch_noise_is_fresh_and_at_most_the_configured_level(store: Path) -> None:
+    ds = open_training_store(store)
+    cfg = load_training_config(bands=BANDS, augment={"noise": 0.5, "rotations": False, "flips": False})
+    batches = StoreBatches(Part(str(store), np.arange(40)), cfg, np.zeros(3), np.ones(3), augment=cfg.augment)
+    images = ds["image"].sel(band=BANDS).values[:40]
+    sigma = 0.5 * ds["noise_sigma"].sel(band=BANDS).values
+    rng = np.random.default_rng(0)
+    first, second = batches._augmented(images, rng), batches._augmented(images, rng)
+    for out in (first, second):
+        resid_std = (out - images).std(axis=(2, 3)) / sigma  # per image and band, in units of the level
+        assert (resid_std < 1.1).all() and 0.3 < resid_std.mean() < 0.7  # u * level, u uniform in 0..1
+        # one amplitude per image, shared by its bands
+        assert np.allclose(resid_std / resid_std[:, :1], 1.0, atol=0.25)
+    assert not np.allclose(first, second)  # a new realisation every time
+
+
+def test_hog_or_balance_need_stored_copies() -> None:
+    with pytest.raises(ValueError, match="per_batch=false"):
+        load_training_config(augment={"hog": True})
+    assert load_training_config(augment={"hog": True, "per_batch": False}).augment.hog
+    assert load_training_config(split="paper", augment={"balance": True}).augment.balance
+
+
 def test_use_all_cores_sets_the_thread_variables() -> None:
     code = ("import os; os.environ['OMP_NUM_THREADS'] = '1'; from surveydust.train import use_all_cores; "
             "n = use_all_cores(); print(n, os.environ['OMP_NUM_THREADS'], os.environ['TF_NUM_INTRAOP_THREADS'], "
@@ -205,7 +259,7 @@ def test_tiny_train_makes_a_calibrated_bundle(galaxy_bundle: Path, store: Path) 
     parts = [set(split[k]) for k in ("test_galaxies", "validation_galaxies", "calibration_galaxies")]
     assert all(len(p) >= 2 for p in parts)
     assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
-    assert meta["n_train_augmented"] == 4 * split["n_samples"]["train"]  # the rotations, no balancing
+    assert meta["n_train_augmented"] == split["n_samples"]["train"]  # augmented per batch: no copies
     cal = meta["calibration"]
     assert cal["n_samples"] == split["n_samples"]["calibration"] >= 20
     for key in ("with_redshift", "without_redshift"):
@@ -236,7 +290,7 @@ def test_tiny_train_paper_protocol(store: Path, client, tmp_path: Path) -> None:
     assert pairs.ndim == 2 and pairs.shape[1] == 2 and len(pairs) == split["n_samples"]["test"]
     n_augmented = split["n_samples"]["train"] + split["n_samples"]["test"]
     assert len(pairs) == round(0.15 * n_augmented) and meta["n_train_augmented"] == split["n_samples"]["train"]
-    assert set(pairs[:, 1].tolist()) <= {0, 1, 2, 3}  # rotations only
+    assert set(pairs[:, 1].tolist()) <= set(range(8))  # rotations and flips, stored as copies
     ds = open_training_store(store)
     held = set(split["validation_galaxies"]) | set(split["calibration_galaxies"])
     assert not set(ds["galaxy_id"].values[pairs[:, 0]].tolist()) & held  # never a validation/calibration one
