@@ -219,7 +219,8 @@ def hand_written(files: dict[str, Path], table: Table, n: int, predictor, batche
         if batched:
             stamps.append(stamp)
         else:  # the issue's baseline: Keras' model.predict per source
-            raw = predictor.model.predict(network_inputs(stamp[None], predictor.crop), verbose=0)
+            raw = predictor.model.predict(network_inputs(stamp[None], predictor.crop, colours=predictor.colour_inputs),
+                                          verbose=0)
             a_v[int(row["id"])] = float(raw[0, i_av] * scale_av[1] + scale_av[0])
     if batched:
         result = predictor.predict(np.stack(stamps))

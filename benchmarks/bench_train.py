@@ -104,12 +104,14 @@ def main() -> None:
 
         # the baseline's arrays: the same samples, inputs and standardised targets as fit_bundle's
         train = ds.isel(sample=split.train)
-        x = network_inputs(train["image"].sel(band=list(cfg.bands)).values, cfg.crop, train["redshift"].values)
+        x = network_inputs(train["image"].sel(band=list(cfg.bands)).values, cfg.crop, train["redshift"].values,
+                           cfg.model.colour_inputs)
         y = target_values(train, cfg)
         mean, std = y.mean(axis=0), np.maximum(y.std(axis=0), 1e-6)
         y = ((y - mean) / std).astype(np.float32)
         val = ds.isel(sample=split.validation)
-        xv = network_inputs(val["image"].sel(band=list(cfg.bands)).values, cfg.crop, val["redshift"].values)
+        xv = network_inputs(val["image"].sel(band=list(cfg.bands)).values, cfg.crop, val["redshift"].values,
+                            cfg.model.colour_inputs)
         yv = ((target_values(val, cfg) - mean) / std).astype(np.float32)
 
         def plain_fit(timer=None, epochs: int = args.epochs) -> None:  # from scratch, like fit_bundle
@@ -133,7 +135,7 @@ def main() -> None:
         predictor = load_model(out)
         images = ds["image"].sel(band=list(predictor.bands)).values
         z = ds["redshift"].values
-        xp = network_inputs(images, cfg.crop, z)
+        xp = network_inputs(images, cfg.crop, z, predictor.colour_inputs)
         predictor.predict(images, z)  # warm-up: traces the predict function for these shapes
         predictor.model.predict(xp, batch_size=1024, verbose=0)
         n = len(images)

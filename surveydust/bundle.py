@@ -32,7 +32,7 @@ import xarray as xr
 from surveydust.backend import keras_module
 from surveydust.config import load_training_config
 from surveydust.posterior import LEVEL_NAMES, LEVELS, LOG_OFFSETS, percentiles
-from surveydust.preprocess import network_inputs
+from surveydust.preprocess import AUX_FEATURES, network_inputs
 from surveydust.provenance import sha256
 from surveydust.quantities import MIN_PREDICTED_EBV_FOR_RV, UNITS, quantity, r_v
 
@@ -153,6 +153,8 @@ class Predictor:
         self._mean = np.array([scaling[t][0] for t in self.targets])
         self._std = np.array([scaling[t][1] for t in self.targets])
         self.model = keras.saving.load_model(self.path / MODEL_FILE, compile=False, safe_mode=True)
+        # the model's aux width says whether it takes colours (bundles older than the setting do not)
+        self.colour_inputs: bool = self.model.get_layer("aux").output.shape[-1] > len(AUX_FEATURES)
 
     @property
     def model_id(self) -> str:
@@ -183,7 +185,8 @@ class Predictor:
         n = len(self.targets)
         step = PREPROCESS_BATCHES * batch_size  # normalise a slice at a time: bounded memory
         raw = np.concatenate([
-            self._forward(network_inputs(images[i:i + step], self.crop, z[i:i + step]), batch_size)
+            self._forward(network_inputs(images[i:i + step], self.crop, z[i:i + step], self.colour_inputs),
+                          batch_size)
             for i in range(0, len(images), step)
         ]) if len(images) else np.zeros((0, 2 * n))
         mean = raw[:, :n] * self._std + self._mean

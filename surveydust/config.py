@@ -124,6 +124,7 @@ class ModelConfig(_Config):
     branches of conv blocks, then dense layers."""
 
     architecture: Literal["fusion", "branches"]
+    colour_inputs: bool
     conv_filters: tuple[int, ...] = Field(min_length=1, max_length=4)
     dense_units: tuple[int, ...] = Field(min_length=1, max_length=6)
     dropout: float = Field(ge=0, lt=1)

@@ -321,14 +321,15 @@ def _warn_if_samples_differ(results: dict[str, xr.Dataset]) -> None:
 # ---------------------------------------------------------------- baselines
 
 
-def _aperture_radius_pix(ds: xr.Dataset) -> float:
+def aperture_radius_pix(ds: xr.Dataset) -> float:
+    """Radius [pixels] of the colour baseline's apertures in ``ds``'s pixels (0.25")."""
     scale = ds.attrs.get("pixel_scale_arcsec")
     return BASELINE_APERTURE_ARCSEC / float(scale) if scale else NORM_APERTURE_PIX
 
 
 def _features(ds: xr.Dataset, idx: np.ndarray, bands: Sequence[str], crop: int, block_samples: int,
               with_z: bool, transforms: np.ndarray | None = None) -> np.ndarray:
-    radius = _aperture_radius_pix(ds)
+    radius = aperture_radius_pix(ds)
     x = np.concatenate([colour_features(images, crop, radius)
                         for images in image_blocks(ds, idx, bands, block_samples, transforms)])
     return np.column_stack([x, truths(ds, idx)["redshift"]]) if with_z else x
@@ -395,7 +396,7 @@ def _meurer(ds: xr.Dataset, idx: np.ndarray, block_samples: int,
     bands = [str(b) for b in ds["band"].values]
     if sum(b in ("F090W", "F115W", "F150W", "F200W") for b in bands) < 2 or "noise_sigma" not in ds:
         return None
-    radius = _aperture_radius_pix(ds)
+    radius = aperture_radius_pix(ds)
     flux = np.concatenate([10 ** colour_features(im, ds.sizes["x"], radius)[:, :len(bands)]
                            for im in image_blocks(ds, idx, bands, block_samples, transforms)])
     npix = np.pi * radius**2

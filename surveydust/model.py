@@ -16,7 +16,7 @@ import keras
 from keras import layers, ops
 
 from surveydust.config import ModelConfig
-from surveydust.preprocess import AUX_FEATURES
+from surveydust.preprocess import aux_width
 
 SIGMA_FLOOR = 1e-3
 
@@ -74,14 +74,15 @@ def _fusion(x: keras.KerasTensor, filters: tuple[int, ...]) -> keras.KerasTensor
 
 def build_model(bands: tuple[str, ...], crop: int, n_targets: int, cfg: ModelConfig,
                 loss: str = "gaussian_nll") -> keras.Model:
-    """The CNN: inputs ``image`` (crop, crop, n_bands) and ``aux`` (:data:`AUX_FEATURES`).
+    """The CNN: inputs ``image`` (crop, crop, n_bands) and ``aux`` (:data:`AUX_FEATURES`, then with
+    ``cfg.colour_inputs`` each band's share of the aperture flux).
 
     ``cfg.architecture`` ``branches`` is the paper's (one branch per band,
     concatenated), ``fusion`` feeds the bands as channels of one stack, so
     resolved colours reach the first convolution.
     """
     image = keras.Input((crop, crop, len(bands)), name="image")
-    aux = keras.Input((len(AUX_FEATURES),), name="aux")
+    aux = keras.Input((aux_width(len(bands), cfg.colour_inputs),), name="aux")
     if cfg.architecture == "fusion":
         features = [_fusion(image, cfg.conv_filters)]
     else:

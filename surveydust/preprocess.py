@@ -7,7 +7,8 @@ over all its bands inside a central 0.24" (8 pixel) radius aperture (floored
 at 1 nJy), times the aperture's pixel count, so that pixels are of order 1 and
 colours between bands are kept, then through ``arcsinh``. ``log10`` of that
 flux goes to the network as an extra input (brightness carries mass, hence sSFR,
-information), with the redshift when it is known.
+information), with the redshift when it is known and, with ``model.colour_inputs``,
+each band's share of the aperture flux (the integrated colours).
 """
 
 from __future__ import annotations
@@ -41,22 +42,41 @@ def crop_centre(images: np.ndarray, crop: int) -> np.ndarray:
     return images[..., y0:y0 + crop, x0:x0 + crop]
 
 
-def network_inputs(images: np.ndarray, crop: int, redshift: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def network_inputs(images: np.ndarray, crop: int, redshift: np.ndarray | None = None,
+                   colours: bool = False) -> dict[str, np.ndarray]:
     """Network inputs from images ``(n, band, y, x)`` in nJy (bands in the model's order).
 
-    Returns ``{"image": (n, crop, crop, band), "aux": (n, 3)}`` float32: the
-    normalised stamp through ``arcsinh`` (linear in the faint outskirts,
-    logarithmic in bright cores), and :data:`AUX_FEATURES`. ``redshift``
-    (NaN where unknown; None: unknown for all) enters as ``z - 7`` with a
-    flag saying it is known (0 and 0 where it is not).
+    Returns ``{"image": (n, crop, crop, band), "aux": (n, 3 [+ band])}``
+    float32: the normalised stamp through ``arcsinh`` (linear in the faint
+    outskirts, logarithmic in bright cores), and :data:`AUX_FEATURES`.
+    ``redshift`` (NaN where unknown; None: unknown for all) enters as ``z -
+    7`` with a flag saying it is known (0 and 0 where it is not). With
+    ``colours`` each band's share of the aperture flux follows
+    (:func:`band_shares`): the integrated colours a photometric method uses,
+    given to the dense layers directly.
     """
     cut = crop_centre(np.asarray(images, dtype=np.float32), crop)
     aperture = circular_aperture(crop, NORM_APERTURE_PIX)
-    flux = cut[:, :, aperture].sum(axis=(1, 2))
-    scale = np.maximum(flux, NORM_FLOOR_NJY)
+    per_band = cut[:, :, aperture].sum(axis=2)
+    scale = np.maximum(per_band.sum(axis=1), NORM_FLOOR_NJY)
     normed = np.arcsinh(cut * (np.float32(aperture.sum()) / scale[:, None, None, None]))
-    return {"image": np.ascontiguousarray(normed.transpose(0, 2, 3, 1)),
-            "aux": aux_features(np.log10(scale), redshift)}
+    aux = aux_features(np.log10(scale), redshift)
+    if colours:
+        aux = np.column_stack([aux, band_shares(per_band, scale)]).astype(np.float32)
+    return {"image": np.ascontiguousarray(normed.transpose(0, 2, 3, 1)), "aux": aux}
+
+
+def band_shares(per_band: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``arcsinh(n_band * f_b / scale)`` of aperture fluxes ``f_b`` ``(n, band)`` [nJy] and their
+    floored sum ``scale``: about 1 for a flat spectrum, logarithmic for bright bands, linear
+    (and negative with noise) for faint ones such as bands below the Lyman break."""
+    n_band = per_band.shape[1]
+    return np.arcsinh(n_band * per_band / scale[:, None]).astype(np.float32)
+
+
+def aux_width(n_bands: int, colours: bool) -> int:
+    """Columns of the ``aux`` input: :data:`AUX_FEATURES`, plus one per band with ``colours``."""
+    return len(AUX_FEATURES) + (n_bands if colours else 0)
 
 
 def aux_features(log_flux: np.ndarray, redshift: np.ndarray | None = None) -> np.ndarray:

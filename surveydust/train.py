@@ -305,7 +305,7 @@ class StoreBatches:
         z = np.full(pos.size, np.nan) if self.z is None else self.z[pos].copy()
         if self.shuffle and self.z is not None:
             z[rng.random(pos.size) < self.cfg.redshift_dropout] = np.nan
-        return network_inputs(images, self.cfg.crop, z), self.y[pos]
+        return network_inputs(images, self.cfg.crop, z, self.cfg.model.colour_inputs), self.y[pos]
 
     def _augmented(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A random allowed dihedral transform per image, then fresh noise (see the class docstring)."""
@@ -345,7 +345,7 @@ def _in_memory(part: Part, cfg: TrainingConfig, with_redshift: bool = True) -> t
     """Network inputs and the store subset of a (small) part, read at once."""
     ds = open_training_store(part.path).isel(sample=np.sort(part.index))
     z = ds["redshift"].values if (cfg.use_redshift and with_redshift) else None
-    return network_inputs(ds["image"].sel(band=list(cfg.bands)).values, cfg.crop, z), ds
+    return network_inputs(ds["image"].sel(band=list(cfg.bands)).values, cfg.crop, z, cfg.model.colour_inputs), ds
 
 
 def fit_bundle(parts: dict[str, Part], cfg: TrainingConfig, out: str, meta: dict[str, Any],

@@ -122,7 +122,7 @@ def test_predictions_follow_the_network_outputs(z_bundle: Path) -> None:
     img = images(20)
     z = np.where(np.arange(20) % 2 == 0, 7.3, np.nan)
     ds = p.predict(img, z)
-    raw = np.asarray(p.model.predict_on_batch(network_inputs(img, 32, z)), np.float64)
+    raw = np.asarray(p.model.predict_on_batch(network_inputs(img, 32, z, p.colour_inputs)), np.float64)
     for i, t in enumerate(TARGETS):
         mean = raw[:, i] * SCALING[t][1] + SCALING[t][0]
         sigma = np.asarray(keras.ops.convert_to_numpy(sigma_from_raw(raw[:, 3 + i]))) * SCALING[t][1]

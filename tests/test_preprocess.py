@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 
 from surveydust.config import load_training_config
-from surveydust.preprocess import AUX_FEATURES, crop_centre, network_inputs, select_samples, split_by_galaxy
+from surveydust.preprocess import AUX_FEATURES, aux_width, crop_centre, network_inputs, select_samples, split_by_galaxy
 
 BANDS = ["F277W", "F356W", "F444W"]  # the fake store's (the config's default is the six wide bands)
 
@@ -143,3 +143,18 @@ def test_ood_score_is_small_for_training_like_stamps_and_large_for_others() -> N
     odd = images[:5].copy()
     odd[:, 0] *= 1000.0  # one band far brighter than anything seen: a colour never trained on
     assert (ood_score(odd, 32, stats) > 10).all()
+
+
+def test_colour_inputs_give_each_bands_share_of_the_aperture_flux() -> None:
+    images = np.zeros((2, 3, 40, 40), np.float32)
+    images[:, :, 20, 20] = [[10.0, 20.0, 30.0], [100.0, 200.0, 300.0]]
+    images[:, :, 0, 0] = 1e4  # outside the crop and the aperture: no effect
+    plain, coloured = network_inputs(images, 32), network_inputs(images, 32, colours=True)
+    assert coloured["aux"].shape == (2, aux_width(3, True)) == (2, 6) and coloured["aux"].dtype == np.float32
+    np.testing.assert_array_equal(coloured["aux"][:, :3], plain["aux"])
+    np.testing.assert_array_equal(coloured["image"], plain["image"])
+    # arcsinh(n_band x share): 3 x (1/6, 2/6, 3/6), the same at any brightness
+    np.testing.assert_allclose(coloured["aux"][:, 3:], np.arcsinh([[0.5, 1.0, 1.5]] * 2), rtol=1e-6)
+    # a faint band below the Lyman break: its share goes negative with noise, smoothly
+    images[1, 0, 20, 20] = -50.0
+    assert network_inputs(images, 32, colours=True)["aux"][1, 3] < 0
