@@ -117,7 +117,7 @@ def main() -> None:
         def plain_fit(timer=None, epochs: int = args.epochs) -> None:  # from scratch, like fit_bundle
             keras.utils.set_random_seed(cfg.seed)
             model = compile_model(build_model(cfg.bands, cfg.crop, len(cfg.targets), cfg.model, cfg.loss),
-                                  cfg.loss, cfg.learning_rate, cfg.weight_decay)
+                                  cfg.loss, cfg.learning_rate, cfg.weight_decay, cfg.ema_momentum)
             model.fit(x, y, epochs=epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0,
                       validation_data=(xv, yv), callbacks=[timer] if timer else [])
 

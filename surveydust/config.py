@@ -158,6 +158,7 @@ class TrainingConfig(_Config):
     loss: Literal["gaussian_nll", "mape"]
     learning_rate: float = Field(gt=0, le=1)
     weight_decay: float = Field(ge=0, lt=1)
+    ema_momentum: float = Field(ge=0, lt=1)
     batch_size: int = Field(ge=1, le=65536)
     shuffle_buffer_mb: int = Field(ge=1)
     max_epochs: int = Field(ge=1)

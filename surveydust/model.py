@@ -96,10 +96,14 @@ def build_model(bands: tuple[str, ...], crop: int, n_targets: int, cfg: ModelCon
     return keras.Model([image, aux], out, name=f"surveydust_{cfg.architecture}")
 
 
-def compile_model(model: keras.Model, loss: str, learning_rate: float, weight_decay: float = 0.0) -> keras.Model:
+def compile_model(model: keras.Model, loss: str, learning_rate: float, weight_decay: float = 0.0,
+                  ema_momentum: float = 0.0) -> keras.Model:
     """Adam (AdamW with decoupled ``weight_decay`` > 0) with the chosen loss; XLA off (slower
-    than plain TF on CPU, and sticky in .keras files)."""
-    optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay) if weight_decay > 0 \
-        else keras.optimizers.Adam(learning_rate)
+    than plain TF on CPU, and sticky in .keras files). With ``ema_momentum`` > 0 the optimizer
+    also keeps an exponential moving average of the weights (use it with
+    ``keras.callbacks.SwapEMAWeights``)."""
+    ema = {"use_ema": ema_momentum > 0, "ema_momentum": ema_momentum or 0.99}
+    optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, **ema) if weight_decay > 0 \
+        else keras.optimizers.Adam(learning_rate, **ema)
     model.compile(optimizer=optimizer, loss=LOSSES[loss], jit_compile=False)
     return model

@@ -374,13 +374,15 @@ def fit_bundle(parts: dict[str, Part], cfg: TrainingConfig, out: str, meta: dict
         xv, val_ds = _in_memory(parts["validation"], cfg)
         yv = ((target_values(val_ds, cfg) - mean) / std).astype(np.float32)
         model = compile_model(build_model(cfg.bands, cfg.crop, len(cfg.targets), cfg.model, cfg.loss),
-                              cfg.loss, cfg.learning_rate, cfg.weight_decay)
+                              cfg.loss, cfg.learning_rate, cfg.weight_decay, cfg.ema_momentum)
+        # averaged weights (when on) for validation, early stopping and the bundle: first in the list
+        ema = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.ema_momentum > 0 else []
         stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
                                              restore_best_weights=True)
         schedule = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=LR_PATIENCE)
         report = [_epoch_reporter(topic, cfg.max_epochs, batches.index.size)] if topic else []
         history = model.fit(batches, epochs=cfg.max_epochs, shuffle=False, verbose=0,
-                            callbacks=[stop, schedule, *callbacks, *report], validation_data=(xv, yv))
+                            callbacks=[*ema, stop, schedule, *callbacks, *report], validation_data=(xv, yv))
         inference = build_model(cfg.bands, cfg.crop, len(cfg.targets), cfg.model, cfg.loss)
         inference.set_weights(model.get_weights())  # uncompiled: no optimizer state in the bundle
         ood = feature_stats(train_ds["image"].sel(band=list(cfg.bands))[:20000].values, cfg.crop)

@@ -296,3 +296,37 @@ def test_tiny_train_paper_protocol(store: Path, client, tmp_path: Path) -> None:
     assert not set(ds["galaxy_id"].values[pairs[:, 0]].tolist()) & held  # never a validation/calibration one
     assert len({tuple(p) for p in pairs.tolist()}) == len(pairs)
     _check_bundle_predictions(bundle, store)
+
+
+def test_averaged_weights_stay_near_the_start_of_a_short_fit() -> None:
+    """What ``fit_bundle`` does with ``ema_momentum``: an average over the last ~1,000 steps of
+    an 8-step fit stays near the initial weights; the raw weights move away."""
+    import keras
+
+    from surveydust.model import build_model, compile_model
+
+    cfg = load_training_config(**TINY)
+    rng = np.random.default_rng(0)
+    x = {"image": rng.random((64, cfg.crop, cfg.crop, len(BANDS)), np.float32),
+         "aux": rng.random((64, 3 + len(BANDS)), np.float32)}
+    y = rng.random((64, 3), np.float32)
+    moved = {}
+    for m in (0.0, 0.999):
+        model = build_model(cfg.bands, cfg.crop, len(cfg.targets), cfg.model, cfg.loss)
+        start = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+        compile_model(model, cfg.loss, 0.01, ema_momentum=m)
+        swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if m else []
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, validation_data=(x, y), callbacks=swap)
+        moved[m] = sum(float(np.sum((keras.ops.convert_to_numpy(w) - s) ** 2)) for w, s in zip(model.trainable_weights, start,
+                                                                               strict=True))
+    assert moved[0.999] < 0.2 * moved[0.0], moved
+
+
+def test_tiny_train_with_averaged_weights(store: Path, client, tmp_path: Path) -> None:
+    from surveydust.bundle import read_meta
+    from surveydust.train import train
+
+    bundle = train(store, tmp_path / "ema", client=client, progress=False, ema_momentum=0.9,
+                   **{**TINY, "max_epochs": 1})
+    assert read_meta(bundle)["training_config"]["ema_momentum"] == 0.9
+    _check_bundle_predictions(bundle, store)
