@@ -157,7 +157,7 @@ def test_no_redshift_input_when_the_config_says_so(store: Path) -> None:
     cfg = load_training_config(bands=BANDS, use_redshift=False, redshift_dropout=0.0)
     batches = StoreBatches(Part(str(store), np.arange(40)), cfg, np.zeros(3), np.ones(3))
     x, _ = batches[0]
-    assert (x["aux"][:, 1:] == 0).all()
+    assert (x["aux"][:, 1:3] == 0).all()  # z - 7 and the known flag
 
 
 def test_per_batch_augmentation_draws_every_dihedral_transform_of_the_stored_image(store: Path) -> None:
