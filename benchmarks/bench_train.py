@@ -129,8 +129,9 @@ def main() -> None:
         for label, per_batch in (("no augmentation", False), ("per-batch augmentation", True)):
             run_cfg = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"per_batch": per_batch})})
             timer, out = epoch_timer(), Path(tmp) / f"bundle-{per_batch}"
-            seconds = timed(lambda c=run_cfg, o=out, t=timer: fit_bundle(parts, c, str(o), meta, callbacks=[t], threads=None))
-            rows.append((f"fit_bundle, {label}", n_train * args.epochs / seconds, epoch_rate(n_train, timer.seconds)))
+            seconds = timed(lambda c=run_cfg, o=out, t=timer: fit_bundle(parts, c, str(o), meta, callbacks=[t]))
+            rows.append((f"fit_bundle, {label}", n_train * args.epochs / seconds,
+                         epoch_rate(n_train, timer.seconds)))
 
         predictor = load_model(out)
         images = ds["image"].sel(band=list(predictor.bands)).values

@@ -9,8 +9,10 @@ configuration and seed at a depth of ``--deep-mag`` AB in every band, so every
 galaxy, view, dust-to-metal ratio and label is the same and only the noise
 amplitude differs (checked). It takes the test samples the noisy store's
 selection keeps (SNR(F277W) >= 5) and fits the colour baseline of
-:mod:`surveydust.evaluate` (gradient-boosted trees on log aperture fluxes,
-all colours and z, on the training galaxies' selected samples) twice: on the
+:mod:`surveydust.evaluate` (:func:`~surveydust.evaluate.fit_colour_baseline`
+on :func:`~surveydust.evaluate.colour_baseline_features`: log aperture
+fluxes, all colours and z, of the training galaxies' selected samples, read in
+blocks) twice: on the
 noisy photometry and on the noiseless twin's. It prints, per target, MAE,
 the constant guess's MAE (training median) and Spearman overall and in bins
 of the noisy SNR(F277W), and the ratio noiseless / noisy.
@@ -44,14 +46,6 @@ def deep_twin(store: Path, out: Path, n_galaxies: int, deep_mag: float, client) 
                     depth={b: deep_mag for b in cfg.bands})
 
 
-def photometry(ds, idx: np.ndarray, bands: list[str], crop: int, radius: float) -> np.ndarray:
-    """Log aperture fluxes, all colours and z of samples ``idx`` (the baseline's features)."""
-    from surveydust.preprocess import colour_features
-
-    x = colour_features(ds["image"].sel(band=bands).values[idx], crop, radius)
-    return np.column_stack([x, ds["redshift"].values[idx]])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-store", type=Path, required=True)
@@ -61,11 +55,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
     from surveydust.cluster import get_client
     from surveydust.config import load_training_config
-    from surveydust.evaluate import aperture_radius_pix
+    from surveydust.evaluate import colour_baseline_features, fit_colour_baseline
     from surveydust.preprocess import select_samples
     from surveydust.stores.training import open_training_store
 
@@ -83,16 +75,15 @@ def main() -> None:
             for t in TARGETS:  # the same galaxies and labels: only the noise differs
                 np.testing.assert_array_equal(noisy[k][t].values, deep[k][t].values)
             idx[k] = select_samples(noisy[k], cfg)
-        radius = aperture_radius_pix(noisy["test"])
         snr = noisy["test"]["snr"].sel(band=cfg.snr_band).values[idx["test"]]
         truth = {t: noisy["test"][t].values[idx["test"]] for t in TARGETS}
         constant = {t: float(np.median(noisy["train"][t].values[idx["train"]])) for t in TARGETS}
         pred = {}
         for name, stores in (("noisy", noisy), ("noiseless", deep)):
-            x_train = photometry(stores["train"], idx["train"], bands, cfg.crop, radius)
-            x_test = photometry(stores["test"], idx["test"], bands, cfg.crop, radius)
-            pred[name] = {t: HistGradientBoostingRegressor(random_state=0)
-                          .fit(x_train, stores["train"][t].values[idx["train"]]).predict(x_test) for t in TARGETS}
+            x_train = colour_baseline_features(stores["train"], idx["train"], bands, cfg.crop, with_z=True)
+            x_test = colour_baseline_features(stores["test"], idx["test"], bands, cfg.crop, with_z=True)
+            y_train = {t: stores["train"][t].values[idx["train"]] for t in TARGETS}
+            pred[name] = fit_colour_baseline(x_train, y_train, x_test, TARGETS)
 
     print(f"colour baseline (6 bands + z) trained on {idx['train'].size} samples of {n_gal['train']} galaxies, "
           f"tested on {idx['test'].size} samples of {n_gal['test']} other galaxies (noisy SNR({cfg.snr_band}) >= "

@@ -59,6 +59,7 @@ __all__ = [
     "apply_transform",
     "augment_samples",
     "augment_store",
+    "extra_noise_sigma",
     "balance_copies",
     "hog_image",
     "plan_augmentation",
@@ -140,7 +141,17 @@ def balance_copies(
     return copies
 
 
-# --------------------------------------------------------------------------- transforms
+# --------------------------------------------------------------------------- transforms and noise
+
+
+def extra_noise_sigma(ds: xr.Dataset, bands: Sequence[str], factor: float, store: Any) -> np.ndarray | None:
+    """``factor`` x the per-pixel noise sigma [nJy] that training store ``ds`` (at ``store``)
+    records for ``bands``; None, with a warning, when it records none."""
+    if "noise_sigma" not in ds or ds["noise_sigma"].dims != ("band",):
+        warnings.warn(f"training store {store} records no noise_sigma; no extra noise is added",
+                      UserWarning, stacklevel=3)
+        return None
+    return factor * np.asarray(ds["noise_sigma"].sel(band=list(bands)).values, np.float64)
 
 
 def allowed_transforms(rotations: bool, flips: bool) -> np.ndarray:
@@ -377,13 +388,7 @@ def augment_store(
     plan = plan_augmentation(samples, labels, config=config, targets=targets, seed=seed)
     source, n_out = plan["source"], plan["source"].size
 
-    sigma = None
-    if config.noise > 0:
-        if "noise_sigma" in meta and meta["noise_sigma"].dims == ("band",):
-            sigma = config.noise * np.asarray(meta["noise_sigma"].values, np.float64)[band_index]
-        else:
-            warnings.warn(f"training store {store} records no noise_sigma; "
-                          "no extra noise is added", UserWarning, stacklevel=2)
+    sigma = extra_noise_sigma(meta, bands, config.noise, store) if config.noise > 0 else None
 
     token = dask.base.tokenize(str(store.resolve()), ds.attrs.get("store_id"), samples.tolist(),
                                bands, config.to_json(), seed)

@@ -185,7 +185,7 @@ class TrainingConfig(_Config):
         return v.upper()
 
     @model_validator(mode="after")
-    def _crop_fits_pooling(self) -> TrainingConfig:
+    def _consistent(self) -> TrainingConfig:
         if self.split == "galaxy" and self.augment.per_batch and (self.augment.hog or self.augment.balance):
             raise ValueError("augment.hog and augment.balance make stored copies: set augment.per_batch=false "
                              "to use them")

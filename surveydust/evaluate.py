@@ -321,15 +321,17 @@ def _warn_if_samples_differ(results: dict[str, xr.Dataset]) -> None:
 # ---------------------------------------------------------------- baselines
 
 
-def aperture_radius_pix(ds: xr.Dataset) -> float:
-    """Radius [pixels] of the colour baseline's apertures in ``ds``'s pixels (0.25")."""
+def _aperture_radius_pix(ds: xr.Dataset) -> float:
     scale = ds.attrs.get("pixel_scale_arcsec")
     return BASELINE_APERTURE_ARCSEC / float(scale) if scale else NORM_APERTURE_PIX
 
 
-def _features(ds: xr.Dataset, idx: np.ndarray, bands: Sequence[str], crop: int, block_samples: int,
-              with_z: bool, transforms: np.ndarray | None = None) -> np.ndarray:
-    radius = aperture_radius_pix(ds)
+def colour_baseline_features(ds: xr.Dataset, idx: np.ndarray, bands: Sequence[str], crop: int,
+                             with_z: bool, block_samples: int = BLOCK_SAMPLES,
+                             transforms: np.ndarray | None = None) -> np.ndarray:
+    """The colour baseline's features of samples ``idx``: log10 fluxes [nJy] in 0.25" apertures,
+    all colours [mag] and, ``with_z``, the redshift; read ``block_samples`` at a time."""
+    radius = _aperture_radius_pix(ds)
     x = np.concatenate([colour_features(images, crop, radius)
                         for images in image_blocks(ds, idx, bands, block_samples, transforms)])
     return np.column_stack([x, truths(ds, idx)["redshift"]]) if with_z else x
@@ -356,11 +358,19 @@ def _training_samples(plan: _Plan) -> tuple[xr.Dataset, np.ndarray] | None:
     return (train_ds, train) if train.size else None
 
 
+def fit_colour_baseline(x_train: np.ndarray, y_train: dict[str, np.ndarray], x_test: np.ndarray,
+                        targets: Sequence[str]) -> dict[str, np.ndarray]:
+    """Predictions for ``x_test`` of one gradient-boosted tree per target fitted on ``x_train``,
+    ``y_train`` (features of :func:`colour_baseline_features`); A_V and E(B-V) floored at 0."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    return {t: np.maximum(HistGradientBoostingRegressor(random_state=0).fit(x_train, y_train[t]).predict(x_test),
+                          0.0 if t in ("A_V", "EBV") else -np.inf) for t in targets}
+
+
 def _baselines(ds: xr.Dataset, plan: _Plan, block_samples: int) -> dict[str, xr.Dataset]:
     """Gradient-boosted trees on colours (+ z when the bundle takes z), fitted on ``plan``'s
     training galaxies; Meurer's A_V where the store has UV bands."""
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
     found = _training_samples(plan)
     out: dict[str, xr.Dataset] = {}
     test, transforms = _held_out(ds, plan)
@@ -369,12 +379,10 @@ def _baselines(ds: xr.Dataset, plan: _Plan, block_samples: int) -> dict[str, xr.
              **_constants(p)}
     if found is not None:
         train_ds, train = found
-        x_train = _features(train_ds, train, p.bands, p.crop, block_samples, with_z)
-        x_test = _features(ds, test, p.bands, p.crop, block_samples, with_z, transforms)
-        y_train = truths(train_ds, train)
-        means = {t: np.maximum(HistGradientBoostingRegressor(random_state=0).fit(x_train, y_train[t])
-                               .predict(x_test), 0.0 if t in ("A_V", "EBV") else -np.inf)
-                 for t in PREDICTED if t in p.targets}
+        x_train = colour_baseline_features(train_ds, train, p.bands, p.crop, with_z, block_samples)
+        x_test = colour_baseline_features(ds, test, p.bands, p.crop, with_z, block_samples, transforms)
+        means = fit_colour_baseline(x_train, truths(train_ds, train), x_test,
+                                    [t for t in PREDICTED if t in p.targets])
         if {"A_V", "EBV"} <= set(means):
             means["R_V"] = r_v(means["A_V"], means["EBV"], MIN_PREDICTED_EBV_FOR_RV)
         logger.info("baseline: trained on %d samples (%d galaxies), %d features of bands %s%s", train.size,
@@ -396,7 +404,7 @@ def _meurer(ds: xr.Dataset, idx: np.ndarray, block_samples: int,
     bands = [str(b) for b in ds["band"].values]
     if sum(b in ("F090W", "F115W", "F150W", "F200W") for b in bands) < 2 or "noise_sigma" not in ds:
         return None
-    radius = aperture_radius_pix(ds)
+    radius = _aperture_radius_pix(ds)
     flux = np.concatenate([10 ** colour_features(im, ds.sizes["x"], radius)[:, :len(bands)]
                            for im in image_blocks(ds, idx, bands, block_samples, transforms)])
     npix = np.pi * radius**2

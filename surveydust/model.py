@@ -102,7 +102,7 @@ def compile_model(model: keras.Model, loss: str, learning_rate: float, weight_de
     than plain TF on CPU, and sticky in .keras files). With ``ema_momentum`` > 0 the optimizer
     also keeps an exponential moving average of the weights (use it with
     ``keras.callbacks.SwapEMAWeights``)."""
-    ema = {"use_ema": ema_momentum > 0, "ema_momentum": ema_momentum or 0.99}
+    ema = {"use_ema": ema_momentum > 0, "ema_momentum": ema_momentum}
     optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, **ema) if weight_decay > 0 \
         else keras.optimizers.Adam(learning_rate, **ema)
     model.compile(optimizer=optimizer, loss=LOSSES[loss], jit_compile=False)

@@ -28,7 +28,7 @@ import dask
 import dask.base
 import numpy as np
 
-from surveydust.augment import allowed_transforms, apply_transform, augment_store
+from surveydust.augment import allowed_transforms, apply_transform, augment_store, extra_noise_sigma
 from surveydust.backend import keras_module
 from surveydust.bundle import save_bundle
 from surveydust.cluster import open_client, worker_resources
@@ -237,8 +237,9 @@ class StoreBatches:
         self.z = ds["redshift"].values[self.index].astype(np.float64) if cfg.use_redshift else None
         self.capacity = max(1, int(cfg.shuffle_buffer_mb * 2 ** 20 // (4 * len(cfg.bands) * cfg.crop ** 2)))
         self.augment = augment
-        self.transforms = allowed_transforms(augment.rotations, augment.flips) if augment else np.zeros(1, int)
-        self.noise = _noise_sigma(ds, cfg.bands, augment.noise) if augment and augment.noise > 0 else None
+        self.transforms = allowed_transforms(augment.rotations, augment.flips) if augment else None
+        self.noise = None if augment is None or augment.noise == 0 else \
+            extra_noise_sigma(ds, cfg.bands, augment.noise, part.path)
         self.cfg, self.shuffle, self.epoch = cfg, shuffle, 0
         self._lock = threading.Lock()
         self._loaded: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
@@ -315,17 +316,9 @@ class StoreBatches:
             out[code == c] = apply_transform(images[code == c], int(c))
         if self.noise is not None:
             amplitude = rng.random(len(images)).astype(np.float32)[:, None, None, None]
-            out += amplitude * self.noise[None, :, None, None] * rng.standard_normal(out.shape, np.float32)
+            sigma = self.noise.astype(np.float32)[None, :, None, None]
+            out += amplitude * sigma * rng.standard_normal(out.shape, np.float32)
         return out
-
-
-def _noise_sigma(ds: Any, bands: Sequence[str], factor: float) -> np.ndarray | None:
-    """``factor`` x the store's per-pixel noise sigma [nJy] of ``bands``; None (with a warning) when
-    the store records none."""
-    if "noise_sigma" not in ds or ds["noise_sigma"].dims != ("band",):
-        logger.warning("training store records no noise_sigma; no extra noise is added")
-        return None
-    return (factor * ds["noise_sigma"].sel(band=list(bands)).values).astype(np.float32)
 
 
 def store_batches(part: Part, cfg: TrainingConfig, mean: np.ndarray, std: np.ndarray,
