@@ -139,6 +139,8 @@ class Predictor:
 
     def __init__(self, path: Path | str):
         keras = keras_module()
+        import surveydust.model  # noqa: F401  (registers the custom layers a bundle's model may use)
+
         self.path = Path(path)
         self.meta = read_meta(self.path)
         self.bands: tuple[str, ...] = tuple(self.meta["bands"])

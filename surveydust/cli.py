@@ -257,7 +257,8 @@ def plot_store(store: Path, out: Path | None) -> None:
 @click.option("--max-epochs", type=int, default=None, help="Most epochs (early stopping usually ends sooner).")
 @click.option("--seed", type=int, default=None, help="Seed of the split, augmentation and weights.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Any other training setting, e.g. --set snr_min=3 --set augment.noise=1.")
+              help="Any other training setting, e.g. --set snr_min=3 --set augment.noise=1 "
+                   "--set ensemble=3 (three networks, one bundle).")
 @with_cluster_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle (after the new one is complete).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -284,6 +285,27 @@ def train_command(store: Path, out: Path, bands: str | None, targets: str | None
     with _client(cluster, workers, jobs) as client:
         path = train(store, out, config, client=client, overwrite=overwrite, progress=not quiet, **overrides)
     click.echo(f"wrote {path}")
+
+
+@main.command("ensemble")
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="BUNDLE...")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Ensemble bundle folder to write.")
+@click.option("--store", type=click.Path(path_type=Path), default=None,
+              help="The members' training store, for calibration [default: the path in their bundle.json].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle (after the new one is complete).")
+@_friendly_errors
+def ensemble_command(bundles: tuple[Path, ...], out: Path, store: Path | None, overwrite: bool) -> None:
+    """Combine bundles trained on the same split into one ensemble bundle.
+
+    Members must share the training store, bands, targets and split seed, and
+    differ in their fit seed (e.g. --set fit_seed=1); `surveydust train --set
+    ensemble=N` trains and combines N at once. The ensemble predicts, per
+    target, the mean and variance of the members' Gaussians (wider where they
+    disagree), with percentiles calibrated again on the calibration galaxies.
+    """
+    from surveydust.ensemble import combine_bundles
+
+    click.echo(f"wrote {combine_bundles(list(bundles), out, store, overwrite=overwrite)}")
 
 
 @main.command("evaluate")

@@ -141,6 +141,8 @@ class TrainingConfig(_Config):
     """Settings of CNN training (see configs/training.yaml)."""
 
     seed: int = Field(ge=0)
+    fit_seed: int | None = Field(default=None, ge=0)
+    ensemble: int = Field(ge=1, le=32)
     bands: tuple[str, ...] = Field(min_length=1)
     targets: tuple[str, ...] = Field(min_length=1)
     snr_band: str
@@ -163,6 +165,12 @@ class TrainingConfig(_Config):
     shuffle_buffer_mb: int = Field(ge=1)
     max_epochs: int = Field(ge=1)
     patience: int = Field(ge=1)
+
+    @property
+    def weights_seed(self) -> int:
+        """Seed of the initial weights, the batch order and the per-batch draws (``fit_seed``,
+        else ``seed``)."""
+        return self.seed if self.fit_seed is None else self.fit_seed
 
     @field_validator("bands")
     @classmethod
@@ -189,6 +197,8 @@ class TrainingConfig(_Config):
         if self.split == "galaxy" and self.augment.per_batch and (self.augment.hog or self.augment.balance):
             raise ValueError("augment.hog and augment.balance make stored copies: set augment.per_batch=false "
                              "to use them")
+        if self.ensemble > 1 and self.loss != "gaussian_nll":
+            raise ValueError("an ensemble (ensemble > 1) combines Gaussian posteriors: use loss gaussian_nll")
         if self.validation_fraction + self.calibration_fraction >= 1:
             raise ValueError("validation_fraction + calibration_fraction must be < 1")
         pools = len(self.model.conv_filters) - (self.model.architecture == "fusion")

@@ -30,6 +30,38 @@ def sigma_from_raw(raw):
     return ops.softplus(raw) + SIGMA_FLOOR
 
 
+def raw_from_sigma(sigma):
+    """Inverse of :func:`sigma_from_raw` (sigma at the floor maps to a very negative raw value)."""
+    x = ops.maximum(sigma - SIGMA_FLOOR, 1e-6)
+    return ops.where(x > 20.0, x, ops.log(ops.expm1(ops.minimum(x, 20.0))))  # softplus^-1; linear beyond 20
+
+
+@keras.saving.register_keras_serializable(package="surveydust")
+class MixtureMoments(layers.Layer):
+    """An equal-weight mixture of the members' Gaussians as one Gaussian of the same mean and
+    variance (a deep ensemble), in and out in the ``gaussian_nll`` layout (means, raw sigmas)."""
+
+    def call(self, members):
+        stacked = ops.stack(members, axis=0)
+        n = stacked.shape[-1] // 2
+        mean, sigma = stacked[..., :n], sigma_from_raw(stacked[..., n:])
+        m = ops.mean(mean, axis=0)
+        variance = ops.mean(sigma * sigma + mean * mean, axis=0) - m * m
+        return ops.concatenate([m, raw_from_sigma(ops.sqrt(ops.maximum(variance, 0.0)))], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
+def ensemble_model(members: list[keras.Model]) -> keras.Model:
+    """One model whose output is the :class:`MixtureMoments` of ``members`` (same inputs,
+    ``gaussian_nll`` outputs); each member is nested under the name ``member<k>``."""
+    inputs = [keras.Input(t.shape[1:], name=t.name.split(":")[0]) for t in members[0].inputs]
+    nested = [keras.Model(m.inputs, m.output, name=f"member{k}") for k, m in enumerate(members)]
+    out = MixtureMoments(name="mixture")([m(inputs) for m in nested])
+    return keras.Model(inputs, out, name=f"ensemble_of_{len(members)}")
+
+
 @keras.saving.register_keras_serializable(package="surveydust")
 def gaussian_nll(y_true, y_pred):
     """Negative log-likelihood of ``y_true`` under N(mean, sigma^2), per sample

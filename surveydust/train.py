@@ -83,14 +83,27 @@ def train(
         if progress:
             c.subscribe_topic(topic, _print_epoch)
         try:
-            future = c.submit(fit_bundle, parts, cfg, str(Path(tmp) / "bundle"), meta, topic,
-                              key=f"fit-model-{token}", resources={"GPU": 1} if gpu else None, pure=False)
-            bundle = Path(future.result())
+            resources = {"GPU": 1} if gpu else None
+            futures = [c.submit(fit_bundle, parts, member_config(cfg, k), str(Path(tmp) / f"member{k}"), meta,
+                                topic, label=f"network {k + 1}/{cfg.ensemble}" if cfg.ensemble > 1 else None,
+                                key=f"fit-model-{token}-{k}", resources=resources, pure=False)
+                       for k in range(cfg.ensemble)]  # on several workers (GPUs) they train side by side
+            if cfg.ensemble > 1:
+                from surveydust.ensemble import write_ensemble
+
+                futures = [c.submit(write_ensemble, futures, str(store), str(Path(tmp) / "bundle"),
+                                    key=f"ensemble-{token}", resources=resources, pure=False)]
+            bundle = Path(futures[0].result())
         finally:
             if progress:
                 c.unsubscribe_topic(topic)
         replace_atomically(bundle, out)
     return out
+
+
+def member_config(cfg: TrainingConfig, k: int) -> TrainingConfig:
+    """The configuration of ensemble member ``k``: fit seed ``weights_seed + k``, same split."""
+    return cfg if cfg.ensemble == 1 else cfg.model_copy(update={"fit_seed": cfg.weights_seed + k, "ensemble": 1})
 
 
 def prepare_training(store: Path | str, cfg: TrainingConfig) -> tuple[Split, dict[str, Any]]:
@@ -160,10 +173,11 @@ def _print_epoch(event: tuple[float, dict[str, Any]]) -> None:
     info = event[1]
     losses = ", ".join(f"{k} {v:.4f}" for k, v in info.items() if "loss" in k and isinstance(v, float))
     rate = f", {info['samples_per_s']:.0f} samples/s" if "samples_per_s" in info else ""
-    print(f"epoch {info['epoch']}/{info['epochs']}: {losses}{rate}", file=sys.stderr, flush=True)
+    label = f"{info['label']}: " if info.get("label") else ""
+    print(f"{label}epoch {info['epoch']}/{info['epochs']}: {losses}{rate}", file=sys.stderr, flush=True)
 
 
-def _epoch_reporter(topic: str | None, epochs: int, samples_per_epoch: int) -> Any:
+def _epoch_reporter(topic: str | None, epochs: int, samples_per_epoch: int, label: str | None = None) -> Any:
     """Keras callback that sends each epoch's losses and speed to the client as a Dask event."""
     import time
 
@@ -180,7 +194,7 @@ def _epoch_reporter(topic: str | None, epochs: int, samples_per_epoch: int) -> A
             except ValueError:  # not running on a Dask worker
                 return
             rate = samples_per_epoch / max(time.perf_counter() - self.t0, 1e-9)
-            worker.log_event(topic, {"epoch": epoch + 1, "epochs": epochs, "samples_per_s": rate,
+            worker.log_event(topic, {"epoch": epoch + 1, "epochs": epochs, "samples_per_s": rate, "label": label,
                                      **{k: float(v) for k, v in (logs or {}).items()}})
 
     return EpochEvents()
@@ -251,7 +265,7 @@ class StoreBatches:
     def _epoch_order(self) -> tuple[np.ndarray, np.ndarray, list[tuple[int, ...]]]:
         """Positions into ``self.index`` for this epoch, the window of each, and each window's chunks."""
         block = self.index // self.chunk
-        rng = np.random.default_rng([self.cfg.seed, 3, self.epoch])
+        rng = np.random.default_rng([self.cfg.weights_seed, 3, self.epoch])
         blocks, counts = np.unique(block, return_counts=True)
         if self.shuffle:
             perm = rng.permutation(blocks.size)
@@ -300,7 +314,7 @@ class StoreBatches:
             stored, crops = self._window_images(windows[w])
             mine = window_of == w
             images[mine] = crops[np.searchsorted(stored, sample[mine])]
-        rng = np.random.default_rng([self.cfg.seed, 5, self.epoch, i])
+        rng = np.random.default_rng([self.cfg.weights_seed, 5, self.epoch, i])
         if self.augment is not None:
             images = self._augmented(images, rng)
         z = np.full(pos.size, np.nan) if self.z is None else self.z[pos].copy()
@@ -342,21 +356,23 @@ def _in_memory(part: Part, cfg: TrainingConfig, with_redshift: bool = True) -> t
 
 
 def fit_bundle(parts: dict[str, Part], cfg: TrainingConfig, out: str, meta: dict[str, Any],
-               topic: str | None = None, callbacks: Sequence[Any] = (), threads: int | None = None) -> str:
+               topic: str | None = None, callbacks: Sequence[Any] = (), threads: int | None = None,
+               label: str | None = None) -> str:
     """Fit the network (runs as one Dask task on a worker), calibrate it, save the bundle to ``out``.
 
     ``parts``: ``train`` (streamed), ``validation`` (early stopping) and
     ``calibration`` (:func:`surveydust.posterior.calibrate`). Each epoch's
     losses go to the Dask event ``topic`` (printed by ``train``); extra Keras
     ``callbacks`` run after early stopping (e.g. trial pruning). ``threads``:
-    cores to train with (None: all of this machine's, :func:`use_all_cores`).
+    cores to train with (None: all of this machine's, :func:`use_all_cores`); ``label`` names
+    the network in the epoch events (an ensemble member).
     """
     threads = use_all_cores(threads)
     keras = keras_module()
 
     from surveydust.model import build_model, compile_model
 
-    keras.utils.set_random_seed(cfg.seed)
+    keras.utils.set_random_seed(cfg.weights_seed)
     with dask.config.set(scheduler="synchronous"):  # read on this worker, not through the cluster
         train_ds = open_training_store(parts["train"].path).isel(sample=np.sort(parts["train"].index))
         y = target_values(train_ds, cfg)
@@ -373,13 +389,13 @@ def fit_bundle(parts: dict[str, Part], cfg: TrainingConfig, out: str, meta: dict
         stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
                                              restore_best_weights=True)
         schedule = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=LR_PATIENCE)
-        report = [_epoch_reporter(topic, cfg.max_epochs, batches.index.size)] if topic else []
+        report = [_epoch_reporter(topic, cfg.max_epochs, batches.index.size, label)] if topic else []
         history = model.fit(batches, epochs=cfg.max_epochs, shuffle=False, verbose=0,
                             callbacks=[*ema, stop, schedule, *callbacks, *report], validation_data=(xv, yv))
         inference = build_model(cfg.bands, cfg.crop, len(cfg.targets), cfg.model, cfg.loss)
         inference.set_weights(model.get_weights())  # uncompiled: no optimizer state in the bundle
         ood = feature_stats(train_ds["image"].sel(band=list(cfg.bands))[:20000].values, cfg.crop)
-        meta = {**meta,
+        meta = {**meta, "training_config": cfg.model_dump(mode="json"),
                 "target_scaling": {t: [float(mean[i]), float(std[i])] for i, t in enumerate(cfg.targets)},
                 "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
                 "epochs_run": len(history.history["loss"]), "n_train_augmented": int(batches.index.size),
@@ -387,14 +403,14 @@ def fit_bundle(parts: dict[str, Part], cfg: TrainingConfig, out: str, meta: dict
                 "constant_guess": {t: float(np.nanmedian(train_ds[t].values))
                                    for t in (*cfg.targets, "R_V") if t in train_ds}}
         if cfg.loss == "gaussian_nll":
-            meta["calibration"] = _calibration(inference, parts["calibration"], cfg, mean, std)
+            meta["calibration"] = calibration_levels(inference, parts["calibration"], cfg, mean, std)
     save_bundle(inference, Path(out), meta)
     logger.info("trained %s on %d samples for %d epochs", cfg.bands, batches.index.size, meta["epochs_run"])
     return out
 
 
-def _calibration(model: Any, part: Part, cfg: TrainingConfig, mean: np.ndarray,
-                 std: np.ndarray) -> dict[str, Any]:
+def calibration_levels(model: Any, part: Part, cfg: TrainingConfig, mean: np.ndarray,
+                       std: np.ndarray) -> dict[str, Any]:
     """Calibrated Gaussian levels per target, with and without redshift (when the model takes one)."""
     import keras
 

@@ -591,22 +591,18 @@ class _BlockReader:
         return out[(part_key, slice(None) if isinstance(band_key, slice) else 0, *squeeze)]
 
 
-def _read_into(out: np.ndarray, plane: Plane, ys: slice, xs: slice) -> np.ndarray:
-    """Copy one block of one image HDU into the native float32 ``out`` (one pass: no temporary)."""
+def _raw(plane: Plane, ys: slice, xs: slice) -> np.ndarray:
+    """One block of one image HDU in its stored dtype: a view into a numpy memmap (unmapped
+    when the view is dropped), or astropy's ``section`` read of scaled or tile-compressed data."""
     if plane.offset is not None:
-        # the mapping is released when ``raw`` goes out of scope (nothing else refers to it)
-        raw = np.memmap(plane.path, dtype=plane.dtype, mode="r", offset=plane.offset, shape=plane.shape)
-        np.copyto(out, raw[ys, xs], casting="unsafe")
-        return out
+        return np.memmap(plane.path, dtype=plane.dtype, mode="r", offset=plane.offset, shape=plane.shape)[ys, xs]
     with fits.open(plane.path, memmap=False, lazy_load_hdus=True) as hdul:  # section reads only the block
-        np.copyto(out, hdul[plane.hdu].section[ys, xs], casting="unsafe")
-    return out
+        return hdul[plane.hdu].section[ys, xs]
 
 
 def _read_njy(out: np.ndarray, plane: Plane, ys: slice, xs: slice) -> np.ndarray:
-    _read_into(out, plane, ys, xs)
-    if plane.to_njy != 1.0:
-        np.multiply(out, np.float32(plane.to_njy), out=out)
+    """Fill the float32 ``out`` with one block in nJy: byte order, type and units in one pass."""
+    np.multiply(_raw(plane, ys, xs), np.float32(plane.to_njy), out=out, casting="unsafe")
     return out
 
 
@@ -615,7 +611,8 @@ def read_block(planes: tuple[Plane, Plane | None, Plane | None], ys: slice, xs: 
     """``[sci, err]`` of one block, float32 flux per pixel in nJy, NaN where there is no data.
 
     ``out``: a float32 array of shape ``(2, ny, nx)`` to fill (allocated when None).
-    Float32 arithmetic: values are within ~1e-7 (relative) of a float64 conversion.
+    Float32 arithmetic for float32 inputs: values are within ~1e-7 (relative) of a
+    float64 conversion. The weight map is compared and rooted where it lies, never copied.
     """
     sci_p, err_p, wht_p = planes
     ys, xs = (slice(*sl.indices(n)[:2]) for sl, n in zip((ys, xs), sci_p.shape, strict=True))
@@ -623,22 +620,23 @@ def read_block(planes: tuple[Plane, Plane | None, Plane | None], ys: slice, xs: 
         out = np.empty((2, ys.stop - ys.start, xs.stop - xs.start), np.float32)
     sci, err = out[0], out[1]
     _read_njy(sci, sci_p, ys, xs)
-    bad = ~np.isfinite(sci)
+    good = np.isfinite(sci)
     if wht_p is not None:
-        wht = _read_into(np.empty_like(sci), wht_p, ys, xs)
-        bad |= ~(wht > 0)
+        wht = _raw(wht_p, ys, xs)
+        good &= wht > 0
     if err_p is not None:
         _read_njy(err, err_p, ys, xs)
     elif wht_p is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
-            np.sqrt(wht, out=err)
+            np.sqrt(wht, out=err, casting="unsafe")
             np.divide(np.float32(wht_p.to_njy), err, out=err)
     else:
         err.fill(np.nan)
     if err_p is not None or wht_p is not None:
         with np.errstate(invalid="ignore"):
-            bad |= ~(err > 0)
-        bad |= np.isinf(err)
+            good &= err > 0
+            good &= err < np.inf
+    bad = np.logical_not(good, out=good)
     np.copyto(sci, np.float32(np.nan), where=bad)
     np.copyto(err, np.float32(np.nan), where=bad)
     return out
