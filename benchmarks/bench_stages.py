@@ -34,7 +34,14 @@ baseline taken on the same (noisy) machine at the same time:
    flags). Separately, the whole ``catalogue_tile`` loop over all tiles: the
    in-process single-core throughput that is the reference of the share column
    and of the cluster ratios.
-5. ``run_catalogue(store, client=client)`` (``out=None``) on a ``LocalCluster``
+5. The hardware's own scaling, no Dask: for each ``--workers`` count N > 1, N
+   plain processes (``multiprocessing`` spawn, the same one-thread settings)
+   each run the ``catalogue_tile`` loop on every N-th tile, after the same
+   warm-up, released together by a barrier; wall = until the last finishes.
+   Its ratio to N x the single-core rate is what this machine gives a second
+   process (shared memory bandwidth and caches, the other load), the ceiling
+   of any N-worker cluster; ``run_catalogue``'s ratio to it is Dask's own cost.
+6. ``run_catalogue(store, client=client)`` (``out=None``) on a ``LocalCluster``
    of each ``--workers`` count: start-up not timed; each worker predicts
    batches of 1 and 2 and runs ``catalogue_tile`` on one tile (``client.run``)
    first, then one call is timed by ``bench_catalogue.timed_catalogue`` (which
@@ -44,7 +51,7 @@ baseline taken on the same (noisy) machine at the same time:
    driver's assembly of the catalogue, idle workers at the end); the ratio
    Mpix/s / (workers x in-process single-core Mpix/s). The catalogue returned
    by the largest cluster is written once with ``write_catalogue``.
-6. End to end: ingest + ``run_catalogue`` seconds on the largest cluster
+7. End to end: ingest + ``run_catalogue`` seconds on the largest cluster
    (start-ups and catalogue writing not included), Mpix/s from FITS to
    catalogue.
 
@@ -78,6 +85,7 @@ MALLOC_AT_START = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_"
 
 import argparse
 import logging
+import multiprocessing as mp
 import shutil
 import sys
 import tempfile
@@ -180,6 +188,35 @@ def warm_predict(path: str) -> None:
         p.predict(np.zeros((n, len(p.bands), p.crop, p.crop), np.float32))
 
 
+def _plain_loop(store: str, tiles: list, halo: int, bundles: list[str], cfg, barrier, queue) -> None:
+    """One plain process: warm up like a worker, wait for the others, time the catalogue_tile loop."""
+    warm_predict(bundles[0])
+    catalogue_tile(store, tiles[0], halo, bundles, cfg, None)
+    barrier.wait()
+    t0, c0 = time.perf_counter(), time.process_time()
+    for tile in tiles:
+        catalogue_tile(store, tile, halo, bundles, cfg, None)
+    queue.put((time.perf_counter() - t0, time.process_time() - c0))
+
+
+def plain_processes(n: int, store: str, tiles: list, halo: int, bundles: list[str], cfg) -> tuple[float, float]:
+    """Wall seconds (release to last finish) and CPU seconds of ``n`` plain processes, each running
+    the catalogue_tile loop on every n-th tile (no Dask)."""
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(n + 1), ctx.Queue()
+    procs = [ctx.Process(target=_plain_loop, args=(store, tiles[i::n], halo, bundles, cfg, barrier, queue))
+             for i in range(n)]
+    for p in procs:
+        p.start()
+    barrier.wait(timeout=3600)  # a child that failed breaks it: no endless wait
+    t0 = time.perf_counter()
+    done = [queue.get() for _ in procs]
+    wall = time.perf_counter() - t0
+    for p in procs:
+        p.join()
+    return wall, sum(cpu for _, cpu in done)
+
+
 def fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -263,7 +300,12 @@ def main() -> None:
         ref = mpix / loop_s  # in-process single-core Mpix/s
         print(f"in-process: stages {sum(clock.wall.values()):.1f} s, catalogue_tile loop {loop_s:.1f} s", flush=True)
 
-        # 5. run_catalogue on each cluster
+        # 5. n plain processes, no Dask: the hardware's scaling
+        plain = {k: plain_processes(k, str(store), tiles, halo, bundles, cfg) for k in workers if 1 < k <= len(tiles)}
+        for k, (wall, _) in plain.items():
+            print(f"{k} plain processes: {wall:.1f} s", flush=True)
+
+        # 6. run_catalogue on each cluster
         warm_tile = (str(store), centre, halo, bundles, cfg, None)
         results, startups, ds_big = {}, {}, None
         for k in workers:
@@ -316,8 +358,10 @@ def main() -> None:
     rows.append(("catalogue_tile loop (reference)", loop_s, loop_cpu, ref, 100.0, f"{n_loop} sources"))
     print_rows(rows, w)
     print("-- cluster --")
-    rows = [(f"run_catalogue ({k} worker{'s' * (k > 1)})", r["wall"], r["cpu"], mpix / r["wall"], None,
-             f"{r['n']} sources") for k, r in results.items()]
+    rows = [(f"{k} plain processes, no Dask (ceiling)", wall, cpu, mpix / wall, None,
+             f"{mpix / wall / (k * ref):.2f} x {k} x in-process") for k, (wall, cpu) in plain.items()]
+    rows += [(f"run_catalogue ({k} worker{'s' * (k > 1)})", r["wall"], r["cpu"], mpix / r["wall"], None,
+              f"{r['n']} sources") for k, r in results.items()]
     rows.append(("catalogue writing (write_catalogue)", write_s, None, None, None,
                  f"{results[big]['n']} sources, in-process"))
     rows.append((f"end to end: ingest + run_catalogue ({big} w.)", e2e_s, None, mpix / e2e_s, None,
@@ -351,6 +395,9 @@ def main() -> None:
         scale = mpix / r["wall"] / (k * ref)
         goal = f"  (goal >= {GOAL_SCALING} for 2 workers: {verdict(scale >= GOAL_SCALING)})" if k == 2 else ""
         print(f"Mpix/s / ({k} x in-process single-core Mpix/s), {k} worker{'s' * (k > 1)}: {scale:.2f}{goal}")
+        if k in plain:
+            print(f"  of which the machine: {k} plain processes reach {mpix / plain[k][0] / (k * ref):.2f}; "
+                  f"Dask against them: {plain[k][0] / r['wall']:.2f}")
     e2e = mpix / e2e_s
     print(f"end to end FITS -> catalogue, {big} workers: {e2e:.2f} Mpix/s  (goal >= {GOAL_E2E} Mpix/s for an "
           f"8192^2 x 3 field on 2 cores; this field {args.size}^2: {verdict(e2e >= GOAL_E2E)})")
