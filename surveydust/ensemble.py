@@ -18,9 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from surveydust.backend import keras_module
 from surveydust.bundle import MODEL_FILE, read_meta, save_bundle
 from surveydust.config import load_training_config
 from surveydust.stores.base import check_output_path, replace_atomically
+from surveydust.stores.training import open_training_store
+from surveydust.train import Part, calibration_levels, prepare_training
 
 #: metadata every member must share (the same inputs, outputs, targets' space and split)
 SHARED_META = ("bands", "targets", "crop", "loss", "uses_redshift", "posterior", "target_scaling")
@@ -68,12 +71,8 @@ def check_members(members: Sequence[Path]) -> list[dict[str, Any]]:
 def write_ensemble(members: Sequence[str], store: str, out: str) -> str:
     """Build, calibrate and save the ensemble of bundles ``members`` at ``out`` (may run as a
     Dask task on a worker); the calibration galaxies are read from ``store``."""
-    from surveydust.backend import keras_module
-    from surveydust.model import ensemble_model
-    from surveydust.stores.training import open_training_store
-    from surveydust.train import Part, calibration_levels, prepare_training
-
     keras = keras_module()
+    from surveydust.model import ensemble_model  # imports Keras
     metas = check_members([Path(m) for m in members])
     first = metas[0]
     cfg = load_training_config(**first["training_config"])
