@@ -41,6 +41,9 @@ MODEL_FILE, META_FILE = "model.keras", "bundle.json"
 PREPROCESS_BATCHES = 8
 REQUIRED_META = ("bands", "targets", "crop", "loss", "target_scaling", "checksums")
 SHIPPED = "bundles"  # folder of the shipped bundles inside surveydust/data
+#: metadata every member of an ensemble must share (the same inputs, outputs, targets' space and split)
+ENSEMBLE_SHARED_META = ("bands", "targets", "crop", "loss", "uses_redshift", "posterior", "target_scaling")
+ENSEMBLE_SHARED_SPLIT = ("protocol", "seed", "test_galaxies", "validation_galaxies", "calibration_galaxies")
 
 
 def meta_checksum(meta: dict[str, Any]) -> str:
@@ -131,6 +134,27 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise ValueError(f"{meta_file} does not match its checksum (edited or corrupt): retrain, "
                          "or restore the bundle")
     return meta
+
+
+def check_ensemble_members(members: Sequence[Path]) -> list[dict[str, Any]]:
+    """Read the members' metadata; raise ValueError unless they can be combined."""
+    if len(members) < 2:
+        raise ValueError(f"an ensemble needs at least 2 bundles, got {len(members)}")
+    metas = [read_meta(m) for m in members]
+    first = metas[0]
+    if first["loss"] != "gaussian_nll":
+        raise ValueError(f"only gaussian_nll bundles can be combined ({members[0]} has loss {first['loss']})")
+    for path, meta in zip(members[1:], metas[1:], strict=True):
+        differ = [k for k in ENSEMBLE_SHARED_META if meta.get(k) != first.get(k)]
+        differ += [f"split {k}" for k in ENSEMBLE_SHARED_SPLIT if meta["split"].get(k) != first["split"].get(k)]
+        if meta["training_store"]["store_id"] != first["training_store"]["store_id"]:
+            differ.append("training store")
+        if differ:
+            raise ValueError(f"{path} cannot join {members[0]} in an ensemble: they differ in "
+                             f"{', '.join(differ)} (train members with the same store, bands and seed, "
+                             "and different fit_seed)")
+    return metas
+
 
 
 class Predictor:

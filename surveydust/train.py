@@ -30,7 +30,7 @@ import numpy as np
 
 from surveydust.augment import allowed_transforms, apply_transform, augment_store, extra_noise_sigma
 from surveydust.backend import keras_module
-from surveydust.bundle import save_bundle
+from surveydust.bundle import MODEL_FILE, check_ensemble_members, save_bundle
 from surveydust.cluster import open_client, worker_resources
 from surveydust.config import AugmentConfig, TrainingConfig, load_training_config
 from surveydust.posterior import MIN_CALIBRATION_SAMPLES, calibrate, describe, log_offsets, to_network
@@ -89,8 +89,6 @@ def train(
                                 key=f"fit-model-{token}-{k}", resources=resources, pure=False)
                        for k in range(cfg.ensemble)]  # on several workers (GPUs) they train side by side
             if cfg.ensemble > 1:
-                from surveydust.ensemble import write_ensemble
-
                 futures = [c.submit(write_ensemble, futures, str(store), str(Path(tmp) / "bundle"),
                                     key=f"ensemble-{token}", resources=resources, pure=False)]
             bundle = Path(futures[0].result())
@@ -428,4 +426,39 @@ def calibration_levels(model: Any, part: Part, cfg: TrainingConfig, mean: np.nda
         out[key] = calibrate({t: ds[t].values for t in cfg.targets},
                              {t: mu[:, i] for i, t in enumerate(cfg.targets)},
                              {t: sigma[:, i] for i, t in enumerate(cfg.targets)}, log_offsets(cfg.dust_offset_mag))
+    return out
+
+
+def write_ensemble(members: Sequence[str], store: str, out: str) -> str:
+    """Build, calibrate and save the ensemble of bundles ``members`` at ``out`` (may run as a
+    Dask task on a worker); the calibration galaxies are read from ``store``."""
+    keras = keras_module()
+    from surveydust.model import ensemble_model
+    metas = check_ensemble_members([Path(m) for m in members])
+    first = metas[0]
+    cfg = load_training_config(**first["training_config"])
+    store_id = open_training_store(store).attrs.get("store_id")
+    if store_id != first["training_store"]["store_id"]:
+        raise ValueError(f"{store} is not the training store of these bundles (store id {store_id}, "
+                         f"theirs {first['training_store']['store_id']})")
+    split, _ = prepare_training(store, cfg)
+    if not np.array_equal(split.calibration_galaxies, first["split"]["calibration_galaxies"]):
+        raise ValueError(f"the split of {store} under these bundles' settings no longer gives their "
+                         "calibration galaxies (settings changed since they were trained)")
+    scaling = first["target_scaling"]
+    mean = np.array([scaling[t][0] for t in cfg.targets])
+    std = np.array([scaling[t][1] for t in cfg.targets])
+    nets = [keras.saving.load_model(Path(m) / MODEL_FILE, compile=False, safe_mode=True) for m in members]
+    model = ensemble_model(nets)
+    meta = {k: v for k, v in first.items() if k not in ("checksums", "format_version", "keras_backend",
+                                                         "history", "epochs_run", "calibration")}
+    meta["ensemble"] = {
+        "combination": "equal-weight mixture of the members' Gaussians, moment-matched (network space)",
+        "members": [{"model_id": m["checksums"][MODEL_FILE][:12],
+                     "fit_seed": load_training_config(**m["training_config"]).weights_seed,
+                     "epochs_run": m.get("epochs_run"), "history": m.get("history", {})} for m in metas],
+    }
+    meta["training_config"] = {**first["training_config"], "fit_seed": None, "ensemble": len(members)}
+    meta["calibration"] = calibration_levels(model, Part(store, split.calibration), cfg, mean, std)
+    save_bundle(model, Path(out), meta)
     return out
