@@ -3,6 +3,7 @@ real LocalCluster (``train`` with ``ensemble`` and ``combine_bundles`` of separa
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,13 @@ def test_train_with_ensemble_trains_members_with_their_own_seeds(store: Path, cl
     assert np.abs(means[0] - means[1]).max() > 1e-3  # different networks
     np.testing.assert_allclose(raw[:, :3], means.mean(axis=0), atol=1e-5)
     _check_bundle_predictions(bundle, store)
+    if importlib.util.find_spec("jax") is not None:  # the mixture layer on another backend, same numbers
+        from test_bundle import VARIABLES, images, predict_on_backend
+
+        expected = p.predict(images(bands=len(p.bands)), 7.0)
+        want = np.stack([expected[v].values for v in VARIABLES])
+        got = predict_on_backend(bundle, "jax", tmp_path, len(p.bands))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_combine_bundles_of_separate_runs_and_refuse_other_splits(store: Path, client, tmp_path: Path) -> None:
