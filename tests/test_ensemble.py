@@ -8,9 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_train import TINY, _check_bundle_predictions, store  # noqa: F401  (store: a fixture)
+from test_train import TINY, _check_bundle_predictions, tiny_store
 
 ONE_EPOCH = {**TINY, "max_epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def store(client, tmp_path_factory) -> Path:
+    return tiny_store(client, tmp_path_factory)
 
 
 def _softplus_sigma(raw: np.ndarray) -> np.ndarray:

@@ -25,13 +25,17 @@ TINY = {"snr_min": 0.0, "max_epochs": 2, "batch_size": 8, "bands": BANDS, "calib
         "augment": {"samples_per_task": 128}}  # several chunks to stream
 
 
-@pytest.fixture(scope="module")
-def store(client, tmp_path_factory) -> Path:
+def tiny_store(client, tmp_path_factory) -> Path:
     """14 galaxies x 1 view x 11 dust-to-metal ratios in 7 chunks of 22 samples."""
     from surveydust.simulate import simulate
 
     return simulate(tmp_path_factory.mktemp("train") / "s.zarr", client=client, progress=False, n_galaxies=14,
                     views_per_galaxy=1, bands=BANDS, galaxies_per_task=CHUNK_GALAXIES)
+
+
+@pytest.fixture(scope="module")
+def store(client, tmp_path_factory) -> Path:
+    return tiny_store(client, tmp_path_factory)
 
 
 def _epoch(batches: StoreBatches, reference: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
