@@ -156,7 +156,6 @@ def check_ensemble_members(members: Sequence[Path]) -> list[dict[str, Any]]:
     return metas
 
 
-
 class Predictor:
     """A loaded bundle. ``bands``/``targets`` say what it needs and gives;
     ``uses_redshift`` whether a redshift sharpens its predictions."""

@@ -15,7 +15,6 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from surveydust.bundle import check_ensemble_members
 from surveydust.stores.base import check_output_path, replace_atomically
 from surveydust.train import write_ensemble
 
@@ -30,9 +29,8 @@ def combine_bundles(members: Sequence[Path | str], out: Path | str, store: Path 
     that differ in bands, targets, loss, target scaling, split or training store.
     """
     out = check_output_path(out, overwrite, "bundle")
-    metas = check_ensemble_members([Path(m) for m in members])
-    store = Path(store) if store is not None else Path(metas[0]["training_store"]["path"])
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
-        bundle = write_ensemble([str(m) for m in members], str(store), str(Path(tmp) / "bundle"))
+        bundle = write_ensemble([str(m) for m in members], None if store is None else str(store),
+                                str(Path(tmp) / "bundle"))
         replace_atomically(Path(bundle), out)
     return out

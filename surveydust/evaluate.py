@@ -42,7 +42,7 @@ from surveydust.augment import apply_transform
 from surveydust.bundle import Predictor, load_model
 from surveydust.config import TrainingConfig, load_training_config
 from surveydust.figures import subplots
-from surveydust.posterior import LEVEL_NAMES, LEVELS, coverage, crps_from_percentiles
+from surveydust.posterior import LEVEL_NAMES, LEVELS, LOG_OFFSETS, coverage, crps_from_percentiles
 from surveydust.preprocess import NORM_APERTURE_PIX, colour_features, select_samples
 from surveydust.quantities import MIN_EBV_FOR_RV, MIN_PREDICTED_EBV_FOR_RV, PREDICTED, r_v
 from surveydust.stores.training import open_training_store
@@ -361,11 +361,11 @@ def _training_samples(plan: _Plan) -> tuple[xr.Dataset, np.ndarray] | None:
 def fit_colour_baseline(x_train: np.ndarray, y_train: dict[str, np.ndarray], x_test: np.ndarray,
                         targets: Sequence[str]) -> dict[str, np.ndarray]:
     """Predictions for ``x_test`` of one gradient-boosted tree per target fitted on ``x_train``,
-    ``y_train`` (features of :func:`colour_baseline_features`); A_V and E(B-V) floored at 0."""
+    ``y_train`` (features of :func:`colour_baseline_features`); the non-negative targets (A_V, E(B-V)) floored at 0."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     return {t: np.maximum(HistGradientBoostingRegressor(random_state=0).fit(x_train, y_train[t]).predict(x_test),
-                          0.0 if t in ("A_V", "EBV") else -np.inf) for t in targets}
+                          0.0 if t in LOG_OFFSETS else -np.inf) for t in targets}
 
 
 def _baselines(ds: xr.Dataset, plan: _Plan, block_samples: int) -> dict[str, xr.Dataset]:

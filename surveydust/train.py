@@ -429,19 +429,21 @@ def calibration_levels(model: Any, part: Part, cfg: TrainingConfig, mean: np.nda
     return out
 
 
-def write_ensemble(members: Sequence[str], store: str, out: str) -> str:
+def write_ensemble(members: Sequence[str], store: str | None, out: str) -> str:
     """Build, calibrate and save the ensemble of bundles ``members`` at ``out`` (may run as a
-    Dask task on a worker); the calibration galaxies are read from ``store``."""
+    Dask task on a worker); the calibration galaxies are read from ``store`` (None: the
+    training store recorded in the members' metadata)."""
     keras = keras_module()
     from surveydust.model import ensemble_model
+
     metas = check_ensemble_members([Path(m) for m in members])
     first = metas[0]
+    store = first["training_store"]["path"] if store is None else store
     cfg = load_training_config(**first["training_config"])
-    store_id = open_training_store(store).attrs.get("store_id")
-    if store_id != first["training_store"]["store_id"]:
-        raise ValueError(f"{store} is not the training store of these bundles (store id {store_id}, "
-                         f"theirs {first['training_store']['store_id']})")
-    split, _ = prepare_training(store, cfg)
+    split, found = prepare_training(store, cfg)
+    if found["training_store"]["store_id"] != first["training_store"]["store_id"]:
+        raise ValueError(f"{store} is not the training store of these bundles (store id "
+                         f"{found['training_store']['store_id']}, theirs {first['training_store']['store_id']})")
     if not np.array_equal(split.calibration_galaxies, first["split"]["calibration_galaxies"]):
         raise ValueError(f"the split of {store} under these bundles' settings no longer gives their "
                          "calibration galaxies (settings changed since they were trained)")
