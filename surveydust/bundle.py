@@ -7,7 +7,7 @@
       bundle.json     bands, targets, crop, target scaling and transforms, loss,
                       whether it takes redshifts, training config, training-store
                       id, split (protocol; test / validation / calibration
-                      galaxies), calibrated percentile levels, Keras backend,
+                      galaxies), calibrated percentile offsets [sigma], Keras backend,
                       SHA-256 of model.keras and of the metadata itself
 
 :func:`load_model` returns a :class:`Predictor` whose ``predict`` takes images
@@ -31,12 +31,14 @@ import xarray as xr
 
 from surveydust.backend import keras_module
 from surveydust.config import load_training_config
-from surveydust.posterior import LEVEL_NAMES, LEVELS, LOG_OFFSETS, percentiles
+from surveydust.posterior import LEVEL_NAMES, LEVELS, LOG_OFFSETS, calibrated_z, percentiles
 from surveydust.preprocess import AUX_FEATURES, network_inputs
 from surveydust.provenance import sha256
 from surveydust.quantities import MIN_PREDICTED_EBV_FOR_RV, UNITS, quantity, r_v
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: older formats read_meta still reads (2: calibration as Gaussian levels in (0, 1))
+UPGRADABLE_VERSIONS = (2,)
 MODEL_FILE, META_FILE = "model.keras", "bundle.json"
 PREPROCESS_BATCHES = 8
 REQUIRED_META = ("bands", "targets", "crop", "loss", "target_scaling", "checksums")
@@ -120,7 +122,7 @@ def read_meta(path: Path) -> dict[str, Any]:
         meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError:
         raise ValueError(f"{meta_file} is not valid JSON") from None
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+    if not isinstance(meta, dict) or meta.get("format_version") not in (FORMAT_VERSION, *UPGRADABLE_VERSIONS):
         version = meta.get("format_version") if isinstance(meta, dict) else None
         raise ValueError(f"bundle {path} has format version {version}; "
                          f"this surveydust reads version {FORMAT_VERSION}: retrain or upgrade")
@@ -133,7 +135,17 @@ def read_meta(path: Path) -> dict[str, Any]:
     if meta_checksum(meta) != sums.get(META_FILE):
         raise ValueError(f"{meta_file} does not match its checksum (edited or corrupt): retrain, "
                          "or restore the bundle")
-    return meta
+    return upgrade_meta(meta)
+
+
+def upgrade_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """Metadata of an older format as :data:`FORMAT_VERSION` has it (a copy; checksums unchanged)."""
+    if meta["format_version"] == FORMAT_VERSION:
+        return meta
+    cal = meta.get("calibration", {})
+    cal = {k: {t: calibrated_z(v) for t, v in part.items()} if k != "n_samples" else part
+           for k, part in cal.items()}
+    return {**meta, **({"calibration": cal} if cal else {}), "format_version": FORMAT_VERSION}
 
 
 def check_ensemble_members(members: Sequence[Path]) -> list[dict[str, Any]]:
@@ -229,7 +241,7 @@ class Predictor:
         return self._dataset({t: pct[t][:, LEVELS.index(0.5)] for t in self.targets}, pct)
 
     def _percentiles(self, target: str, mean: np.ndarray, sigma: np.ndarray, has_z: np.ndarray) -> np.ndarray:
-        """Calibrated percentiles; the levels calibrated with redshifts for sources that have one."""
+        """Calibrated percentiles; the offsets calibrated with redshifts for sources that have one."""
         cal = self.meta.get("calibration", {})
         out = percentiles(target, mean, sigma, cal.get("without_redshift", {}).get(target), self.offsets)
         if has_z.any() and "with_redshift" in cal:

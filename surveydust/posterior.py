@@ -11,11 +11,14 @@ log sSFR [log10(yr^-1)] is modelled as it is. Every percentile is a monotonic
 function of the Gaussian's, so percentiles map one to one.
 
 Calibration (post-hoc quantile recalibration, Kuleshov et al. 2018): on the
-calibration galaxies the probability integral transform ``u = Phi((t - mu) /
-sigma)`` of every truth is computed; the percentile at level ``p`` is then
-read from the Gaussian at level ``q(p)``, the empirical ``p``-quantile of
-``u``. On the calibration set this makes every interval hold its nominal
-fraction exactly; held-out coverage is what ``evaluate`` reports.
+calibration galaxies the standardised residual ``r = (t - mu) / sigma`` of
+every truth is computed; the percentile at level ``p`` is then read at
+``mu + z(p) sigma``, with ``z(p)`` the empirical ``p``-quantile of ``r``
+(the same as recalibrating the levels ``Phi(r)``, but kept in units of sigma:
+a network that is too sure of itself leaves residuals of many sigma, whose
+levels round to 1 in double precision and would make two percentiles equal).
+On the calibration set this makes every interval hold its nominal fraction
+exactly; held-out coverage is what ``evaluate`` reports.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.special import ndtr, ndtri
+from scipy.special import ndtri
 
 #: offset c [mag] of ``ln(x + c)`` for the non-negative targets (about the smallest
 #: A_V, resp. E(B-V), that NIRCam colours of a z ~ 7 galaxy can tell from zero)
@@ -37,6 +40,8 @@ def log_offsets(av_offset_mag: float) -> dict[str, float]:
     return {"A_V": float(av_offset_mag), "EBV": float(av_offset_mag) * EBV_OFFSET_RATIO}
 #: percentile levels of every prediction (``<T>_p025`` ... ``<T>_p975`` in outputs)
 LEVELS = (0.025, 0.16, 0.5, 0.84, 0.975)
+#: offsets [sigma] of an uncalibrated Gaussian's percentiles at :data:`LEVELS`
+NOMINAL_Z = tuple(float(z) for z in ndtri(LEVELS))
 LEVEL_NAMES = ("p025", "p16", "p50", "p84", "p975")
 MIN_CALIBRATION_SAMPLES = 20
 
@@ -55,31 +60,35 @@ def from_network(target: str, values: np.ndarray, offsets: Mapping[str, float] =
     return values if c is None else np.maximum(np.exp(values) - c, 0.0)
 
 
-def pit(target: str, truth: np.ndarray, mean: np.ndarray, sigma: np.ndarray,
-        offsets: Mapping[str, float] = LOG_OFFSETS) -> np.ndarray:
-    """Probability integral transform of ``truth`` under N(mean, sigma) in network space."""
-    return ndtr((to_network(target, truth, offsets) - mean) / sigma)
+def residual(target: str, truth: np.ndarray, mean: np.ndarray, sigma: np.ndarray,
+             offsets: Mapping[str, float] = LOG_OFFSETS) -> np.ndarray:
+    """Standardised residual ``(t - mean) / sigma`` of ``truth`` in network space."""
+    return (to_network(target, truth, offsets) - mean) / sigma
 
 
 def calibrate(truth: Mapping[str, np.ndarray], mean: Mapping[str, np.ndarray],
               sigma: Mapping[str, np.ndarray], offsets: Mapping[str, float] = LOG_OFFSETS) -> dict[str, list[float]]:
-    """Per target the Gaussian levels ``q(p)`` for :data:`LEVELS` (finite truths only)."""
+    """Per target the calibrated offsets ``z(p)`` [sigma] at :data:`LEVELS` (finite truths only)."""
     out = {}
     for t in mean:
-        u = pit(t, truth[t], mean[t], sigma[t], offsets)
-        u = u[np.isfinite(u)]
-        if u.size < MIN_CALIBRATION_SAMPLES:
-            raise ValueError(f"only {u.size} calibration samples for {t}: need at least {MIN_CALIBRATION_SAMPLES}")
-        out[t] = [float(q) for q in np.clip(np.quantile(u, LEVELS), 1e-6, 1 - 1e-6)]
+        r = residual(t, truth[t], mean[t], sigma[t], offsets)
+        r = r[np.isfinite(r)]
+        if r.size < MIN_CALIBRATION_SAMPLES:
+            raise ValueError(f"only {r.size} calibration samples for {t}: need at least {MIN_CALIBRATION_SAMPLES}")
+        out[t] = [float(q) for q in np.quantile(r, LEVELS)]
     return out
 
 
-def percentiles(target: str, mean: np.ndarray, sigma: np.ndarray, levels: Sequence[float] | None = None,
+def calibrated_z(levels: Sequence[float]) -> list[float]:
+    """Offsets [sigma] of calibrated Gaussian levels in (0, 1) (how bundle format 2 stored them)."""
+    return [float(z) for z in ndtri(np.asarray(levels, dtype=np.float64))]
+
+
+def percentiles(target: str, mean: np.ndarray, sigma: np.ndarray, z: Sequence[float] | None = None,
                 offsets: Mapping[str, float] = LOG_OFFSETS) -> np.ndarray:
-    """Percentiles ``(n, 5)`` in physical units at :data:`LEVELS`; ``levels`` are the
-    calibrated Gaussian levels (None: the nominal ones, uncalibrated)."""
-    q = np.asarray(LEVELS if levels is None else levels, dtype=np.float64)
-    z = ndtri(q)
+    """Percentiles ``(n, 5)`` in physical units at :data:`LEVELS`; ``z`` are the
+    calibrated offsets [sigma] (None: :data:`NOMINAL_Z`, uncalibrated)."""
+    z = np.asarray(NOMINAL_Z if z is None else z, dtype=np.float64)
     t = np.asarray(mean, np.float64)[:, None] + np.asarray(sigma, np.float64)[:, None] * z[None, :]
     return from_network(target, t, offsets)
 

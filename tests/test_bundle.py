@@ -27,7 +27,7 @@ from surveydust.bundle import (
 )
 from surveydust.config import load_training_config
 from surveydust.model import build_model
-from surveydust.posterior import LEVEL_NAMES, LEVELS, from_network, percentiles, to_network
+from surveydust.posterior import LEVEL_NAMES, NOMINAL_Z, from_network, percentiles, to_network
 from surveydust.quantities import MIN_PREDICTED_EBV_FOR_RV
 
 BANDS = ("F277W", "F356W", "F444W")
@@ -35,7 +35,7 @@ TARGETS = ["A_V", "EBV", "log_ssfr"]
 # network-space (ln(x + c) for A_V and E(B-V)) mean and standard deviation per target
 SCALING = {"A_V": [float(to_network("A_V", np.array(0.3))), 0.8],
            "EBV": [float(to_network("EBV", np.array(0.07))), 0.8], "log_ssfr": [-8.2, 0.3]}
-WIDE = [0.001, 0.05, 0.5, 0.95, 0.999]  # calibrated levels of a network that was too sure of itself
+WIDE = [-3.1, -1.64, 0.0, 1.64, 3.1]  # calibrated offsets [sigma] of a network that was too sure of itself
 SIX = ("F115W", "F150W", "F200W", "F277W", "F356W", "F444W")
 SHIPPED_SETS = {"six-band": SIX, "three-band": BANDS, "one-band": ("F277W",)}
 
@@ -60,7 +60,7 @@ def bundle(tmp_path_factory) -> Path:
 def z_bundle(tmp_path_factory) -> Path:
     """Same weights, takes redshifts; calibrated wide without z, nominal with z."""
     cal = {"n_samples": 100, "without_redshift": {t: WIDE for t in TARGETS},
-           "with_redshift": {t: list(LEVELS) for t in TARGETS}}
+           "with_redshift": {t: list(NOMINAL_Z) for t in TARGETS}}
     return _save(tmp_path_factory.mktemp("b") / "zbundle", uses_redshift=True, calibration=cal)
 
 
@@ -112,7 +112,7 @@ def test_predict_dataset(bundle: Path) -> None:
 
 def test_predictions_follow_the_network_outputs(z_bundle: Path) -> None:
     """Independent of Predictor: medians and percentiles from the raw outputs, the scaling and
-    the calibrated levels (with-z levels for sources with a redshift, without-z for the rest)."""
+    the calibrated offsets (with-z offsets for sources with a redshift, without-z for the rest)."""
     import keras
 
     from surveydust.model import sigma_from_raw
@@ -128,8 +128,8 @@ def test_predictions_follow_the_network_outputs(z_bundle: Path) -> None:
         sigma = np.asarray(keras.ops.convert_to_numpy(sigma_from_raw(raw[:, 3 + i]))) * SCALING[t][1]
         np.testing.assert_allclose(ds[t], from_network(t, mean), rtol=1e-4, atol=1e-6)
         has = np.isfinite(z)
-        for levels, rows in ((LEVELS, has), (WIDE, ~has)):
-            want = percentiles(t, mean[rows], sigma[rows], levels)
+        for offsets, rows in ((NOMINAL_Z, has), (WIDE, ~has)):
+            want = percentiles(t, mean[rows], sigma[rows], offsets)
             np.testing.assert_allclose(ds[f"{t}_p16"].values[rows], want[:, 1], rtol=1e-4, atol=1e-6)
             np.testing.assert_allclose(ds[f"{t}_p975"].values[rows], want[:, 4], rtol=1e-4, atol=1e-6)
 
@@ -171,6 +171,26 @@ def _copy_with_meta(bundle: Path, dest: Path, edit) -> Path:
     return dest
 
 
+def test_a_format_2_bundle_is_read_with_its_levels_as_offsets(z_bundle: Path, tmp_path: Path) -> None:
+    """Format 2 stored calibrated Gaussian levels in (0, 1): read, they give the same percentiles."""
+    from scipy.special import ndtr
+
+    def as_format_2(meta):
+        cal = {k: {t: [float(ndtr(z)) for z in v] for t, v in part.items()} if k != "n_samples" else part
+               for k, part in meta["calibration"].items()}
+        old = {**meta, "calibration": cal, "format_version": 2}
+        return {**old, "checksums": {**meta["checksums"], META_FILE: meta_checksum(old)}}
+
+    old = _copy_with_meta(z_bundle, tmp_path / "v2", as_format_2)
+    assert json.loads((old / META_FILE).read_text())["calibration"]["without_redshift"]["A_V"][0] < 0.01
+    assert read_meta(old)["format_version"] == FORMAT_VERSION
+    np.testing.assert_allclose(read_meta(old)["calibration"]["without_redshift"]["A_V"], WIDE, atol=1e-9)
+    img, z = images(10), np.where(np.arange(10) % 2 == 0, 7.3, np.nan)
+    new, was = load_model(z_bundle).predict(img, z), load_model(old).predict(img, z)
+    for name in ("A_V_p025", "EBV_p975", "log_ssfr_p16"):
+        np.testing.assert_allclose(was[name], new[name], rtol=1e-6)
+
+
 def _one_line_error(path: Path, match: str) -> None:
     with pytest.raises(ValueError, match=match) as err:
         load_model(path)
@@ -205,7 +225,7 @@ def test_bundle_checks(bundle: Path, tmp_path: Path) -> None:
 
 def test_saved_metadata_carries_version_and_both_checksums(bundle: Path) -> None:
     meta = read_meta(bundle)
-    assert meta["format_version"] == FORMAT_VERSION == 2
+    assert meta["format_version"] == FORMAT_VERSION == 3
     assert set(meta["checksums"]) == {MODEL_FILE, META_FILE}
     assert meta["checksums"][META_FILE] == meta_checksum(meta)
     assert meta["target_scaling"] == SCALING

@@ -98,7 +98,7 @@ def test_train_and_evaluate_end_to_end(tmp_path: Path, client) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     meta = json.loads((bundle / "bundle.json").read_text())
     assert meta["bands"] == ["F277W"] and meta["epochs_run"] == 1
-    assert meta["format_version"] == 2 and meta["uses_redshift"] and meta["split"]["protocol"] == "galaxy"
+    assert meta["format_version"] == 3 and meta["uses_redshift"] and meta["split"]["protocol"] == "galaxy"
     assert set(meta["calibration"]) >= {"with_redshift", "without_redshift"}
     result = run("evaluate", str(bundle), str(store), "--out", str(tmp_path / "eval"))
     assert result.returncode == 0, result.stderr[-3000:]

@@ -8,12 +8,13 @@ import pytest
 from surveydust.posterior import (
     LEVELS,
     LOG_OFFSETS,
+    NOMINAL_Z,
     calibrate,
     coverage,
     crps_from_percentiles,
     from_network,
     percentiles,
-    pit,
+    residual,
     to_network,
 )
 from surveydust.quantities import PREDICTED, UNITS, quantity
@@ -74,26 +75,37 @@ def test_calibration_widens_a_too_narrow_gaussian_to_nominal_coverage(target: st
     rng = np.random.default_rng(1)
     true_sigma, claimed = 0.4, 0.2  # the network claims half the real scatter
     mean, truth = _draws(rng, target, 4000, true_sigma)
-    levels = calibrate({target: truth}, {target: mean}, {target: np.full(mean.size, claimed)})[target]
-    assert len(levels) == len(LEVELS) and np.all(np.diff(levels) > 0)
-    assert levels[0] < LEVELS[0] and levels[-1] > LEVELS[-1]  # pushed to the tails
-    assert levels[2] == pytest.approx(0.5, abs=0.03)  # unbiased: the median stays put
+    z = calibrate({target: truth}, {target: mean}, {target: np.full(mean.size, claimed)})[target]
+    assert len(z) == len(LEVELS) and np.all(np.diff(z) > 0)
+    np.testing.assert_allclose(z, 2 * np.array(NOMINAL_Z), rtol=0.1, atol=0.08)  # twice the claimed sigma
 
     fresh_mean, fresh_truth = _draws(rng, target, 20000, true_sigma)  # fresh draws, not the calibration set
     sigma = np.full(fresh_mean.size, claimed)
     raw = percentiles(target, fresh_mean, sigma)
-    cal = percentiles(target, fresh_mean, sigma, levels)
+    cal = percentiles(target, fresh_mean, sigma, z)
     assert coverage(fresh_truth, raw[:, 1], raw[:, 3]) < 0.45  # uncalibrated: far too narrow
     assert coverage(fresh_truth, raw[:, 0], raw[:, 4]) < 0.7
     assert coverage(fresh_truth, cal[:, 1], cal[:, 3]) == pytest.approx(0.68, abs=0.02)
     assert coverage(fresh_truth, cal[:, 0], cal[:, 4]) == pytest.approx(0.95, abs=0.01)
 
 
-def test_calibration_of_a_right_gaussian_keeps_the_nominal_levels() -> None:
+def test_calibration_of_a_right_gaussian_keeps_the_nominal_offsets() -> None:
     rng = np.random.default_rng(2)
     mean, truth = _draws(rng, "log_ssfr", 20000, 0.3)
-    levels = calibrate({"log_ssfr": truth}, {"log_ssfr": mean}, {"log_ssfr": np.full(mean.size, 0.3)})
-    np.testing.assert_allclose(levels["log_ssfr"], LEVELS, atol=0.01)
+    z = calibrate({"log_ssfr": truth}, {"log_ssfr": mean}, {"log_ssfr": np.full(mean.size, 0.3)})
+    np.testing.assert_allclose(z["log_ssfr"], NOMINAL_Z, atol=0.04)
+
+
+def test_a_far_too_sure_network_still_gets_five_distinct_percentiles() -> None:
+    """Residuals of hundreds of sigma (a barely trained network): as Gaussian levels they
+    round to 0 or 1 and two percentiles would coincide; as offsets they stay apart."""
+    rng = np.random.default_rng(4)
+    mean, truth = _draws(rng, "A_V", 400, 0.5)
+    z = calibrate({"A_V": truth}, {"A_V": mean}, {"A_V": np.full(mean.size, 1e-3)})["A_V"]
+    assert np.all(np.diff(z) > 0) and z[0] < -300 and z[-1] > 300
+    pct = percentiles("A_V", mean, np.full(mean.size, 1e-3), z)
+    assert np.all(np.diff(pct, axis=1) >= 0) and np.all(pct[:, 4] > pct[:, 3])
+    assert coverage(truth, pct[:, 0], pct[:, 4]) == pytest.approx(0.95, abs=0.01)
 
 
 def test_calibration_ignores_missing_truths_and_needs_enough() -> None:
@@ -111,10 +123,11 @@ def test_calibration_ignores_missing_truths_and_needs_enough() -> None:
     assert "\n" not in str(err.value)
 
 
-def test_pit_of_the_truth_at_the_mean_is_one_half() -> None:
-    np.testing.assert_allclose(pit("A_V", np.array([0.3]), to_network("A_V", np.array([0.3])), np.array([0.2])),
-                               0.5)
-    assert pit("log_ssfr", np.array([10.0]), np.array([0.0]), np.array([1.0]))[0] > 0.999
+def test_residual_is_in_network_space_and_units_of_sigma() -> None:
+    np.testing.assert_allclose(residual("A_V", np.array([0.3]), to_network("A_V", np.array([0.3])), np.array([0.2])),
+                               0.0)
+    np.testing.assert_allclose(residual("A_V", np.array([0.95]), np.array([0.0]), np.array([0.5])), 0.0, atol=1e-12)
+    np.testing.assert_allclose(residual("log_ssfr", np.array([10.0]), np.array([4.0]), np.array([2.0])), [3.0])
 
 
 def test_crps_by_hand() -> None:
