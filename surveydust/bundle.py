@@ -31,7 +31,7 @@ import xarray as xr
 
 from surveydust.backend import keras_module
 from surveydust.config import load_training_config
-from surveydust.posterior import LEVEL_NAMES, LEVELS, LOG_OFFSETS, calibrated_z, percentiles
+from surveydust.posterior import LEVEL_NAMES, LEVELS, LOG_OFFSETS, percentiles, z_from_levels
 from surveydust.preprocess import AUX_FEATURES, network_inputs
 from surveydust.provenance import sha256
 from surveydust.quantities import MIN_PREDICTED_EBV_FOR_RV, UNITS, quantity, r_v
@@ -135,17 +135,19 @@ def read_meta(path: Path) -> dict[str, Any]:
     if meta_checksum(meta) != sums.get(META_FILE):
         raise ValueError(f"{meta_file} does not match its checksum (edited or corrupt): retrain, "
                          "or restore the bundle")
-    return upgrade_meta(meta)
+    return _upgraded(meta)
 
 
-def upgrade_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    """Metadata of an older format as :data:`FORMAT_VERSION` has it (a copy; checksums unchanged)."""
+def _upgraded(meta: dict[str, Any]) -> dict[str, Any]:
+    """Metadata of an older format as :data:`FORMAT_VERSION` has it (a copy; checksums unchanged):
+    format 2 stored the calibration as Gaussian levels in (0, 1), format 3 as offsets [sigma]."""
     if meta["format_version"] == FORMAT_VERSION:
         return meta
-    cal = meta.get("calibration", {})
-    cal = {k: {t: calibrated_z(v) for t, v in part.items()} if k != "n_samples" else part
-           for k, part in cal.items()}
-    return {**meta, **({"calibration": cal} if cal else {}), "format_version": FORMAT_VERSION}
+    if "calibration" in meta:
+        meta = {**meta, "calibration": {key: part if key == "n_samples" else
+                                        {t: z_from_levels(v) for t, v in part.items()}
+                                        for key, part in meta["calibration"].items()}}
+    return {**meta, "format_version": FORMAT_VERSION}
 
 
 def check_ensemble_members(members: Sequence[Path]) -> list[dict[str, Any]]:

@@ -79,7 +79,7 @@ def calibrate(truth: Mapping[str, np.ndarray], mean: Mapping[str, np.ndarray],
     return out
 
 
-def calibrated_z(levels: Sequence[float]) -> list[float]:
+def z_from_levels(levels: Sequence[float]) -> list[float]:
     """Offsets [sigma] of calibrated Gaussian levels in (0, 1) (how bundle format 2 stored them)."""
     return [float(z) for z in ndtri(np.asarray(levels, dtype=np.float64))]
 

@@ -401,15 +401,15 @@ def fit_bundle(parts: dict[str, Part], cfg: TrainingConfig, out: str, meta: dict
                 "constant_guess": {t: float(np.nanmedian(train_ds[t].values))
                                    for t in (*cfg.targets, "R_V") if t in train_ds}}
         if cfg.loss == "gaussian_nll":
-            meta["calibration"] = calibration_levels(inference, parts["calibration"], cfg, mean, std)
+            meta["calibration"] = calibration_offsets(inference, parts["calibration"], cfg, mean, std)
     save_bundle(inference, Path(out), meta)
     logger.info("trained %s on %d samples for %d epochs", cfg.bands, batches.index.size, meta["epochs_run"])
     return out
 
 
-def calibration_levels(model: Any, part: Part, cfg: TrainingConfig, mean: np.ndarray,
+def calibration_offsets(model: Any, part: Part, cfg: TrainingConfig, mean: np.ndarray,
                        std: np.ndarray) -> dict[str, Any]:
-    """Calibrated Gaussian levels per target, with and without redshift (when the model takes one)."""
+    """Calibrated percentile offsets [sigma] per target, with and without redshift (when the model takes one)."""
     import keras
 
     from surveydust.model import sigma_from_raw
@@ -461,6 +461,6 @@ def write_ensemble(members: Sequence[str], store: str | None, out: str) -> str:
                      "epochs_run": m.get("epochs_run"), "history": m.get("history", {})} for m in metas],
     }
     meta["training_config"] = {**first["training_config"], "fit_seed": None, "ensemble": len(members)}
-    meta["calibration"] = calibration_levels(model, Part(store, split.calibration), cfg, mean, std)
+    meta["calibration"] = calibration_offsets(model, Part(store, split.calibration), cfg, mean, std)
     save_bundle(model, Path(out), meta)
     return out
