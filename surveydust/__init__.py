@@ -17,10 +17,20 @@ Public API::
     surveydust.run_demo("demo/")                     # the built-in demo field, end to end
 """
 
+import os
+import sys
 from importlib import import_module
+from types import ModuleType
 from typing import Any
 
-from surveydust.provenance import VERSION as __version__
+if "__mp_main__" in sys.modules and sys.argv and os.path.basename(sys.argv[0]) == "surveydust":
+    # a worker process of the ``surveydust`` command, starting: multiprocessing re-runs the console
+    # script (this import) before it loads Dask; from here on Ctrl-C is the command's to handle
+    from surveydust.backend import ignore_interrupts_in_worker_process
+
+    ignore_interrupts_in_worker_process()
+
+from surveydust.provenance import VERSION as __version__  # noqa: E402 (after the check above: it is slow)
 
 #: public name -> module that defines it (imported on first use, so ``import surveydust``
 #: and ``surveydust --help`` stay fast)
@@ -34,9 +44,56 @@ _API = {
 }
 
 
+#: public functions named like the submodule that defines them (``surveydust.train`` is the function
+#: ``train`` of the module ``surveydust.train``)
+_SHADOWED = frozenset(name for name, module in _API.items() if module == f"{__name__}.{name}")
+
+
+class _Package(ModuleType):
+    """The ``surveydust`` package, whose public functions are never hidden by their submodules.
+
+    Python's import system sets a submodule as an attribute of its package once it has loaded
+    (``import surveydust.train`` sets ``surveydust.train``), which would replace the function
+    ``surveydust.train`` of the API with the module of the same name. Those assignments are
+    dropped: the submodule is still imported and in :data:`sys.modules`, so ``from
+    surveydust.train import ...`` works as usual, and ``surveydust.train`` stays the function.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Set an attribute, except a submodule over the public function of the same name."""
+        if name in _SHADOWED and isinstance(value, ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
 def __getattr__(name: str) -> Any:
+    """Import a public function (or a submodule, e.g. ``surveydust.sedfit``) on first use.
+
+    Parameters
+    ----------
+    name
+        Attribute looked up on the package and not found in it.
+
+    Returns
+    -------
+    Any
+        The function named in ``_API`` (kept in the package, so the next lookup is a plain
+        attribute), else the submodule ``surveydust.<name>``.
+
+    Raises
+    ------
+    AttributeError
+        When ``name`` is neither.
+    """
     if name in _API:
-        return getattr(import_module(_API[name]), name)
+        value = getattr(import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    if name.isidentifier() and not name.startswith("_"):
+        from importlib.util import find_spec
+
+        if find_spec(f"{__name__}.{name}") is not None:
+            return import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'surveydust' has no attribute {name!r}")
 
 
@@ -45,3 +102,5 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["__version__", *sorted(_API)]
+
+sys.modules[__name__].__class__ = _Package

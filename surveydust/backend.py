@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,6 +40,25 @@ def _quiet_fd2() -> Iterator[None]:
 def verbose() -> bool:
     """Whether the user asked for everything (``surveydust -v`` or a DEBUG ``surveydust`` logger)."""
     return logging.getLogger("surveydust").isEnabledFor(logging.DEBUG) or bool(os.environ.get(VERBOSE_ENV))
+
+
+def ignore_interrupts_in_worker_process() -> None:
+    """Ignore SIGINT (Ctrl-C) in this process when it is a worker process started by multiprocessing.
+
+    Ctrl-C in a terminal sends SIGINT to the whole process group: the command and the worker
+    processes of its LocalCluster. The command handles it (it stops, shuts the cluster down,
+    which ends the workers, and says so in one line); a worker that handled it too would die
+    with a ``KeyboardInterrupt`` traceback of its own. This is called by the workers' preload
+    (:func:`surveydust.cluster.dask_setup`) and, for the ``surveydust`` command, at the import of
+    :mod:`surveydust`, which comes first in a worker's start: multiprocessing's spawn method
+    re-runs the parent's main script (the console script, as ``__mp_main__``) before it loads Dask.
+    The command's own process, and workers that are threads in it (``processes: false``), keep
+    their SIGINT handler.
+    """
+    mp = sys.modules.get("multiprocessing")  # not imported: not a multiprocessing child
+    child = "__mp_main__" in sys.modules or (mp is not None and mp.parent_process() is not None)
+    if child and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def keras_module() -> Any:

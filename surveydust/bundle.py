@@ -31,16 +31,22 @@ import xarray as xr
 
 from surveydust.backend import keras_module
 from surveydust.config import load_training_config
+from surveydust.detect import FLAGS
+from surveydust.ood import KIND as OOD_KIND
+from surveydust.ood import colours, ood_scores
 from surveydust.posterior import LEVEL_NAMES, LEVELS, LOG_OFFSETS, percentiles, z_from_levels
-from surveydust.preprocess import AUX_FEATURES, network_inputs
+from surveydust.preprocess import AUX_FEATURES, network_inputs, ood_score
 from surveydust.provenance import sha256
 from surveydust.quantities import MIN_PREDICTED_EBV_FOR_RV, UNITS, quantity, r_v
+from surveydust.sources import check_redshifts
 
 FORMAT_VERSION = 3
 #: older formats read_meta still reads (2: calibration as Gaussian levels in (0, 1))
 UPGRADABLE_VERSIONS = (2,)
 MODEL_FILE, META_FILE = "model.keras", "bundle.json"
 PREPROCESS_BATCHES = 8
+#: flux-space distance [sigma] that flagged a stamp in bundles made before feature-space OOD statistics
+LEGACY_OOD_SIGMA = 5.0
 REQUIRED_META = ("bands", "targets", "crop", "loss", "target_scaling", "checksums")
 SHIPPED = "bundles"  # folder of the shipped bundles inside surveydust/data
 #: metadata every member of an ensemble must share (the same inputs, outputs, targets' space and split)
@@ -110,6 +116,29 @@ def richest_bundle(available: Sequence[str]) -> Path:
         raise ValueError(f"no shipped bundle can run on bands {sorted(have)}: every one needs "
                          + " or ".join("+".join(b) for b in shipped_bundles()))
     return usable[max(usable, key=len)]
+
+
+def store_redshift_range(ds: xr.Dataset) -> list[float]:
+    """The redshift range [low, high] of a training store: the ``redshift_range`` of the simulation
+    config that wrote it (built-in simulator), else the lowest and highest redshift of its samples."""
+    config = ds.attrs.get("simulation_config")
+    if config:
+        return [float(v) for v in json.loads(config)["redshift_range"]]
+    z = ds["redshift"].values
+    z = z[np.isfinite(z)]
+    return [float(z.min()), float(z.max())] if z.size else [np.nan, np.nan]
+
+
+def training_redshift_range(meta: dict[str, Any]) -> tuple[float, float]:
+    """The redshift range [low, high] a bundle was trained on: ``training_store.redshift_range`` of its
+    metadata; for bundles made before it was recorded (the shipped ones), the built-in simulator's
+    default ``redshift_range`` (configs/simulation.yaml), which they were trained on."""
+    recorded = meta.get("training_store", {}).get("redshift_range")
+    if recorded is None:
+        from surveydust.config import load_simulation_config
+
+        recorded = load_simulation_config().redshift_range
+    return float(recorded[0]), float(recorded[1])
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -185,6 +214,7 @@ class Predictor:
         self.crop: int = int(self.meta["crop"])
         self.loss: str = self.meta["loss"]
         self.uses_redshift: bool = bool(self.meta.get("uses_redshift", False))
+        self.redshift_range: tuple[float, float] = training_redshift_range(self.meta)
         self.offsets: dict[str, float] = dict(self.meta.get("posterior", {}).get("offsets", LOG_OFFSETS))
         train = load_training_config(**self.meta.get("training_config", {}))  # merged over today's defaults
         self.snr_band, self.snr_min = train.snr_band, train.snr_min  # its training selection
@@ -194,6 +224,10 @@ class Predictor:
         self.model = keras.saving.load_model(self.path / MODEL_FILE, compile=False, safe_mode=True)
         # the model's aux width says whether it takes colours (bundles older than the setting do not)
         self.colour_inputs: bool = self.model.get_layer("aux").output.shape[-1] > len(AUX_FEATURES)
+        self._network = self.model
+        if self.meta.get("ood", {}).get("kind") == OOD_KIND:  # one pass gives outputs and learned features
+            layer = self.model.get_layer(self.meta["ood"]["layer"])
+            self._network = keras.Model(self.model.inputs, [self.model.output, layer.output])
 
     @property
     def model_id(self) -> str:
@@ -214,25 +248,36 @@ class Predictor:
         (``A_V``...), the 2.5/16/84/97.5 percentiles (``A_V_p025``...,
         calibrated on held-out galaxies), ``*_err`` = (p84 - p16) / 2, and
         ``R_V`` = A_V / E(B-V) of the medians; A_V and E(B-V) are never negative.
+
+        NaN pixels count as no flux (0). An image with a band without a single finite
+        pixel, or with a redshift outside the training range ``self.redshift_range``
+        (also in models without a redshift input: they never saw such a galaxy), gets NaN and
+        its reason in the coordinate ``flag`` (bits :data:`surveydust.detect.FLAGS`
+        ``no_data``, ``z_out_of_range``; 0 for a prediction). A redshift that is not NaN
+        and not physical (e.g. -99; see :func:`surveydust.sources.check_redshifts`) is a
+        ValueError.
         """
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[1] != len(self.bands):
             raise ValueError(f"expected images (n, {len(self.bands)} bands {list(self.bands)}, y, x), "
                              f"got shape {images.shape}")
-        z = np.full(len(images), np.nan) if redshift is None or not self.uses_redshift \
-            else np.broadcast_to(np.asarray(redshift, dtype=np.float64), (len(images),)).copy()
+        z = check_redshifts(redshift, len(images))
+        flag = self.input_flags(images, z, PREPROCESS_BATCHES * batch_size)
+        z = z if self.uses_redshift else np.full(len(images), np.nan)
         n = len(self.targets)
+        raw = np.full((len(images), int(self.model.outputs[0].shape[-1])), np.nan)
+        ood = np.full(len(images), np.nan)
+        usable = np.flatnonzero(flag == 0)
         step = PREPROCESS_BATCHES * batch_size  # normalise a slice at a time: bounded memory
-        raw = np.concatenate([
-            self._forward(network_inputs(images[i:i + step], self.crop, z[i:i + step], self.colour_inputs),
-                          batch_size)
-            for i in range(0, len(images), step)
-        ]) if len(images) else np.zeros((0, 2 * n))
+        for i in range(0, usable.size, step):
+            rows = usable[i:i + step]
+            raw[rows], features = self._forward(self._inputs(images, rows, z), batch_size)
+            ood[rows] = self._ood(images, rows, features)
         mean = raw[:, :n] * self._std + self._mean
         if self.loss != "gaussian_nll":
             pct = {t: np.full((len(images), len(LEVELS)), np.nan) for t in self.targets}
             return self._dataset({t: np.maximum(mean[:, i], 0.0) if t in self.offsets else mean[:, i]
-                                  for i, t in enumerate(self.targets)}, pct)
+                                  for i, t in enumerate(self.targets)}, pct, flag, ood)
         import keras
 
         from surveydust.model import sigma_from_raw  # the loss's own sigma
@@ -240,7 +285,20 @@ class Predictor:
         sigma = np.asarray(keras.ops.convert_to_numpy(sigma_from_raw(raw[:, n:])), np.float64) * self._std
         pct = {t: self._percentiles(t, mean[:, i], sigma[:, i], np.isfinite(z))
                for i, t in enumerate(self.targets)}
-        return self._dataset({t: pct[t][:, LEVELS.index(0.5)] for t in self.targets}, pct)
+        return self._dataset({t: pct[t][:, LEVELS.index(0.5)] for t in self.targets}, pct, flag, ood)
+
+    def input_flags(self, images: np.ndarray, redshift: np.ndarray, step: int = 8192) -> np.ndarray:
+        """Per image (``(n, band, y, x)``, bands in ``self.bands`` order) the reasons it cannot be
+        predicted (uint16 bits of :data:`surveydust.detect.FLAGS`): ``no_data`` where a band has no
+        finite pixel, ``z_out_of_range`` where a known ``redshift`` lies outside
+        ``self.redshift_range``; 0 where it can. Read ``step`` images at a time."""
+        has_data = np.concatenate([np.isfinite(images[i:i + step]).any(axis=(2, 3)).all(axis=1)
+                                   for i in range(0, len(images), step)]) if len(images) else np.zeros(0, bool)
+        low, high = self.redshift_range
+        with np.errstate(invalid="ignore"):
+            outside = np.isfinite(redshift) & ((redshift < low) | (redshift > high))
+        flag = np.where(has_data, 0, FLAGS["no_data"]) | np.where(outside, FLAGS["z_out_of_range"], 0)
+        return flag.astype(np.uint16)
 
     def _percentiles(self, target: str, mean: np.ndarray, sigma: np.ndarray, has_z: np.ndarray) -> np.ndarray:
         """Calibrated percentiles; the offsets calibrated with redshifts for sources that have one."""
@@ -250,15 +308,40 @@ class Predictor:
             out[has_z] = percentiles(target, mean[has_z], sigma[has_z], cal["with_redshift"][target], self.offsets)
         return out
 
-    def _forward(self, inputs: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
-        """Network outputs; one ``predict_on_batch`` for a single batch (``predict`` has
-        ~0.1 s of fixed cost per call, which dominated small tiles)."""
-        if len(inputs["image"]) <= batch_size:
-            return np.asarray(self.model.predict_on_batch(inputs))
-        return self.model.predict(inputs, batch_size=batch_size, verbose=0)
+    def _inputs(self, images: np.ndarray, rows: np.ndarray, redshift: np.ndarray) -> dict[str, np.ndarray]:
+        """Network inputs of ``images[rows]``, NaN pixels as no flux (0); the copy is freed on return."""
+        block = np.asarray(images[rows], dtype=np.float32)
+        np.copyto(block, np.float32(0), where=~np.isfinite(block))
+        return network_inputs(block, self.crop, redshift[rows], self.colour_inputs)
 
-    def _dataset(self, median: dict[str, np.ndarray], pct: dict[str, np.ndarray]) -> xr.Dataset:
-        ds = xr.Dataset()
+    def _forward(self, inputs: dict[str, np.ndarray], batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Network outputs and (for bundles with feature-space OOD statistics) the last hidden
+        layer's activations, one ``predict_on_batch`` per ``batch_size`` images (``predict`` has
+        ~0.1 s of fixed cost per call, which dominated small tiles, and its data pipeline
+        doubled the memory a call holds)."""
+        batches = [self._network.predict_on_batch({k: v[i:i + batch_size] for k, v in inputs.items()})
+                   for i in range(0, len(inputs["image"]), batch_size)]
+        if self._network is self.model:
+            return np.concatenate([np.asarray(b) for b in batches]), None
+        return (np.concatenate([np.asarray(b[0]) for b in batches]),
+                np.concatenate([np.asarray(b[1]) for b in batches]))
+
+    def _ood(self, images: np.ndarray, rows: np.ndarray, features: np.ndarray | None) -> np.ndarray:
+        """Out-of-distribution scores of ``images[rows]`` in units of the bundle's threshold (above 1:
+        unlike the training set; :mod:`surveydust.ood`); bundles with the older flux-only statistics
+        are scored in sigma over :data:`LEGACY_OOD_SIGMA`, NaN for bundles without statistics."""
+        stats = self.meta.get("ood")
+        if not stats:
+            return np.full(rows.size, np.nan)
+        block = np.nan_to_num(np.asarray(images[rows], dtype=np.float32), nan=0.0)
+        if features is None:
+            return ood_score(block, self.crop, stats) / LEGACY_OOD_SIGMA
+        return ood_scores({"features": features, "colours": colours(block, self.crop)}, stats)
+
+    def _dataset(self, median: dict[str, np.ndarray], pct: dict[str, np.ndarray], flag: np.ndarray,
+                 ood: np.ndarray) -> xr.Dataset:
+        ds = xr.Dataset(coords={"flag": ("sample", flag)})
+        ds["flag"].attrs["flag_meanings"] = ", ".join(f"{FLAGS[k]}={k}" for k in ("no_data", "z_out_of_range"))
         for t in self.targets:
             ds[t] = ("sample", median[t].astype(np.float32))
             ds[f"{t}_err"] = ("sample", (0.5 * (pct[t][:, 3] - pct[t][:, 1])).astype(np.float32))
@@ -275,7 +358,11 @@ class Predictor:
             ds["R_V_err"] = ("sample", rv_err.astype(np.float32))
         for name in list(ds.data_vars):
             ds[name].attrs["units"] = UNITS[quantity(name)]
-        ds.attrs.update(model_id=self.model_id, bands=list(self.bands), uses_redshift=int(self.uses_redshift))
+        ds["ood"] = ("sample", ood.astype(np.float32))
+        ds["ood"].attrs.update(units="", description="out-of-distribution score in units of the bundle's "
+                               "threshold (above 1: unlike the training set; surveydust.ood)")
+        ds.attrs.update(model_id=self.model_id, bands=list(self.bands), uses_redshift=int(self.uses_redshift),
+                        redshift_range=list(self.redshift_range))
         return ds
 
 

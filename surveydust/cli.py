@@ -20,10 +20,22 @@ import yaml
 from surveydust.backend import VERBOSE_ENV, verbose
 
 EXIT_INTERRUPTED = 130
+#: what an interrupted run of a resumable command keeps (its re-run does only the rest)
+_KEPT_WHEN_INTERRUPTED = {"run-catalogue": "finished tiles", "fit-sed": "finished fits", "tune": "finished trials"}
+
+
+def _interrupted_message() -> str:
+    """The one line that ends an interrupted command (what is kept, and how to go on)."""
+    ctx = click.get_current_context(silent=True)
+    kept = _KEPT_WHEN_INTERRUPTED.get(ctx.info_name if ctx is not None else "")
+    if kept and not ctx.params.get("demo"):  # the demo's re-run makes its field again (--overwrite)
+        return f"interrupted: {kept} are kept, re-run the same command to resume; nothing half-written was kept"
+    return "interrupted: nothing half-written was kept"
 
 
 def _friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Report expected failures as ``Error: <one line>`` (exit 1), not a traceback."""
+    """Report expected failures as ``Error: <one line>`` (exit 1), not a traceback; an interrupt
+    (Ctrl-C, SIGTERM) as one ``interrupted: ...`` line (exit 130)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -32,7 +44,7 @@ def _friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except (ValueError, FileExistsError, FileNotFoundError) as exc:
             raise click.ClickException(str(exc).splitlines()[0]) from None
         except KeyboardInterrupt:
-            click.echo("interrupted: nothing half-written was kept", err=True)
+            click.echo(_interrupted_message(), err=True)
             sys.exit(EXIT_INTERRUPTED)
         except (click.ClickException, click.exceptions.Abort, click.exceptions.Exit):
             raise
@@ -126,6 +138,19 @@ def _client(cluster: str | None, workers: int | None, jobs: int | None) -> _Lazy
 
 
 def _terminated(signum: int, frame: Any) -> None:
+    """SIGINT / SIGTERM handler: stop the command with ``KeyboardInterrupt`` (it cleans up and says so
+    in one line), and, unless ``-v``, silence the log lines of the shutdown that follows (Dask's
+    scheduler and nannies complain about workers that go away).
+
+    Parameters
+    ----------
+    signum
+        The signal received.
+    frame
+        The interrupted frame (unused).
+    """
+    if not verbose():
+        logging.disable(logging.CRITICAL)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -141,6 +166,7 @@ def main(verbose: bool) -> None:
     magnitudes; sSFR as log10(yr^-1) over 100 Myr.
     """
     signal.signal(signal.SIGTERM, _terminated)  # what SLURM sends at walltime: clean up like Ctrl-C
+    signal.signal(signal.SIGINT, _terminated)  # Ctrl-C (local workers ignore it: see surveydust.backend)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     log = logging.getLogger("surveydust")
@@ -314,8 +340,10 @@ def ensemble_command(bundles: tuple[Path, ...], out: Path, store: Path | None, o
               help="Folder for table.csv, table.ecsv and the figures.")
 @click.option("--baseline/--no-baseline", default=True,
               help="Also fit a gradient-boosting model on integrated colours (what morphology adds).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the files an earlier evaluate wrote in --out (never other files).")
 @_friendly_errors
-def evaluate_command(paths: tuple[Path, ...], out: Path, baseline: bool) -> None:
+def evaluate_command(paths: tuple[Path, ...], out: Path, baseline: bool, overwrite: bool) -> None:
     """Score model bundles on the held-out galaxies of a training store.
 
     The paper's Table 2 (MAE, MSE, std and variance of residuals) for E(B-V),
@@ -326,7 +354,7 @@ def evaluate_command(paths: tuple[Path, ...], out: Path, baseline: bool) -> None
 
     if len(paths) < 2:
         raise click.UsageError("give at least one BUNDLE and then the STORE")
-    result = evaluate(list(paths[:-1]), paths[-1], out, include_baseline=baseline)
+    result = evaluate(list(paths[:-1]), paths[-1], out, include_baseline=baseline, overwrite=overwrite)
     to_astropy(result.table).pprint_all()
     for path in result.paths.values():
         click.echo(f"wrote {path}")
@@ -414,6 +442,8 @@ def ingest_mosaic_command(out: Path, band_files: tuple[str, ...], err_files: tup
     with the WCS, pixel scale and SHA-256 checksums of the inputs. Bands must
     share one pixel grid (same shape, WCS within 0.001 pixel). Blocks are read
     and written in parallel on Dask workers; no process holds a whole band.
+    One file, or one file's data, given for two bands is refused; a FILTER
+    keyword that names another band than the one given is a warning.
     """
     from surveydust.stores.mosaic import ingest_mosaic, open_mosaic
 
@@ -458,7 +488,9 @@ def ingest_mosaic_command(out: Path, band_files: tuple[str, ...], err_files: tup
 @click.option("--demo", is_flag=True,
               help="Simulate a small six-band demo field with known truth (offline) and run on it.")
 @with_cluster_options
-@click.option("--overwrite", is_flag=True, help="Replace an existing catalogue (and demo field).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the catalogue, its --format table (and the demo's files) of an earlier run; "
+                   "never files surveydust did not write, nor the run's inputs.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @_friendly_errors
 def run_catalogue_command(store: Path | None, out: Path | None, models: tuple[Path, ...], sources: Path | None,
@@ -476,6 +508,7 @@ def run_catalogue_command(store: Path | None, out: Path | None, models: tuple[Pa
     from surveydust.config import load_catalogue_config
     from surveydust.demo import run_demo
     from surveydust.infer import run_catalogue
+    from surveydust.stores.base import resolve_output_link
     from surveydust.stores.mosaic import open_mosaic
 
     if demo == (store is not None):
@@ -487,9 +520,8 @@ def run_catalogue_command(store: Path | None, out: Path | None, models: tuple[Pa
         out = out or Path("demo") / "catalogue.zarr"
     if out is None:
         raise click.UsageError("give --out CATALOGUE.zarr: the catalogue store to write")
+    out = resolve_output_link(out)  # a link: its target is the output (checked, with the export, by the run)
     export_to = out.with_suffix(f".{export_format}") if export_format else None
-    if export_to is not None and export_to.exists() and not overwrite:
-        raise click.UsageError(f"{export_to} exists; pass --overwrite to replace it")
     with _client(cluster, workers, jobs) as client:
         if demo:
             result = run_demo(out.parent, out=out, model=list(models) or None, client=client,
@@ -517,8 +549,10 @@ def run_catalogue_command(store: Path | None, out: Path | None, models: tuple[Pa
 @click.option("--truth", type=click.Path(path_type=Path), default=None,
               help="Truth table (ra, dec, A_V, log_ssfr), e.g. demo/fits/demo_truth.ecsv: adds 'truth'.")
 @click.option("--flagged", is_flag=True, help="Also use sources with flags set.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the files an earlier compare wrote in --out (never other files).")
 @_friendly_errors
-def compare_command(catalogue: Path, out: Path, truth: Path | None, flagged: bool) -> None:
+def compare_command(catalogue: Path, out: Path, truth: Path | None, flagged: bool, overwrite: bool) -> None:
     """Compare the CNN, Meurer (UV slope) and SED-fit estimates of a catalogue pair by pair.
 
     For A_V [mag] and log sSFR [yr^-1]: N, MAE, standard deviation and
@@ -527,7 +561,7 @@ def compare_command(catalogue: Path, out: Path, truth: Path | None, flagged: boo
     """
     from surveydust.compare import compare
 
-    table = compare(catalogue, out, truth=truth, flagged=flagged)
+    table = compare(catalogue, out, truth=truth, flagged=flagged, overwrite=overwrite)
     table.pprint_all()
     click.echo(f"wrote {out}")
 

@@ -46,7 +46,9 @@ import copy
 import inspect
 import logging
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -65,7 +67,9 @@ from distributed.core import Server, Status
 from distributed.deploy.cluster import Cluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from surveydust.backend import verbose
+from surveydust.backend import ignore_interrupts_in_worker_process, verbose
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "KINDS",
@@ -166,7 +170,8 @@ def _check_keys(name: str, settings: Mapping[str, Any], *targets: Callable[..., 
 
 
 def _local_cluster(name: str, settings: dict[str, Any]) -> LocalCluster:
-    """Start a LocalCluster; ``n_workers: null`` means one worker per available core."""
+    """Start a LocalCluster; ``n_workers: null`` means one worker per available core, and more
+    workers than cores are capped at the cores (with a warning)."""
     # LocalCluster passes unknown keywords on to Nanny/Worker, which fail late and loudly.
     _check_keys(name, settings, LocalCluster, Nanny, Worker, Server)
     host = settings.get("host")
@@ -175,8 +180,59 @@ def _local_cluster(name: str, settings: dict[str, Any]) -> LocalCluster:
         settings["protocol"] = "tcp://"
     if settings.get("n_workers") is None:
         settings["n_workers"] = CPU_COUNT
-    _positive_int(settings["n_workers"], f"cluster profile {name!r}: n_workers")
-    return LocalCluster(**settings)
+    settings["n_workers"] = _capped_workers(
+        name, _positive_int(settings["n_workers"], f"cluster profile {name!r}: n_workers"))
+    return LocalCluster(**_with_preload(settings))
+
+
+def _capped_workers(name: str, workers: int) -> int:
+    """At most one local worker per available core.
+
+    Parameters
+    ----------
+    name
+        Profile name, for the warning.
+    workers
+        Workers asked for (``--workers``, ``workers=`` or the profile's ``n_workers``).
+
+    Returns
+    -------
+    int
+        ``workers``, or :data:`dask.system.CPU_COUNT` (the cores this process may use, after
+        CPU affinity and cgroup limits) when that is smaller; a warning line says so. Workers
+        beyond the cores only compete for them, each with its own memory (a Keras worker
+        holds hundreds of MB).
+    """
+    if workers <= CPU_COUNT:
+        return workers
+    logger.warning("cluster profile %r: %d workers asked for, but only %d core(s) are available: "
+                   "starting %d", name, workers, CPU_COUNT, CPU_COUNT)
+    return CPU_COUNT
+
+
+def _with_preload(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with this module added to the worker preloads (after any of the profile's or
+    of ``distributed.worker.preload``), so that :func:`dask_setup` runs in each local worker."""
+    preload = settings.get("preload") or dask.config.get("distributed.worker.preload", default=None) or []
+    argv = list(settings.get("preload_argv") or dask.config.get("distributed.worker.preload-argv", default=None)
+                or [])
+    if argv and not isinstance(argv[0], str):  # one argv per preload: ours takes none
+        argv.append([])
+    return {**settings, "preload": [*([preload] if isinstance(preload, str) else preload), __name__],
+            "preload_argv": argv}
+
+
+def dask_setup(worker: Worker) -> None:
+    """Worker preload of the local profiles: a worker process ignores SIGINT (Ctrl-C goes to the
+    whole process group; the client process handles it and shuts the cluster down), see
+    :func:`surveydust.backend.ignore_interrupts_in_worker_process`.
+
+    Parameters
+    ----------
+    worker
+        The worker being started (distributed calls this through ``preload``).
+    """
+    ignore_interrupts_in_worker_process()
 
 
 def visible_gpus() -> list[str]:
@@ -214,12 +270,14 @@ def _local_gpu_cluster(name: str, settings: dict[str, Any]) -> Cluster:
         gpus = gpus[:wanted]
     _check_keys(name, settings, LocalCluster, Nanny, Worker, Server)
     host = settings.get("host") or "127.0.0.1"
+    settings = _with_preload(settings)
     with contextlib.suppress(ImportError):
         from dask_cuda import LocalCUDACluster
 
         return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(gpus), resources={"GPU": 1}, **settings)
     worker = {"nthreads": settings.get("threads_per_worker") or 1, "host": host,
-              "memory_limit": settings.get("memory_limit", "auto"), "resources": {"GPU": 1}}
+              "memory_limit": settings.get("memory_limit", "auto"), "resources": {"GPU": 1},
+              "preload": settings["preload"], "preload_argv": settings["preload_argv"]}
     specs = {f"gpu-{g}": {"cls": Nanny, "options": {**worker, "env": {"CUDA_VISIBLE_DEVICES": g}}} for g in gpus}
     scheduler = {"cls": Scheduler,
                  "options": {"host": host, "dashboard_address": settings.get("dashboard_address", "127.0.0.1:0")}}
@@ -236,15 +294,48 @@ def _resources_arg(name: str, spec: Any) -> str:
     return ",".join(f"{key}={value}" for key, value in spec.items())
 
 
-def _jobqueue_cluster(name: str, kind: str, settings: dict[str, Any]) -> Cluster:
-    """Build (but do not scale) a SLURMCluster or PBSCluster."""
+def _jobqueue_class(kind: str) -> Any:
+    """The dask-jobqueue cluster class of a ``slurm`` or ``pbs`` profile."""
     from dask_jobqueue import PBSCluster, SLURMCluster  # registers jobqueue.* defaults
+
+    return SLURMCluster if kind == "slurm" else PBSCluster
+
+
+def _check_submit_command(name: str, kind: str) -> None:
+    """Refuse a slurm/pbs profile whose submit command (``sbatch``, ``qsub``) is not on PATH.
+
+    dask-jobqueue runs the command only in the background once the cluster is scaled, and a
+    missing one surfaces there as a long traceback; this checks it before any scheduler starts.
+
+    Parameters
+    ----------
+    name
+        Profile name, for the message.
+    kind
+        ``"slurm"`` or ``"pbs"``.
+
+    Raises
+    ------
+    ValueError
+        One line naming the command and the profile, when the command is not found.
+    """
+    command = shlex.split(_jobqueue_class(kind).job_cls.submit_command)[0]
+    if shutil.which(command) is None:
+        raise ValueError(f"cluster profile {name!r} submits {kind.upper()} jobs with {command}, which is not "
+                         "on PATH (run on a login node of the cluster, or use --cluster local)")
+
+
+def _jobqueue_cluster(name: str, kind: str, settings: dict[str, Any], submit: bool) -> Cluster:
+    """Build (but do not scale) a SLURMCluster or PBSCluster; ``submit``: jobs will be submitted,
+    so the batch system's submit command must be there."""
     from dask_jobqueue.core import Job, JobQueueCluster
 
-    cls = SLURMCluster if kind == "slurm" else PBSCluster
+    cls = _jobqueue_class(kind)
     settings.pop("jobs", None)
     spec = settings.pop("worker_resources", None)
     _check_keys(name, settings, cls, JobQueueCluster, cls.job_cls, Job, SpecCluster)
+    if submit:
+        _check_submit_command(name, kind)
     if spec:
         extra = settings.get("worker_extra_args")
         if extra is None:
@@ -253,16 +344,53 @@ def _jobqueue_cluster(name: str, kind: str, settings: dict[str, Any]) -> Cluster
     return cls(**settings)
 
 
-def _build_cluster(name: str, kind: str, settings: dict[str, Any]) -> Cluster:
+def _construct_cluster(name: str, kind: str, settings: dict[str, Any], submit: bool) -> Cluster:
     """Construct the cluster of a local/slurm/pbs profile; bad kwargs become ValueError."""
     try:
         if kind == "local":
             return _local_cluster(name, settings)
         if kind == "local-gpu":
             return _local_gpu_cluster(name, settings)
-        return _jobqueue_cluster(name, kind, settings)
+        return _jobqueue_cluster(name, kind, settings, submit)
     except TypeError as exc:
         raise ValueError(f"cluster profile {name!r}: {exc}") from exc
+
+
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _build_cluster(name: str, kind: str, settings: dict[str, Any], submit: bool = False) -> Cluster:
+    """:func:`_construct_cluster` (``submit``: its jobs will be submitted), with Ctrl-C (SIGINT)
+    and SIGTERM held back until it returns.
+
+    A cluster interrupted half-way through its start cannot be closed cleanly (Dask's exit
+    handler then fails with a traceback about workers still starting). A signal that comes
+    meanwhile goes to its handler once the cluster is up; if the handler raises (Ctrl-C:
+    ``KeyboardInterrupt``), the cluster is closed first. Only in the main thread, where
+    Python runs signal handlers; ignored signals stay ignored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return _construct_cluster(name, kind, settings, submit)
+    # None: a handler not installed from Python, left alone
+    previous = {signum: handler for signum in _HELD_SIGNALS
+                if (handler := signal.getsignal(signum)) not in (None, signal.SIG_IGN)}
+    held: list[int] = []
+    for signum in previous:
+        signal.signal(signum, lambda received, frame: held.append(received))
+    cluster = None
+    try:
+        cluster = _construct_cluster(name, kind, settings, submit)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:
+            try:
+                signal.raise_signal(held[0])
+            except BaseException:
+                if cluster is not None:
+                    cluster.close()
+                raise
+    return cluster
 
 
 def make_cluster(profile: str | None = None, **overrides: Any) -> Cluster:
@@ -476,7 +604,7 @@ def _start(
     if kind in ("local", "local-gpu") and workers is not None:
         settings["n_workers"] = workers
     scaling = dict(settings)
-    cluster = _build_cluster(name, kind, settings)
+    cluster = _build_cluster(name, kind, settings, submit=True)
     try:
         if kind in _JOBQUEUE_KINDS:
             _scale(name, cluster, scaling, workers, jobs)

@@ -24,6 +24,8 @@ from surveydust.stores.catalogue import FLAGS
 
 logger = logging.getLogger(__name__)
 
+OUTPUT_KIND = "comparison"  # the mark on the files compare writes (surveydust.stores.base)
+TABLE = "comparison.ecsv"
 QUALITY_FLAGS = ("edge", "masked", "low_snr", "out_of_distribution")
 QUANTITIES = {"A_V": "A_V [mag]", "EBV": "E(B-V) [mag]", "log_ssfr": "log sSFR [yr^-1]"}
 
@@ -67,46 +69,60 @@ def pair_metrics(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 
 def compare(catalogue: Path | str | xr.Dataset, out: Path | str, truth: Path | str | None = None,
-            flagged: bool = False) -> Any:
+            flagged: bool = False, overwrite: bool = False) -> Any:
     """Write ``comparison.ecsv`` and ``compare_<quantity>.png`` to ``out``; return the table.
 
     Sources flagged edge, masked, low_snr or out_of_distribution are left out
-    unless ``flagged`` (blended and no_redshift ones are kept).
+    unless ``flagged`` (blended and no_redshift ones are kept). Existing files of
+    those names in ``out`` are refused unless ``overwrite``, and even then
+    replaced only when an earlier ``compare`` wrote them
+    (:func:`surveydust.stores.base.check_output_folder`); ``out`` must not be
+    or lie inside the catalogue, the truth table, or any surveydust store.
     """
     from astropy.table import Table
 
+    from surveydust.stores.base import check_output_folder, write_output_table
     from surveydust.stores.catalogue import open_catalogue
 
     cat = catalogue if isinstance(catalogue, xr.Dataset) else open_catalogue(catalogue)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     keep = good_sources(cat, flagged)
     truths = truth_values(cat, truth) if truth is not None else {}
-    rows = []
-    for quantity, label in QUANTITIES.items():
-        est = {k: v[keep] for k, v in methods(cat, quantity).items()}
-        if not est:
-            continue
-        if quantity in truths:
-            est["truth"] = truths[quantity][keep]
-        for a, b in combinations(est, 2):
-            rows.append({"quantity": quantity, "method_a": a, "method_b": b, **pair_metrics(est[a], est[b])})
-        _plot(est, label, out / f"compare_{quantity}.png")
+    estimates = _estimates(cat, keep, truths)
+    rows = [{"quantity": quantity, "method_a": a, "method_b": b, **pair_metrics(est[a], est[b])}
+            for quantity, est in estimates.items() for a, b in combinations(est, 2)]
     if not rows:
         raise ValueError("the catalogue has fewer than two estimates to compare")
+    figures = {q: f"compare_{q}.png" for q, est in estimates.items() if len(est) >= 2}
+    inputs = [None if isinstance(catalogue, xr.Dataset) else catalogue, truth]
+    out = check_output_folder(out, [TABLE, *figures.values()], overwrite, OUTPUT_KIND, inputs=inputs)
+    for quantity, name in figures.items():
+        _plot(estimates[quantity], QUANTITIES[quantity], out / name)
     table = Table(rows=rows)
     for name in ("MAE", "std", "variance", "mean"):
         table[name].info.format = ".4g"
     table.meta["sources"] = int(keep.sum())
     table.meta["note"] = "differences are method_a - method_b" + ("" if flagged else
                                                                   f"; sources without {', '.join(QUALITY_FLAGS)} flags")
-    table.write(out / "comparison.ecsv", format="ascii.ecsv", overwrite=True)
-    logger.info("compared %d sources: %s", int(keep.sum()), out / "comparison.ecsv")
+    write_output_table(table, out / TABLE, OUTPUT_KIND)
+    logger.info("compared %d sources: %s", int(keep.sum()), out / TABLE)
     return table
+
+
+def _estimates(cat: xr.Dataset, keep: np.ndarray, truths: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """Per quantity with any estimate: the kept sources' estimate per method (and ``truth``)."""
+    out = {}
+    for quantity in QUANTITIES:
+        est = {k: v[keep] for k, v in methods(cat, quantity).items()}
+        if est and quantity in truths:
+            est["truth"] = truths[quantity][keep]
+        if est:
+            out[quantity] = est
+    return out
 
 
 def _plot(est: dict[str, np.ndarray], label: str, path: Path) -> Path | None:
     from surveydust.figures import subplots
+    from surveydust.stores.base import write_output_figure
 
     pairs = list(combinations(est, 2))
     if not pairs:
@@ -123,8 +139,7 @@ def _plot(est: dict[str, np.ndarray], label: str, path: Path) -> Path | None:
         ax.set_xlabel(f"{b}: {label}", fontsize=8)
         ax.set_ylabel(f"{a}: {label}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    return write_output_figure(fig, path, OUTPUT_KIND, dpi=110)
 
 
 __all__ = ["compare", "good_sources", "methods", "pair_metrics", "truth_values"]

@@ -33,6 +33,58 @@ def _check_range(v: tuple[float, float], name: str) -> tuple[float, float]:
     return v
 
 
+DustLaw = Literal["calzetti", "smc", "salim", "mw"]
+
+
+class PriorConfig(_Config):
+    """Per-galaxy priors on the simulator's nuisance physics (see configs/simulation.yaml,
+    where each range is argued with its reference; drawn by :mod:`surveydust.simulate.priors`).
+
+    Ranges are ``[low, high]``; ``low == high`` fixes a choice.
+    """
+
+    dust_laws: tuple[DustLaw, ...] = Field(min_length=1)
+    salim_delta: tuple[float, float]
+    bump_scatter: float = Field(ge=0)
+    dust_opacity: tuple[float, float]
+    birth_cloud_tau_v: tuple[float, float]
+    screen_fraction: tuple[float, float]
+    line_scale: tuple[float, float]
+    lya_ew_scale_aa: float = Field(ge=0)
+    igm_transmission: tuple[float, float]
+    quenched_fraction: float = Field(ge=0, le=1)
+    burst_sigma: tuple[float, float]
+    metallicity_scatter_dex: float = Field(ge=0, le=2)
+    sersic_n: tuple[float, float]
+    clumps_mean: tuple[float, float]
+    psf_fwhm_scale: tuple[float, float]
+    noise_correlation_px: tuple[float, float]
+    depth_offset_mag: tuple[float, float]
+
+    @field_validator("salim_delta", "dust_opacity", "birth_cloud_tau_v", "screen_fraction", "line_scale",
+                     "igm_transmission", "burst_sigma", "sersic_n", "clumps_mean", "psf_fwhm_scale",
+                     "noise_correlation_px", "depth_offset_mag")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float], info: Any) -> tuple[float, float]:
+        return _check_range(v, f"priors.{info.field_name}")
+
+    @model_validator(mode="after")
+    def _physical(self) -> PriorConfig:
+        positive = {"dust_opacity": self.dust_opacity, "birth_cloud_tau_v": self.birth_cloud_tau_v,
+                    "line_scale": self.line_scale, "sersic_n": self.sersic_n,
+                    "psf_fwhm_scale": self.psf_fwhm_scale}
+        for name, (lo, _) in positive.items():
+            if lo <= 0:
+                raise ValueError(f"priors.{name} must be > 0, got low = {lo}")
+        for name, (lo, hi) in {"screen_fraction": self.screen_fraction,
+                               "igm_transmission": self.igm_transmission}.items():
+            if lo < 0 or hi > 1:
+                raise ValueError(f"priors.{name} must lie in [0, 1], got {[lo, hi]}")
+        if self.clumps_mean[0] < 0 or self.noise_correlation_px[0] < 0 or self.burst_sigma[0] < 0:
+            raise ValueError("priors.clumps_mean, noise_correlation_px and burst_sigma must be >= 0")
+        return self
+
+
 class SimulationConfig(_Config):
     """Settings of the built-in mock-galaxy simulator (see configs/simulation.yaml)."""
 
@@ -50,9 +102,7 @@ class SimulationConfig(_Config):
     depth: str | dict[str, float]
     psf: Literal["moffat", "fits"]
     psf_dir: Path | None = None
-    dust_law: Literal["calzetti", "mw"]
-    dust_opacity: float = Field(ge=0)
-    birth_cloud_tau_v: float = Field(ge=0)
+    priors: PriorConfig
     gas_to_stellar_mass: tuple[float, float]
     galaxies_per_task: int = Field(gt=0)
 
@@ -266,9 +316,10 @@ class CatalogueConfig(_Config):
     halo_pix: int = Field(ge=0)
     tile_pix: int | None = Field(default=None, ge=64)
     aperture_arcsec: float = Field(gt=0)
-    ood_sigma: float = Field(gt=0)
+    ood_threshold: float = Field(gt=0)
     batch_size: int = Field(ge=1)
-    default_redshift: float = Field(ge=0, le=30)
+    sources_per_batch: int = Field(ge=1)
+    default_redshift: float = Field(gt=0, le=30)
     redshift_match_arcsec: float = Field(gt=0, le=10)
 
     @field_validator("detection_bands")
@@ -336,9 +387,11 @@ def load_simulation_config(source: SimulationConfig | Path | str | None = None,
     source : None (the shipped defaults), a YAML file whose ``simulation:``
         mapping (or top-level mapping) is merged over the defaults, or an
         existing config to start from.
-    **overrides : individual settings; ``None`` values are ignored.
+    **overrides : individual settings; ``None`` values are ignored. Mappings
+        (``priors``, a ``depth`` table) are merged key by key, e.g.
+        ``priors={"line_scale": [1, 1]}`` fixes one prior and keeps the others.
     """
-    return _load(SimulationConfig, "simulation", source, overrides, deep=False)
+    return _load(SimulationConfig, "simulation", source, overrides)
 
 
 def simulation_config_from_json(text: str) -> SimulationConfig:

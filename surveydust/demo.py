@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 DEMO_TILE_PIX = 256  # small tiles, so the demo has several tiles and sources on their boundaries
 DEMO_GALAXIES = 120
 DEMO_SIZE = 1280  # pixels (38" at 0.03"/px)
+OUTPUT_KIND = "demo"  # the mark on the demo's own files (surveydust.stores.base)
+SKILL_FILE = "skill.ecsv"
+FIGURE_FILE = "truth_vs_predicted.png"
 
 
 @dataclass(frozen=True)
@@ -39,22 +42,22 @@ class DemoResult:
 
 def make_demo_field(directory: Path | str, *, n_galaxies: int = DEMO_GALAXIES, size: int = DEMO_SIZE,
                     seed: int = 0, client: Any = None, overwrite: bool = False,
-                    progress: bool = True) -> tuple[Path, Path]:
+                    progress: bool = True, priors: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Simulate the demo field into ``directory``; return (mosaic store, truth table) paths.
 
     ``n_galaxies`` galaxies from the built-in simulator on a ``size`` x
     ``size`` pixel (0.03"/px) six-band field with a rotated WCS, CEERS-like
     noise and NaN borders, written as FITS and ingested in 256-pixel chunks.
+    ``priors`` replaces some of the simulator's nuisance priors (``configs/simulation.yaml``).
     """
     from surveydust.simulate import simulate_field
+    from surveydust.stores.base import check_output_path
     from surveydust.stores.mosaic import ingest_mosaic
 
     directory = Path(directory)
-    store = directory / "field.zarr"
-    if store.exists() and not overwrite:
-        raise FileExistsError(f"{store} exists; pass --overwrite to make the demo field again")
+    store = check_output_path(directory / "field.zarr", overwrite, "mosaic")
     files = simulate_field(directory / "fits", n_galaxies=n_galaxies, shape=(size, size), seed=seed,
-                           overwrite=overwrite)
+                           overwrite=overwrite, priors=priors)
     logger.info("simulated %d galaxies on a %d x %d field: %s", n_galaxies, size, size, directory / "fits")
     ingest_mosaic(store, {b: str(p) for b, p in files.bands.items()}, field="demo", chunk=DEMO_TILE_PIX,
                   client=client, overwrite=overwrite, progress=progress)
@@ -68,21 +71,32 @@ def run_demo(directory: Path | str = "demo", *, out: Path | str | None = None, m
     ``directory/catalogue.zarr``), and score it against the injected truth.
 
     Writes ``skill.ecsv`` and ``truth_vs_predicted.png`` next to the catalogue.
+    Every output (the field store, the catalogue, its export and these two
+    files) is checked before the field is simulated: one that exists is
+    refused unless ``overwrite``, and replaced only when an earlier demo wrote
+    it (:func:`surveydust.stores.base.check_output_path`).
     """
     from surveydust.infer import run_catalogue
+    from surveydust.stores.base import check_output_folder, check_output_path, write_output_table
+    from surveydust.stores.catalogue import check_outputs
 
     directory = Path(directory)
     out = Path(out) if out is not None else directory / "catalogue.zarr"
-    store, truth = make_demo_field(directory, client=client, overwrite=overwrite, progress=progress)
     export_to = out.with_suffix(f".{export_format}") if export_format else None
+    field = [directory / "field.zarr", directory / "fits"]  # the catalogue run's inputs, made here
+    inputs = [*field, *(model if isinstance(model, (list, tuple)) else [model]),
+              catalogue_options.get("sources"), catalogue_options.get("redshifts")]
+    check_output_path(field[0], overwrite, "mosaic")
+    out, export_to = check_outputs(out, export_to, overwrite, inputs)
+    check_output_folder(out.parent, [SKILL_FILE, FIGURE_FILE], overwrite, OUTPUT_KIND, inputs=inputs)
+    store, truth = make_demo_field(directory, client=client, overwrite=overwrite, progress=progress)
     catalogue_options.setdefault("tile_pix", DEMO_TILE_PIX)
     redshifts = catalogue_options.pop("redshifts", None) or truth  # injected z stand in for spectroscopy
     cat = run_catalogue(store, out, model=model, redshifts=redshifts, client=client, export_to=export_to,
                         overwrite=overwrite, progress=progress, **catalogue_options)
     table = skill(cat, truth)
-    paths = {"catalogue": out, "skill": out.parent / "skill.ecsv",
-             "figure": plot_truth(cat, truth, out.parent / "truth_vs_predicted.png")}
-    table.write(paths["skill"], format="ascii.ecsv", overwrite=True)
+    paths = {"catalogue": out, "skill": write_output_table(table, out.parent / SKILL_FILE, OUTPUT_KIND),
+             "figure": plot_truth(cat, truth, out.parent / FIGURE_FILE)}
     if export_to is not None:
         paths["export"] = export_to
     return DemoResult(catalogue=cat, match=match_truth(cat, truth), skill=table, paths=paths)
@@ -153,6 +167,7 @@ def plot_truth(cat: Any, truth: Path | str, path: Path) -> Path:
     """True vs predicted A_V, E(B-V) and log sSFR per method (16-84% bars for CNNs)."""
     from surveydust.compare import QUANTITIES, good_sources, methods, truth_values
     from surveydust.figures import subplots
+    from surveydust.stores.base import write_output_figure
 
     keep, true = good_sources(cat), truth_values(cat, truth)
     quantities = [q for q in QUANTITIES if q in true]
@@ -174,8 +189,7 @@ def plot_truth(cat: Any, truth: Path | str, path: Path) -> Path:
         ax.legend(fontsize=7)
     fig.suptitle(f"demo field: {int(keep.sum())} sources without quality flags")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return write_output_figure(fig, path, OUTPUT_KIND, dpi=100)
 
 
 __all__ = ["DemoResult", "make_demo_field", "match_truth", "plot_truth", "run_demo", "skill"]

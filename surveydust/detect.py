@@ -18,6 +18,13 @@ from surveydust.instrument import circular_aperture
 
 FWHM_PER_SIGMA = 2.3548  # of a Gaussian
 SUB_OBJECT_LIMIT = 4096  # most components SEP follows while deblending one segment
+#: flag bits of a catalogue's ``flag`` (and of :meth:`surveydust.bundle.Predictor.predict`'s ``flag``):
+#: edge (stamp off the mosaic), masked (NaN pixels in the stamp), low SNR, out of the training
+#: distribution, blended, no redshift (none given, or an impossible one such as -99), no data (a
+#: band a model needs has no valid pixel in the stamp: no prediction), z out of range (a redshift
+#: outside a model's training range: no prediction)
+FLAGS = {"edge": 1, "masked": 2, "low_snr": 4, "out_of_distribution": 8, "blended": 16, "no_redshift": 32,
+         "no_data": 64, "z_out_of_range": 128}
 
 
 @dataclass(frozen=True)
@@ -142,19 +149,23 @@ def stamp_origins(x: np.ndarray, y: np.ndarray, size: int) -> tuple[np.ndarray, 
 
 
 def cut_stamps(image: np.ndarray, x: np.ndarray, y: np.ndarray, size: int) -> np.ndarray:
-    """Stamps ``(n, band, size, size)`` centred on (x, y) of ``image`` ``(band, ny, nx)``.
+    """Stamps ``(n, band, size, size)`` (float32) centred on (x, y) of ``image`` ``(band, ny, nx)``.
 
-    Vectorised (one fancy index); pixels outside the image are NaN.
+    One fancy index per band into a preallocated array (no padded copy of the image);
+    pixels outside the image are NaN.
     """
     _, ny, nx = image.shape
-    padded = np.pad(image, ((0, 0), (size, size), (size, size)), constant_values=np.nan)
     x0, y0 = stamp_origins(x, y, size)
-    rows = (y0 + size)[:, None] + np.arange(size)[None, :]
-    cols = (x0 + size)[:, None] + np.arange(size)[None, :]
-    rows = np.clip(rows, 0, ny + 2 * size - 1)
-    cols = np.clip(cols, 0, nx + 2 * size - 1)
-    stamps = padded[:, rows[:, :, None], cols[:, None, :]]  # (band, n, size, size)
-    return np.ascontiguousarray(stamps.transpose(1, 0, 2, 3), dtype=np.float32)
+    rows = y0[:, None] + np.arange(size)[None, :]
+    cols = x0[:, None] + np.arange(size)[None, :]
+    outside = ((rows < 0) | (rows >= ny))[:, :, None] | ((cols < 0) | (cols >= nx))[:, None, :]
+    rows, cols = np.clip(rows, 0, ny - 1)[:, :, None], np.clip(cols, 0, nx - 1)[:, None, :]
+    stamps = np.empty((len(x0), image.shape[0], size, size), dtype=np.float32)
+    for b, plane in enumerate(image):
+        stamps[:, b] = plane[rows, cols]
+    if outside.any():
+        np.copyto(stamps, np.float32(np.nan), where=outside[:, None])
+    return stamps
 
 
 def aperture_photometry(stamps: np.ndarray, errors: np.ndarray, radius_pix: float) -> tuple[np.ndarray, np.ndarray]:

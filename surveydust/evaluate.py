@@ -45,6 +45,7 @@ from surveydust.figures import subplots
 from surveydust.posterior import LEVEL_NAMES, LEVELS, LOG_OFFSETS, coverage, crps_from_percentiles
 from surveydust.preprocess import NORM_APERTURE_PIX, colour_features, select_samples
 from surveydust.quantities import MIN_EBV_FOR_RV, MIN_PREDICTED_EBV_FOR_RV, PREDICTED, r_v
+from surveydust.stores.base import check_output_folder, write_output_figure, write_output_table
 from surveydust.stores.training import open_training_store
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,9 @@ AV_BINS = (0.0, 0.1, 0.3, 0.6, 1.0, 1.5, np.inf)  # [mag] bins of true A_V for t
 SNR_BINS = (0.0, 10.0, 20.0, 50.0, np.inf)  # bins of SNR in the selection band
 SNR_BAND = "F277W"  # the selection band of every shipped bundle
 BASELINE = "baseline (colours)"
+OUTPUT_KIND = "evaluation"  # the mark on the files evaluate writes (surveydust.stores.base)
+#: files every evaluation writes (beside one figure per model, ``<slug>.png``)
+FIXED_OUTPUTS = ("table.csv", "table.ecsv", "bias_by_av.ecsv", "skill_by_snr.ecsv", "calibration.png")
 MEURER = "Meurer (UV slope)"
 BASELINE_APERTURE_ARCSEC = 0.25  # radius of the baseline's photometry aperture
 BLOCK_SAMPLES = 16384  # samples read and predicted at once (3 bands x 32^2 float32: 200 MB)
@@ -126,7 +130,8 @@ class _Plan:
 
 
 def evaluate(bundles: Sequence[Path | str], store: Path | str, out: Path | str, *,
-             include_baseline: bool = True, block_samples: int = BLOCK_SAMPLES) -> Evaluation:
+             include_baseline: bool = True, block_samples: int = BLOCK_SAMPLES,
+             overwrite: bool = False) -> Evaluation:
     """Evaluate ``bundles`` on the held-out galaxies of training store ``store``.
 
     On a bundle's own training store only its test galaxies are used (for a
@@ -143,11 +148,17 @@ def evaluate(bundles: Sequence[Path | str], store: Path | str, out: Path | str, 
     model and ``calibration.png`` into ``out`` (created if missing). Images are
     read and predicted ``block_samples`` at a time. Raises ValueError when a
     bundle needs a band the store lacks or no held-out sample remains.
+
+    Files of those names already in ``out`` are refused unless ``overwrite``,
+    and even then replaced only when an earlier ``evaluate`` wrote them; ``out``
+    must not be or lie inside a bundle, the store or any other surveydust store
+    (:func:`surveydust.stores.base.check_output_folder`; the fixed names are
+    checked before any work, the per-model figures before anything is written).
     """
     if not bundles:
         raise ValueError("no model bundles to evaluate")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    inputs = [*bundles, store]
+    out = check_output_folder(out, FIXED_OUTPUTS, overwrite, OUTPUT_KIND, inputs=inputs)
     ds = open_training_store(store)
     with dask.config.set(scheduler="threads"):  # local reads, even when a distributed client exists
         plans = _plans(ds, [load_model(b) for b in bundles], Path(store))
@@ -161,10 +172,10 @@ def evaluate(bundles: Sequence[Path | str], store: Path | str, out: Path | str, 
             results.update(_baselines(ds, widest, block_samples))
     _warn_if_samples_differ(results)
     table = metrics_table(results)
+    check_output_folder(out, [f"{slug(name)}.png" for name in results], overwrite, OUTPUT_KIND, inputs=inputs)
     paths = write_table(table, out)
     for key, by, bins in (("bias_by_av", "true_A_V", AV_BINS), ("skill_by_snr", "snr", SNR_BINS)):
-        paths[key] = out / f"{key}.ecsv"
-        binned_skill(results, by, bins).write(paths[key], format="ascii.ecsv", overwrite=True)
+        paths[key] = write_output_table(binned_skill(results, by, bins), out / f"{key}.ecsv", OUTPUT_KIND)
     for name, result in results.items():
         paths[name] = plot_model(result, name, out / f"{slug(name)}.png")
     paths["calibration"] = plot_calibration(table, out / "calibration.png")
@@ -550,12 +561,9 @@ def _table_meta(table: xr.Dataset, models: list[str]) -> dict[str, Any]:
 
 
 def write_table(table: xr.Dataset, out: Path) -> dict[str, Path]:
-    """Write ``table.csv`` and ``table.ecsv`` (with units and notes in its meta)."""
-    t = to_astropy(table)
-    paths = {"csv": out / "table.csv", "ecsv": out / "table.ecsv"}
-    t.write(paths["csv"], format="ascii.csv", overwrite=True)
-    t.write(paths["ecsv"], format="ascii.ecsv", overwrite=True)
-    return paths
+    """Write ``table.csv`` and ``table.ecsv`` (with units and notes in its meta; its mark vouches for the CSV)."""
+    ecsv = write_output_table(to_astropy(table), out / "table.ecsv", OUTPUT_KIND, with_csv=True)
+    return {"csv": ecsv.with_suffix(".csv"), "ecsv": ecsv}
 
 
 # ---------------------------------------------------------------- figures
@@ -647,8 +655,7 @@ def plot_model(result: xr.Dataset, name: str, path: Path) -> Path:
     fig.suptitle(f"{name}: {result.sizes['sample']} samples, "
                  f"{np.unique(result['galaxy_id'].values).size} galaxies ({held})")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    return path
+    return write_output_figure(fig, path, OUTPUT_KIND, dpi=90)
 
 
 def plot_calibration(table: xr.Dataset, path: Path) -> Path:
@@ -671,5 +678,4 @@ def plot_calibration(table: xr.Dataset, path: Path) -> Path:
     fig.suptitle("calibration of the predicted uncertainties"
                  + (f" (no uncertainties: {', '.join(no_err)})" if no_err else ""))
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    return path
+    return write_output_figure(fig, path, OUTPUT_KIND, dpi=90)

@@ -24,15 +24,14 @@ import dask
 import dask.base
 import numpy as np
 
-from surveydust.bundle import Predictor, load_model, read_meta, richest_bundle
+from surveydust.bundle import Predictor, load_model, read_meta, richest_bundle, training_redshift_range
 from surveydust.cluster import open_client, worker_resources
 from surveydust.config import CatalogueConfig, load_catalogue_config
 from surveydust.detect import Tile, aperture_photometry, cut_stamps, detect, make_tiles
-from surveydust.preprocess import ood_score
 from surveydust.provenance import VERSION
 from surveydust.runs import ResumableRun
 from surveydust.sources import match_redshifts, redshift_table, source_positions
-from surveydust.stores.catalogue import FLAGS, assemble, export, write_catalogue
+from surveydust.stores.catalogue import FLAGS, assemble, check_outputs, column_suffix, export, write_catalogue
 from surveydust.uvslope import meurer_av, uv_slopes
 
 logger = logging.getLogger(__name__)
@@ -61,17 +60,26 @@ def run_catalogue(
     store : mosaic store (Zarr, from :func:`surveydust.ingest_mosaic`).
     out : catalogue store to write (Zarr); None returns the catalogue only.
     model : model bundle folder(s); None: the shipped bundle with the most bands the
-        mosaic has (six wide bands, else F277W+F356W+F444W, else F277W). Several
-        bundles (e.g. 1-band and 3-band) run in the same pass.
+        mosaic has data in (six wide bands, else F277W+F356W+F444W, else F277W). Several
+        bundles (e.g. 1-band and 3-band) run in the same pass, labelled by their bands
+        (:func:`model_labels`). A given bundle needing a band without data is an error.
     sources : table (CSV, FITS, ECSV) with RA/Dec columns in degrees (and
         optionally an id and a redshift ``z``): predict at those positions
-        instead of detecting. Positions off the mosaic are counted, not errors.
+        instead of detecting. Rows without usable RA/Dec and positions off the
+        mosaic's data are counted and left out, impossible redshifts (e.g. -99) read
+        as missing (:func:`surveydust.sources.source_positions`), not errors.
     redshifts : table with RA/Dec [deg] and a redshift column (``z``,
         ``z_spec``, ``redshift``), e.g. a spectroscopic catalogue: each source
         without a ``z`` takes the redshift of the nearest entry within
-        ``redshift_match_arcsec`` (for the UV-slope bands and SED fits).
+        ``redshift_match_arcsec`` (for the UV-slope bands, the networks and SED fits);
+        rows without usable RA/Dec or redshift are counted and left out.
     config : detection settings (``configs/catalogue.yaml``), ``overrides`` on top.
     export_to : also write a ``.fits`` or ``.ecsv`` table.
+
+    A source whose redshift lies outside a model's training range, or whose stamp has a
+    model band without a valid pixel, gets NaN from that model and the flag
+    ``z_out_of_range`` or ``no_data``. The counts of every flag and of every reason a table
+    row was left out are logged at the end (and kept in the attrs' ``input_checks``).
 
     Returns the catalogue as an in-memory ``xarray.Dataset`` (dim ``source``).
     """
@@ -79,14 +87,14 @@ def run_catalogue(
 
     cfg = load_catalogue_config(config, **overrides)
     mosaic = open_mosaic(store)
-    bundles = _bundle_paths(model, [str(b) for b in mosaic["band"].values])
+    data_bands = bands_with_data(mosaic)
+    bundles = _bundle_paths(model, data_bands)
     metas = [read_meta(p) for p in bundles]
-    _check_bands(mosaic, metas, cfg, detecting=sources is None)
-    wcs = mosaic_wcs(mosaic)
-    positions = source_positions(sources, wcs, mosaic) if sources is not None else None
-    if positions is not None and not len(positions["x"]):  # before any cluster starts
-        raise ValueError("no sources: none of the given positions lies on the mosaic's data")
-    z_table = redshift_table(redshifts) if redshifts is not None else None
+    labels = model_labels(bundles, metas)
+    _check_bands(mosaic, metas, labels, cfg, detecting=sources is None)
+    if sources is None:
+        cfg = _detection_bands(cfg, data_bands)
+    positions, z_table, checks = _read_tables(sources, redshifts, mosaic_wcs(mosaic), mosaic.sel(band=data_bands))
     shape = (mosaic.sizes["y"], mosaic.sizes["x"])
     tile_size = cfg.tile_pix or block_pix(store_chunk(mosaic))
     crop = max(int(m["crop"]) for m in metas)
@@ -95,15 +103,11 @@ def run_catalogue(
     token = dask.base.tokenize(mosaic.attrs.get("store_id"), [m["checksums"] for m in metas], cfg.to_json(),
                                None if positions is None else {k: v.tolist() for k, v in positions.items()},
                                None if z_table is None else {k: v.tolist() for k, v in z_table.items()})
-    out_path = Path(out) if out is not None else None
-    if out_path is not None:
-        from surveydust.stores.base import check_output_path
-
-        check_output_path(out_path, overwrite, "catalogue")
+    out_path, export_to = check_outputs(out, export_to, overwrite, [store, sources, redshifts, *bundles])
     with ResumableRun(out_path, token, scratch_prefix="surveydust-catalogue-") as run:
         todo = [t for t in tiles if t.index not in run.done]
         logger.info("%d tiles of %d x %d pixels (%d done before), halo %d px, models: %s", len(tiles),
-                    tile_size, tile_size, len(tiles) - len(todo), halo, ", ".join(_name(m) for m in metas))
+                    tile_size, tile_size, len(tiles) - len(todo), halo, ", ".join(labels))
         if todo:
             with open_client(client, profile=cluster, workers=workers) as c:
                 futures = _submit_tiles(c, todo, str(store), halo, crop, [str(p) for p in bundles], cfg, positions,
@@ -112,12 +116,12 @@ def run_catalogue(
         columns = run.results()
         if not len(columns.get("x", ())):
             logger.warning("no sources detected: the catalogue is empty")
-        ds = assemble(columns, list(mosaic["band"].values), [_name(m) for m in metas],
-                      _provenance(mosaic, bundles, metas, cfg, sources, redshifts))
+        ds = assemble(columns, list(mosaic["band"].values), labels,
+                      _provenance(mosaic, bundles, metas, labels, cfg, sources, redshifts, checks))
         if z_table is not None:
             add_redshifts(ds, z_table, cfg.redshift_match_arcsec, Path(redshifts).name)
         add_uv_slopes(ds, cfg.default_redshift)
-        _log_summary(ds)
+        _log_summary(ds, checks, dict(zip(labels, map(training_redshift_range, metas))))
         if out_path is not None:
             write_catalogue(ds, out_path, overwrite=overwrite)
         if export_to is not None:
@@ -125,13 +129,47 @@ def run_catalogue(
     return ds
 
 
-def _name(meta: dict[str, Any]) -> str:
-    """A model's name in the catalogue: its bands, e.g. ``F277W+F356W+F444W``."""
-    return "+".join(meta["bands"])
+def _read_tables(sources: Path | str | None, redshifts: Path | str | None, wcs: Any,
+                 mosaic: Any) -> tuple[dict[str, np.ndarray] | None, dict[str, np.ndarray] | None,
+                                   dict[str, dict[str, int]]]:
+    """The positions of a sources table and the entries of a redshifts table (None where not
+    given), and per table the rows left out or read as missing, by reason; before any cluster
+    starts, a sources table without a position on the mosaic's data is an error."""
+    checks: dict[str, dict[str, int]] = {}
+    positions = source_positions(sources, wcs, mosaic, checks.setdefault("sources", {})) \
+        if sources is not None else None
+    if positions is not None and not len(positions["x"]):
+        raise ValueError("no sources: none of the given positions lies on the mosaic's data")
+    z_table = redshift_table(redshifts, checks.setdefault("redshifts", {})) if redshifts is not None else None
+    return positions, z_table, checks
+
+
+def model_labels(paths: list[Path], metas: list[dict[str, Any]]) -> list[str]:
+    """The models' names in a catalogue (its ``model`` coordinate), all distinct, also as column names
+    (:func:`surveydust.stores.catalogue.column_suffix`): each model's bands (``F277W+F356W+F444W``);
+    models that share their bands get their bundle folder's name too (``F277W+F356W+F444W_run2``),
+    and a number where even those are the same."""
+    bands = ["+".join(m["bands"]) for m in metas]
+    wanted = [b if bands.count(b) == 1 else f"{b}_{column_suffix(p.resolve().name)}" for b, p in zip(bands, paths)]
+    labels: list[str] = []
+    for label in wanted:
+        unique, k = label, 1
+        while column_suffix(unique) in map(column_suffix, labels):
+            k += 1
+            unique = f"{label}_{k}"
+        labels.append(unique)
+    return labels
+
+
+def bands_with_data(mosaic: Any) -> list[str]:
+    """The bands of a mosaic store with at least one valid pixel (ingest records the others as
+    ``empty_bands``)."""
+    empty = set(mosaic.attrs.get("empty_bands", []))
+    return [str(b) for b in mosaic["band"].values if str(b) not in empty]
 
 
 def _bundle_paths(model: Path | str | list[Path | str] | None, bands: list[str]) -> list[Path]:
-    """The given bundles, or the shipped one with the most of the mosaic's ``bands``."""
+    """The given bundles, or the shipped one with the most of ``bands`` (the mosaic's bands that hold data)."""
     if model is None:
         path = richest_bundle(bands)
         logger.info("model: the shipped %s bundle (the richest the mosaic's bands allow)",
@@ -144,13 +182,36 @@ def _bundle_paths(model: Path | str | list[Path | str] | None, bands: list[str])
     return paths
 
 
-def _check_bands(mosaic: Any, metas: list[dict[str, Any]], cfg: CatalogueConfig, detecting: bool) -> None:
+def _check_bands(mosaic: Any, metas: list[dict[str, Any]], labels: list[str], cfg: CatalogueConfig,
+                 detecting: bool) -> None:
+    """One-line errors for bands the models or the detection need that the mosaic store lacks, and for
+    model bands without a single valid pixel."""
     have = set(mosaic["band"].values)
     need = {b for m in metas for b in m["bands"]} | (set(cfg.detection_bands) if detecting else set())
     missing = sorted(need - have)
     if missing:
         raise ValueError(f"the mosaic store has no band(s) {missing} (it has {sorted(have)}); "
                          "they are needed by the model(s) or the detection image")
+    data = set(bands_with_data(mosaic))
+    for label, meta in zip(labels, metas):
+        empty = sorted(set(meta["bands"]) - data)
+        if empty:
+            raise ValueError(f"band(s) {empty} of the mosaic store hold no data (no valid pixel): model {label} "
+                             "needs them; give a model without them, or none (the richest whose bands hold data)")
+
+
+def _detection_bands(cfg: CatalogueConfig, data_bands: list[str]) -> CatalogueConfig:
+    """``cfg`` with the detection bands that hold data (a warning names the others; none is an error)."""
+    empty = [b for b in cfg.detection_bands if b not in data_bands]
+    if not empty:
+        return cfg
+    kept = tuple(b for b in cfg.detection_bands if b in data_bands)
+    if not kept:
+        raise ValueError(f"no detection band holds data ({', '.join(empty)} have no valid pixel): set "
+                         f"detection_bands to bands with data ({', '.join(data_bands) or 'none'})")
+    logger.warning("detection band(s) %s hold no data (no valid pixel): detecting on %s", ", ".join(empty),
+                   ", ".join(kept))
+    return cfg.model_copy(update={"detection_bands": kept})
 
 
 def _submit_tiles(client: Any, todo: list[Tile], store: str, halo: int, size: int, bundles: list[str],
@@ -168,15 +229,42 @@ def _submit_tiles(client: Any, todo: list[Tile], store: str, halo: int, size: in
                 continue  # no given position here: the tile is not even read
             mine = {k: v[own] for k, v in positions.items()}
         key = f"catalogue-tile-{token[:8]}-{tile.index}"
-        if gpu:  # detection on any worker's CPU, then only the prediction asks for a GPU
-            measured = client.submit(measure_tile, store, tile, halo, size, cfg, mine, z_table,
-                                     key=f"measure-tile-{token[:8]}-{tile.index}", pure=False)
-            futures[tile.index] = client.submit(predict_tile, measured, bundles, cfg, key=key, pure=False,
-                                                resources={"GPU": 1})
+        if gpu:
+            futures[tile.index] = _submit_gpu_tile(client, key, store, tile, halo, size, bundles, cfg, mine, z_table)
         else:  # one task: the stamps never leave the worker
             futures[tile.index] = client.submit(catalogue_tile, store, tile, halo, bundles, cfg, mine, z_table,
                                                 key=key, pure=False)
     return futures
+
+
+def _submit_gpu_tile(client: Any, key: str, store: str, tile: Tile, halo: int, size: int, bundles: list[str],
+                     cfg: CatalogueConfig, positions: dict[str, np.ndarray] | None,
+                     z_table: dict[str, np.ndarray] | None) -> Any:
+    """The future of one tile's columns on workers with GPUs: detection and stamps on any worker's CPU
+    (``measure-tile-...``), then only the predictions ask for a GPU (``catalogue-tile-...``). Given
+    positions go ``cfg.sources_per_batch`` at a time, row by row (each batch reads only its strip of
+    the tile), so no task holds more stamps than that."""
+    order = None if positions is None else np.lexsort((positions["x"], positions["y"]))
+    batches = [None] if positions is None else [
+        {k: v[order[b]] for k, v in positions.items()} for b in _batches(len(order), cfg.sources_per_batch)]
+    parts = []
+    for i, batch in enumerate(batches):
+        suffix = "" if len(batches) == 1 else f".{i}"
+        measured = client.submit(measure_tile, store, tile, halo, size, cfg, batch, z_table,
+                                 key=key.replace("catalogue-tile-", "measure-tile-") + suffix, pure=False)
+        parts.append(client.submit(predict_tile, measured, bundles, cfg, key=key + suffix, pure=False,
+                                   resources={"GPU": 1}))
+    return parts[0] if len(parts) == 1 else client.submit(concat_columns, parts, key=key, pure=False)
+
+
+def _batches(n: int, size: int) -> list[slice]:
+    """Slices of ``range(n)`` of at most ``size`` (one empty slice when ``n`` is 0)."""
+    return [slice(i, i + size) for i in range(0, max(n, 1), size)]
+
+
+def concat_columns(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Columns of several batches of one tile, concatenated along the source axis."""
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def _tile_progress() -> Any:
@@ -202,10 +290,21 @@ def _predictor(path: str) -> Predictor:
 def catalogue_tile(store: str, tile: Tile, halo: int, bundles: list[str], cfg: CatalogueConfig,
                    positions: dict[str, np.ndarray] | None,
                    z_table: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Sources, photometry and predictions of one tile (a Dask task on a CPU worker):
-    :func:`measure_tile` then :func:`predict_tile`."""
+    """Sources, photometry and predictions of one tile (a Dask task on a CPU worker): the tile is
+    read and its sources found once, then ``cfg.sources_per_batch`` sources at a time are
+    measured (:func:`measure_tile`'s steps) and predicted (:func:`predict_tile`), so the memory
+    held does not grow with the number of sources in the tile."""
+    from surveydust.stores.mosaic import mosaic_reader
+
     size = max(p.crop for p in map(_predictor, bundles))
-    return predict_tile(measure_tile(store, tile, halo, size, cfg, positions, z_table), bundles, cfg)
+    mosaic = mosaic_reader(store)
+    box = tile.with_halo(halo, mosaic.shape)
+    sci, err = mosaic.read(*box)
+    found = _tile_sources(sci, err, box, tile, cfg, positions, mosaic.bands)
+    parts = [predict_tile(_measure(mosaic, sci, err, box, tile, size, cfg, {k: v[b] for k, v in found.items()},
+                                   z_table), bundles, cfg)
+             for b in _batches(len(found["x"]), cfg.sources_per_batch)]
+    return concat_columns(parts)
 
 
 def measure_tile(store: str, tile: Tile, halo: int, size: int, cfg: CatalogueConfig,
@@ -220,33 +319,53 @@ def measure_tile(store: str, tile: Tile, halo: int, size: int, cfg: CatalogueCon
     from surveydust.stores.mosaic import mosaic_reader
 
     mosaic = mosaic_reader(store)
-    y0, y1, x0, x1 = tile.with_halo(halo, mosaic.shape)
-    sci, err = mosaic.read(y0, y1, x0, x1)
-    bands = list(mosaic.bands)
-    columns: dict[str, np.ndarray] = {}
-    if positions is None:
-        det = [bands.index(b) for b in cfg.detection_bands]
-        x, y, blended = detect(sci[det], err[det], cfg)
-        x, y = x + x0, y + y0
-        own = tile.owns(x, y)
-        x, y, blended = x[own], y[own], blended[own]
-    else:
-        x, y = positions["x"], positions["y"]
-        blended = np.zeros(x.size, dtype=bool)
-        columns.update({k: v for k, v in positions.items() if k in ("input_id", "z", "beta_input",
-                                                                      "beta_input_err")})
+    box = tile.with_halo(halo, mosaic.shape)
+    if positions is not None and len(positions["y"]):  # only the rows the positions need
+        box = (max(box[0], int(np.floor(positions["y"].min())) - halo),
+               min(box[1], int(np.ceil(positions["y"].max())) + halo + 1), box[2], box[3])
+    sci, err = mosaic.read(*box)
+    found = _tile_sources(sci, err, box, tile, cfg, positions, mosaic.bands)
+    return _measure(mosaic, sci, err, box, tile, size, cfg, found, z_table)
+
+
+#: columns of a sources table that a catalogue keeps (besides the positions)
+INPUT_COLUMNS = ("input_id", "z", "beta_input", "beta_input_err")
+
+
+def _tile_sources(sci: np.ndarray, err: np.ndarray, box: tuple[int, int, int, int], tile: Tile,
+                  cfg: CatalogueConfig, positions: dict[str, np.ndarray] | None,
+                  bands: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The sources of a tile read as ``sci``, ``err`` ``(band, y, x)`` over ``box`` (y0, y1, x0, x1):
+    mosaic ``x``, ``y`` [pixels] and ``blended``, detected in its core, or the given ``positions``
+    (with their :data:`INPUT_COLUMNS`)."""
+    if positions is not None:
+        return {"x": positions["x"], "y": positions["y"], "blended": np.zeros(len(positions["x"]), dtype=bool),
+                **{k: v for k, v in positions.items() if k in INPUT_COLUMNS}}
+    det = [bands.index(b) for b in cfg.detection_bands]
+    x, y, blended = detect(sci[det], err[det], cfg)
+    x, y = x + box[2], y + box[0]
+    own = tile.owns(x, y)
+    return {"x": x[own], "y": y[own], "blended": blended[own]}
+
+
+def _measure(mosaic: Any, sci: np.ndarray, err: np.ndarray, box: tuple[int, int, int, int], tile: Tile, size: int,
+             cfg: CatalogueConfig, found: dict[str, np.ndarray],
+             z_table: dict[str, np.ndarray] | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Columns and stamps (see :func:`measure_tile`) of the sources ``found`` (:func:`_tile_sources`)."""
+    columns = {k: v for k, v in found.items() if k in INPUT_COLUMNS}
+    x, y, x0, y0 = found["x"], found["y"], box[2], box[0]
     stamps = cut_stamps(sci, x - x0, y - y0, size)
-    err_stamps = cut_stamps(err, x - x0, y - y0, size)
-    flux, flux_err = aperture_photometry(stamps, err_stamps, cfg.aperture_arcsec / mosaic.pixel_scale_arcsec)
+    flux, flux_err = aperture_photometry(stamps, cut_stamps(err, x - x0, y - y0, size),
+                                         cfg.aperture_arcsec / mosaic.pixel_scale_arcsec)
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.where(flux_err > 0, flux / flux_err, np.nan)
-    flag = _geometry_flags(x, y, size, mosaic.shape, stamps) | np.where(blended, FLAGS["blended"], 0)
+    flag = _geometry_flags(x, y, size, mosaic.shape, stamps) | np.where(found["blended"], FLAGS["blended"], 0)
     ra, dec = mosaic.wcs.all_pix2world(x, y, 0)
     z = columns["z"] if "z" in columns else np.full(x.size, np.nan)
     if z_table is not None:
         z = np.where(np.isfinite(z), z, match_redshifts(ra, dec, z_table, cfg.redshift_match_arcsec)["z"])
     columns.update(ra=ra, dec=dec, x=x, y=y, tile=np.full(x.size, tile.index), flux=flux, flux_err=flux_err,
-                   snr=snr, flag=flag.astype(np.uint16), band=np.array(bands), model_z=z)
+                   snr=snr, flag=flag.astype(np.uint16), band=np.array(mosaic.bands), model_z=z)
     return columns, stamps
 
 
@@ -276,18 +395,19 @@ def _geometry_flags(x: np.ndarray, y: np.ndarray, size: int, shape: tuple[int, i
 def _predict_all(predictors: list[Predictor], stamps: np.ndarray, snr: np.ndarray, bands: list[str],
                  cfg: CatalogueConfig, redshift: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Predictions and OOD scores ``(source, model)``, and flags (low SNR for the first
-    model's selection, out of distribution for any model)."""
+    model's selection, out of distribution for any model; no data and z out of range, with
+    NaN predictions, where a model cannot predict: :meth:`Predictor.predict`)."""
     out: dict[str, list[np.ndarray]] = {}
     flag = np.zeros(len(stamps), dtype=np.uint16)
     for i, p in enumerate(predictors):
-        images = np.nan_to_num(stamps[:, [bands.index(b) for b in p.bands]], nan=0.0)
+        images = stamps[:, [bands.index(b) for b in p.bands]]
         result = p.predict(images, redshift, batch_size=cfg.batch_size)
         for name in result.data_vars:
             out.setdefault(name, []).append(result[name].values)
-        stats = p.meta.get("ood")
-        ood = ood_score(images, p.crop, stats) if stats else np.full(len(images), np.nan)
-        out.setdefault("ood", []).append(ood.astype(np.float32))
-        flag |= np.where(ood > cfg.ood_sigma, FLAGS["out_of_distribution"], 0).astype(np.uint16)
+        flag |= result["flag"].values
+        with np.errstate(invalid="ignore"):
+            flag |= np.where(result["ood"].values > cfg.ood_threshold, FLAGS["out_of_distribution"], 0
+                             ).astype(np.uint16)
         if i == 0 and p.snr_band in bands:
             low = ~(snr[:, bands.index(p.snr_band)] >= p.snr_min)
             flag |= np.where(low, FLAGS["low_snr"], 0).astype(np.uint16)
@@ -345,27 +465,41 @@ def add_uv_slopes(ds: Any, default_redshift: float) -> None:
                     int(missing.sum()), n, default_redshift)
 
 
-def _provenance(mosaic: Any, bundles: list[Path], metas: list[dict[str, Any]], cfg: CatalogueConfig,
-                sources: Path | str | None, redshifts: Path | str | None) -> dict[str, Any]:
+def _provenance(mosaic: Any, bundles: list[Path], metas: list[dict[str, Any]], labels: list[str],
+                cfg: CatalogueConfig, sources: Path | str | None, redshifts: Path | str | None,
+                checks: dict[str, dict[str, int]]) -> dict[str, Any]:
     return {
         "surveydust_version": VERSION,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "mosaic_store_id": mosaic.attrs.get("store_id", ""),
         "field": mosaic.attrs.get("field", ""),
-        "models": [{"name": _name(m), "path": str(p.resolve()), "sha256": m["checksums"]}
-                   for p, m in zip(bundles, metas)],
+        "models": [{"name": label, "path": str(p.resolve()), "sha256": m["checksums"],
+                    "redshift_range": list(training_redshift_range(m))} for label, p, m in zip(labels, bundles, metas)],
         "catalogue_config": cfg.model_dump(mode="json"),
         "sources_file": str(Path(sources).resolve()) if sources is not None else "",
         "redshifts_file": str(Path(redshifts).resolve()) if redshifts is not None else "",
+        "input_checks": checks,
         "flag_meanings": ", ".join(f"{v}={k}" for k, v in FLAGS.items()),
         "pixel_convention": "x, y are 0-based pixel centres of the mosaic",
     }
 
 
-def _log_summary(ds: Any) -> None:
+def _log_summary(ds: Any, checks: dict[str, dict[str, int]], ranges: dict[str, tuple[float, float]]) -> None:
+    """The run summary: sources and each flag's count, each input table's rows left out or read as
+    missing per reason, and a warning for sources the models could not predict."""
     flags = ds["flag"].values
-    counts = ", ".join(f"{name} {int(((flags & bit) > 0).sum())}" for name, bit in FLAGS.items())
-    logger.info("catalogue: %d sources (flags: %s)", ds.sizes["source"], counts)
+    n = {name: int(((flags & bit) > 0).sum()) for name, bit in FLAGS.items()}
+    logger.info("catalogue: %d sources (flags: %s)", ds.sizes["source"], ", ".join(f"{k} {v}" for k, v in n.items()))
+    for table, counts in checks.items():
+        logger.info("%s table: %s", table, ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))
+    if n["no_data"]:
+        logger.warning("%d sources have a band without a single valid pixel in their stamp: no prediction "
+                       "(NaN, flag no_data)", n["no_data"])
+    if n["z_out_of_range"]:
+        trained = "; ".join(f"{label} z {low:g}-{high:g}" for label, (low, high) in ranges.items())
+        logger.warning("%d sources have a redshift outside the training range of a model (%s): no prediction "
+                       "(NaN, flag z_out_of_range)", n["z_out_of_range"], trained)
 
 
-__all__ = ["add_redshifts", "add_uv_slopes", "catalogue_tile", "measure_tile", "predict_tile", "run_catalogue"]
+__all__ = ["add_redshifts", "add_uv_slopes", "bands_with_data", "catalogue_tile", "concat_columns", "measure_tile",
+           "model_labels", "predict_tile", "run_catalogue"]

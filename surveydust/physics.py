@@ -13,19 +13,47 @@ import numpy as np
 
 AB_ZEROPOINT_NJY = 3631.0e9
 #: total-to-selective ratio of the local attenuation laws the simulator offers
-LAW_R_V = {"calzetti": 4.05, "mw": 3.1}
+#: (salim: the Calzetti value; the slope changes the effective R_V)
+LAW_R_V = {"calzetti": 4.05, "smc": 2.74, "salim": 4.05, "mw": 3.1}
+#: Gordon et al. (2003) SMC bar average: wavenumber [1/um] and A(lambda)/A(V) (their Table 4)
+_G03_SMC_X = np.array([0.455, 0.606, 0.800, 1.235, 1.538, 1.818, 2.273, 2.703, 3.375, 3.625, 3.875,
+                       4.125, 4.375, 4.625, 4.875, 5.125, 5.375, 5.625, 5.875, 6.125, 6.375, 6.625,
+                       6.875, 7.125, 7.375, 7.625, 7.875, 8.125, 8.375, 8.625])
+_G03_SMC_AXAV = np.array([0.110, 0.169, 0.250, 0.567, 0.801, 1.000, 1.374, 1.672, 2.000, 2.220, 2.428,
+                          2.661, 2.947, 3.161, 3.293, 3.489, 3.637, 3.866, 4.013, 4.243, 4.472, 4.776,
+                          5.000, 5.272, 5.575, 5.795, 6.074, 6.297, 6.436, 6.992])
+#: 2175 A bump: centre and FWHM [Angstrom] of the Drude profile (Noll et al. 2009)
+BUMP_CENTRE_AA, BUMP_WIDTH_AA = 2175.0, 350.0
 
 
-def attenuation_curve(wave_aa: np.ndarray, law: str = "calzetti") -> np.ndarray:
+def attenuation_curve(wave_aa: np.ndarray, law: str = "calzetti", delta: float = 0.0,
+                      bump: float = 0.0) -> np.ndarray:
     """A_lambda / A_V at rest-frame wavelengths ``wave_aa`` [Angstrom].
 
     ``calzetti``: Calzetti et al. (2000) starburst attenuation (R_V = 4.05),
-    extrapolated outside 0.12-2.2 um by the same formula. ``mw``: Fitzpatrick
-    (1999) Milky Way extinction with R_V = 3.1.
+    extrapolated outside 0.12-2.2 um by the same formula. ``smc``: the Gordon
+    et al. (2003) SMC bar average, interpolated in wavenumber (linearly
+    extrapolated beyond 0.11-2.2 um). ``salim``: the Noll et al. (2009) / Salim
+    et al. (2018) family, Calzetti times ``(lambda / 5500 A)**delta`` plus a
+    Drude bump of amplitude ``bump`` (E_b, in units of k = A_lambda / E(B-V)),
+    normalised to 1 at 5500 A. ``mw``: Fitzpatrick (1999) Milky Way extinction
+    with R_V = 3.1.
     """
     wave = np.asarray(wave_aa, dtype=np.float64)
     if law == "calzetti":
         return extinction.calzetti00(wave, 1.0, LAW_R_V["calzetti"])
+    if law == "smc":
+        x = 1e4 / wave
+        inside = np.interp(x, _G03_SMC_X, _G03_SMC_AXAV)
+        lo = np.polyval(np.polyfit(_G03_SMC_X[:2], _G03_SMC_AXAV[:2], 1), x)
+        hi = np.polyval(np.polyfit(_G03_SMC_X[-2:], _G03_SMC_AXAV[-2:], 1), x)
+        return np.maximum(np.where(x < _G03_SMC_X[0], lo, np.where(x > _G03_SMC_X[-1], hi, inside)), 0.0)
+    if law == "salim":
+        def k(w: np.ndarray) -> np.ndarray:
+            drude = bump * (w * BUMP_WIDTH_AA) ** 2 / ((w**2 - BUMP_CENTRE_AA**2) ** 2 + (w * BUMP_WIDTH_AA) ** 2)
+            return LAW_R_V["calzetti"] * extinction.calzetti00(w, 1.0, LAW_R_V["calzetti"]) \
+                * (w / 5500.0) ** delta + drude
+        return k(wave) / k(np.array([5500.0]))[0]
     if law == "mw":
         return extinction.fitzpatrick99(wave, 1.0, LAW_R_V["mw"])
     raise ValueError(f"unknown dust law {law!r}; known: {', '.join(LAW_R_V)}")

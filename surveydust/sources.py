@@ -7,6 +7,14 @@ case-insensitively among common spellings (``RA_NAMES``, ``DEC_NAMES``,
 Either table may also give a UV slope measured elsewhere (e.g. from NIRSpec
 spectra, as in the paper): ``beta`` and ``beta_err`` (``BETA_NAMES``,
 ``BETA_ERR_NAMES``), used instead of the photometric fit.
+
+Every value is checked where it enters (the same functions serve the tables,
+the catalogue run and :meth:`surveydust.bundle.Predictor.predict`): a redshift
+is physical when finite and in (0, 30] (:data:`PHYSICAL_Z`); anything else
+(the sentinels -99, -1, 0 or 99 of real catalogues) reads as *no redshift*.
+A row is left out when its RA or Dec is missing, its Dec is outside [-90, 90]
+or its RA outside [0, 360) [deg]; each reason is counted and warned about
+separately, as are repeated ids.
 """
 
 from __future__ import annotations
@@ -26,6 +34,77 @@ Z_NAMES = ("z", "z_spec", "zspec", "redshift")
 BETA_NAMES = ("beta", "beta_uv", "beta_spec")
 BETA_ERR_NAMES = ("beta_err", "e_beta", "beta_error", "beta_uv_err", "beta_spec_err")
 TRUTH_MATCH_ARCSEC = 0.1  # catalogue source <-> injected galaxy (light-weighted centroid)
+#: redshifts a source can have: (low, high]; a value outside, or not finite, means "no redshift"
+PHYSICAL_Z = (0.0, 30.0)
+#: why a table row is left out or a value read as missing: count key -> what the warning says of the rows
+REASONS = {
+    "missing_coordinates": "have no RA or no Dec: left out",
+    "bad_dec": "have a Dec outside [-90, 90] deg: left out",
+    "bad_ra": "have an RA outside [0, 360) deg: left out",
+    "impossible_redshift": f"have an impossible redshift (not in ({PHYSICAL_Z[0]:g}, {PHYSICAL_Z[1]:g}], "
+                           "e.g. the sentinel -99): read as no redshift",
+    "no_redshift": "have no redshift",
+    "repeated_id": "repeat the id of an earlier row",
+    "off_data": "fall outside the mosaic's data (off the footprint or on masked pixels); they are not in "
+                "the catalogue",
+}
+
+
+def physical_redshifts(z: np.ndarray | float) -> np.ndarray:
+    """Whether each redshift is physical: finite and in (0, 30] (:data:`PHYSICAL_Z`)."""
+    z = np.asarray(z, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(z) & (z > PHYSICAL_Z[0]) & (z <= PHYSICAL_Z[1])
+
+
+def impossible_redshifts(z: np.ndarray | float) -> np.ndarray:
+    """Whether each redshift is given (not NaN) but not physical (:func:`physical_redshifts`),
+    e.g. the catalogue sentinels -99, -1, 0."""
+    z = np.asarray(z, dtype=float)
+    return ~np.isnan(z) & ~physical_redshifts(z)
+
+
+def missing_where_impossible(z: np.ndarray) -> np.ndarray:
+    """``z`` with the impossible redshifts (:func:`impossible_redshifts`) set to NaN (no redshift)."""
+    return np.where(physical_redshifts(z), np.asarray(z, dtype=float), np.nan)
+
+
+def check_redshifts(z: np.ndarray | float | None, n: int) -> np.ndarray:
+    """``n`` redshifts (one value broadcast, None: unknown for all) as float; NaN means unknown.
+
+    Raises a one-line ValueError naming the impossible values (not NaN, and not finite or
+    outside (0, 30]) and the valid range: the API does not guess what a sentinel meant.
+    """
+    if z is None:
+        return np.full(n, np.nan)
+    try:
+        z = np.broadcast_to(np.asarray(z, dtype=np.float64), (n,)).copy()
+    except ValueError:
+        raise ValueError(f"got {np.size(z)} redshifts for {n} images") from None
+    bad = impossible_redshifts(z)
+    if bad.any():
+        shown = ", ".join(f"{v:g}" for v in np.unique(z[bad])[:5])
+        raise ValueError(f"redshift must be NaN (unknown) or in ({PHYSICAL_Z[0]:g}, {PHYSICAL_Z[1]:g}]; got "
+                         f"{shown} ({int(bad.sum())} of {n} values)")
+    return z
+
+
+def valid_coordinates(ra: np.ndarray, dec: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+    """Which rows have usable sky positions (RA in [0, 360), |Dec| <= 90 [deg], both finite), and
+    the number of the other rows per reason (each row counted once, under its first reason)."""
+    with np.errstate(invalid="ignore"):
+        missing = ~(np.isfinite(ra) & np.isfinite(dec))
+        bad_dec = ~missing & (np.abs(dec) > 90)
+        bad_ra = ~missing & ~bad_dec & ((ra < 0) | (ra >= 360))
+    counts = {"missing_coordinates": int(missing.sum()), "bad_dec": int(bad_dec.sum()), "bad_ra": int(bad_ra.sum())}
+    return ~(missing | bad_dec | bad_ra), counts
+
+
+def warn_counts(counts: dict[str, int], total: int, what: str) -> None:
+    """One warning line per reason (:data:`REASONS`) with a non-zero count; ``what`` names the rows."""
+    for reason, n in counts.items():
+        if n:
+            logger.warning("%d of %d %s %s", n, total, what, REASONS[reason])
 
 
 def read_table(path: Path | str, what: str) -> Any:
@@ -65,30 +144,54 @@ def float_column(table: Any, names: tuple[str, ...], what: str, required: bool =
         raise ValueError(f"the {what} column {name!r} is not numeric") from None
 
 
-def source_positions(sources: Path | str, wcs: Any, mosaic: Any) -> dict[str, np.ndarray]:
+def source_positions(sources: Path | str, wcs: Any, mosaic: Any,
+                     counts: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """Pixel positions ``x``, ``y`` (0-based), table ``row``, ``input_id`` and ``z`` (if given) of a
-    sources table; positions off the mosaic's data are dropped with a count."""
+    sources table.
+
+    Rows without usable RA/Dec (:func:`valid_coordinates`) and positions off the data of the
+    mosaic's first band are left out; impossible redshifts read as missing (NaN); repeated
+    ids are kept. Each reason is warned about with its count, and the counts (keys of
+    :data:`REASONS`) are added to ``counts`` when given.
+    """
     table = read_table(sources, "sources")
-    ra = float_column(table, RA_NAMES, "RA")
-    dec = float_column(table, DEC_NAMES, "Dec")
-    id_name = column_name(table, ID_NAMES, "id", required=False)
+    ra, dec = float_column(table, RA_NAMES, "RA"), float_column(table, DEC_NAMES, "Dec")
+    good, found = valid_coordinates(ra, dec)
     z = float_column(table, Z_NAMES, "redshift", required=False)
-    x, y = wcs.all_world2pix(ra, dec, 0)
-    ny, nx = mosaic.sizes["y"], mosaic.sizes["x"]
-    inside = np.isfinite(x) & np.isfinite(y) & (x > -0.5) & (x < nx - 0.5) & (y > -0.5) & (y < ny - 0.5)
-    xi, yi = np.rint(x[inside]).astype(int), np.rint(y[inside]).astype(int)
-    has_data = np.isfinite(mosaic["sci"].isel(band=0).data.vindex[yi, xi].compute()) if inside.any() else \
-        np.zeros(0, dtype=bool)
-    keep = np.flatnonzero(inside)[has_data]
-    if keep.size < len(table):
-        logger.warning("%d of %d sources fall outside the mosaic's data (off the footprint or on "
-                       "masked pixels); they are not in the catalogue", len(table) - keep.size, len(table))
-    out = {"x": x[keep], "y": y[keep], "row": keep}
-    out["input_id"] = np.asarray(table[id_name])[keep].astype(str) if id_name else keep.astype(str)
+    if z is not None:
+        found["impossible_redshift"] = int((good & impossible_redshifts(z)).sum())
+        z = missing_where_impossible(z)
+    id_name = column_name(table, ID_NAMES, "id", required=False)
+    ids = np.asarray(table[id_name]).astype(str) if id_name else np.arange(len(table)).astype(str)
+    found["repeated_id"] = len(ids) - len(np.unique(ids))
+    x, y, on_data = _on_data(ra, dec, good, wcs, mosaic)
+    found["off_data"] = int((good & ~on_data).sum())
+    warn_counts(found, len(table), "sources")
+    if counts is not None:
+        counts.update(found)
+    keep = np.flatnonzero(good & on_data)
+    out = {"x": x[keep], "y": y[keep], "row": keep, "input_id": ids[keep]}
     if z is not None:
         out["z"] = z[keep]
     out.update({k: v[keep] for k, v in _beta_columns(table).items()})
     return out
+
+
+def _on_data(ra: np.ndarray, dec: np.ndarray, good: np.ndarray, wcs: Any,
+             mosaic: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel positions x, y (NaN where not ``good``) of (``ra``, ``dec``) [deg] and whether each lies on
+    a pixel with data in the mosaic's first band."""
+    x, y = np.full(len(ra), np.nan), np.full(len(ra), np.nan)
+    if good.any():
+        x[good], y[good] = wcs.all_world2pix(ra[good], dec[good], 0)
+    ny, nx = mosaic.sizes["y"], mosaic.sizes["x"]
+    with np.errstate(invalid="ignore"):
+        inside = np.flatnonzero((x > -0.5) & (x < nx - 0.5) & (y > -0.5) & (y < ny - 0.5))
+    on_data = np.zeros(len(ra), dtype=bool)
+    if inside.size:
+        xi, yi = np.rint(x[inside]).astype(int), np.rint(y[inside]).astype(int)
+        on_data[inside] = np.isfinite(mosaic["sci"].isel(band=0).data.vindex[yi, xi].compute())
+    return x, y, on_data
 
 
 def _beta_columns(table: Any) -> dict[str, np.ndarray]:
@@ -100,15 +203,24 @@ def _beta_columns(table: Any) -> dict[str, np.ndarray]:
     return {"beta_input": beta, "beta_input_err": err if err is not None else np.full(len(beta), np.nan)}
 
 
-def redshift_table(path: Path | str) -> dict[str, np.ndarray]:
-    """``ra``, ``dec`` [deg] and ``z`` of the entries of a redshifts table that have all three (and
-    ``beta_input``, ``beta_input_err`` when it gives UV slopes)."""
+def redshift_table(path: Path | str, counts: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """``ra``, ``dec`` [deg] and ``z`` of the entries of a redshifts table with usable coordinates
+    (:func:`valid_coordinates`) and a physical redshift (:func:`physical_redshifts`), and
+    ``beta_input``, ``beta_input_err`` when it gives UV slopes. The rows left out are counted
+    per reason (warnings; added to ``counts`` when given, keys of :data:`REASONS`)."""
     table = read_table(path, "redshifts")
     cols = {"ra": float_column(table, RA_NAMES, "RA"), "dec": float_column(table, DEC_NAMES, "Dec"),
             "z": float_column(table, Z_NAMES, "redshift"), **_beta_columns(table)}
-    good = np.isfinite(cols["ra"]) & np.isfinite(cols["dec"]) & np.isfinite(cols["z"])
+    good, found = valid_coordinates(cols["ra"], cols["dec"])
+    found["impossible_redshift"] = int((good & impossible_redshifts(cols["z"])).sum())
+    found["no_redshift"] = int((good & np.isnan(cols["z"])).sum())
+    good &= physical_redshifts(cols["z"])
+    warn_counts(found, len(table), "redshifts-table rows")
+    if counts is not None:
+        counts.update(found)
     if not good.any():
-        raise ValueError(f"redshifts file {path} has no row with a finite RA, Dec and redshift")
+        raise ValueError(f"redshifts file {path} has no row with a finite RA, Dec and redshift (RA in [0, 360), "
+                         f"|Dec| <= 90 deg, z in ({PHYSICAL_Z[0]:g}, {PHYSICAL_Z[1]:g}])")
     return {k: v[good] for k, v in cols.items()}
 
 
@@ -134,5 +246,6 @@ def match_redshifts(ra: np.ndarray, dec: np.ndarray, table: dict[str, np.ndarray
     return out
 
 
-__all__ = ["column_name", "float_column", "match_redshifts", "nearest", "read_table", "redshift_table",
-           "source_positions"]
+__all__ = ["PHYSICAL_Z", "REASONS", "check_redshifts", "column_name", "float_column", "impossible_redshifts",
+           "match_redshifts", "missing_where_impossible", "nearest", "physical_redshifts", "read_table",
+           "redshift_table", "source_positions", "valid_coordinates", "warn_counts"]

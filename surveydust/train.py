@@ -30,13 +30,14 @@ import numpy as np
 
 from surveydust.augment import allowed_transforms, apply_transform, augment_store, extra_noise_sigma
 from surveydust.backend import keras_module
-from surveydust.bundle import MODEL_FILE, check_ensemble_members, save_bundle
+from surveydust.bundle import MODEL_FILE, check_ensemble_members, save_bundle, store_redshift_range
 from surveydust.cluster import open_client, worker_resources
 from surveydust.config import AugmentConfig, TrainingConfig, load_training_config
 from surveydust.posterior import MIN_CALIBRATION_SAMPLES, calibrate, describe, log_offsets, to_network
-from surveydust.preprocess import Split, crop_centre, feature_stats, network_inputs, select_samples, split_by_galaxy
+from surveydust.preprocess import Split, crop_centre, network_inputs, select_samples, split_by_galaxy
 from surveydust.provenance import VERSION
 from surveydust.stores.base import check_output_path, replace_atomically
+from surveydust.simulate.priors import store_priors
 from surveydust.stores.training import open_training_store
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,8 @@ def prepare_training(store: Path | str, cfg: TrainingConfig) -> tuple[Split, dic
         "bands": list(cfg.bands), "targets": list(cfg.targets), "crop": cfg.crop, "loss": cfg.loss,
         "uses_redshift": cfg.use_redshift, "posterior": describe(log_offsets(cfg.dust_offset_mag)),
         "training_config": cfg.model_dump(mode="json"),
-        "training_store": {"path": str(Path(store).resolve()), "store_id": ds.attrs["store_id"]},
+        "training_store": {"path": str(Path(store).resolve()), "store_id": ds.attrs["store_id"],
+                           "redshift_range": store_redshift_range(ds), "priors": store_priors(ds.attrs)},
         "split": {"protocol": cfg.split, "seed": cfg.seed, "test_galaxies": split.test_galaxies,
                   "validation_galaxies": split.validation_galaxies,
                   "calibration_galaxies": split.calibration_galaxies,
@@ -392,7 +394,7 @@ def fit_bundle(parts: dict[str, Part], cfg: TrainingConfig, out: str, meta: dict
                             callbacks=[*ema, stop, schedule, *callbacks, *report], validation_data=(xv, yv))
         inference = build_model(cfg.bands, cfg.crop, len(cfg.targets), cfg.model, cfg.loss)
         inference.set_weights(model.get_weights())  # uncompiled: no optimizer state in the bundle
-        ood = feature_stats(train_ds["image"].sel(band=list(cfg.bands))[:20000].values, cfg.crop)
+        ood = ood_statistics(inference, parts, cfg)
         meta = {**meta, "training_config": cfg.model_dump(mode="json"),
                 "target_scaling": {t: [float(mean[i]), float(std[i])] for i, t in enumerate(cfg.targets)},
                 "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
@@ -405,6 +407,24 @@ def fit_bundle(parts: dict[str, Part], cfg: TrainingConfig, out: str, meta: dict
     save_bundle(inference, Path(out), meta)
     logger.info("trained %s on %d samples for %d epochs", cfg.bands, batches.index.size, meta["epochs_run"])
     return out
+
+
+def ood_statistics(model: Any, parts: dict[str, Part], cfg: TrainingConfig) -> dict[str, Any]:
+    """The bundle's out-of-distribution statistics (:func:`surveydust.ood.fit_ood`): means and
+    covariances of the last hidden layer's activations and of the colours over the validation
+    galaxies, and the threshold that flags 3% of the calibration galaxies' stamps (with redshift)."""
+    import keras
+
+    from surveydust.ood import colours, feature_layer, fit_ood
+
+    layer = feature_layer(model)
+    features = keras.Model(model.inputs, model.get_layer(layer).output)
+    spaces = {}
+    for key in ("validation", "calibration"):
+        x, ds = _in_memory(parts[key], cfg)
+        spaces[key] = {"features": np.asarray(features.predict(x, batch_size=1024, verbose=0)),
+                       "colours": colours(ds["image"].sel(band=list(cfg.bands)).values, cfg.crop)}
+    return fit_ood(spaces["validation"], spaces["calibration"], layer=layer)
 
 
 def calibration_offsets(model: Any, part: Part, cfg: TrainingConfig, mean: np.ndarray,
@@ -452,8 +472,9 @@ def write_ensemble(members: Sequence[str], store: str | None, out: str) -> str:
     std = np.array([scaling[t][1] for t in cfg.targets])
     nets = [keras.saving.load_model(Path(m) / MODEL_FILE, compile=False, safe_mode=True) for m in members]
     model = ensemble_model(nets)
+    # no OOD statistics: the members' feature layers are not outputs of the mixture (its ``ood`` is NaN)
     meta = {k: v for k, v in first.items() if k not in ("checksums", "format_version", "keras_backend",
-                                                         "history", "epochs_run", "calibration")}
+                                                         "history", "epochs_run", "calibration", "ood")}
     meta["ensemble"] = {
         "combination": "equal-weight mixture of the members' Gaussians, moment-matched (network space)",
         "members": [{"model_id": m["checksums"][MODEL_FILE][:12],

@@ -21,6 +21,7 @@ import numpy as np
 
 from surveydust.instrument import KNOWN_BANDS, LYMAN_ALPHA_AA, bandpass
 from surveydust.physics import attenuation_curve
+from surveydust.sources import PHYSICAL_Z, physical_redshifts
 
 UV_MAX_AA = 2600.0
 LYA_MARGIN = 1.02
@@ -38,7 +39,10 @@ def band_geometry(band: str) -> tuple[float, float]:
 
 
 def uv_bands(bands: list[str], redshift: float) -> list[str]:
-    """The bands of ``bands`` that sample the rest-frame UV continuum at ``redshift``."""
+    """The bands of ``bands`` that sample the rest-frame UV continuum at ``redshift``; a redshift
+    that is not physical (:func:`surveydust.sources.physical_redshifts`) is a ValueError."""
+    if not physical_redshifts(redshift):
+        raise ValueError(f"redshift must be finite and in ({PHYSICAL_Z[0]:g}, {PHYSICAL_Z[1]:g}], got {redshift}")
     out = []
     for band in bands:
         if band not in KNOWN_BANDS:
@@ -84,13 +88,14 @@ def uv_slopes(flux: np.ndarray, flux_err: np.ndarray, bands: list[str],
     """beta, beta_err, A_V_meurer, A_V_meurer_err and the bands used, per source.
 
     ``flux``/``flux_err`` are ``(source, band)`` with ``bands`` in that order;
-    sources with the same redshift-chosen band set are fitted together.
+    sources with the same redshift-chosen band set are fitted together. Sources
+    without a physical redshift (NaN, <= 0, ...) get NaN.
     """
     redshift = np.asarray(redshift, float)
     n = len(redshift)
     beta, beta_err = np.full(n, np.nan), np.full(n, np.nan)
     used = np.full(n, "", dtype=object)
-    chosen = [tuple(uv_bands(bands, z)) if np.isfinite(z) else () for z in redshift]
+    chosen = [tuple(uv_bands(bands, z)) if ok else () for z, ok in zip(redshift, physical_redshifts(redshift))]
     for band_set in set(chosen):
         rows = np.array([c == band_set for c in chosen])
         if len(band_set) < 2:

@@ -21,6 +21,7 @@ from surveydust.augment import (
 )
 from surveydust.config import AugmentConfig, load_training_config
 from surveydust.simulate import simulate
+from surveydust.simulate.priors import FIXED_PRIORS
 from surveydust.stores.training import LABELS, open_training_store, write_training_store
 
 BANDS = ["F277W", "F356W", "F444W"]
@@ -36,7 +37,7 @@ def cfg(**kw) -> AugmentConfig:
 @pytest.fixture(scope="module")
 def store(client, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("aug") / "s.zarr"
-    return simulate(out, client=client, progress=False, n_galaxies=3, views_per_galaxy=1)
+    return simulate(out, client=client, progress=False, n_galaxies=3, views_per_galaxy=1, priors=FIXED_PRIORS)
 
 
 @pytest.fixture(scope="module")

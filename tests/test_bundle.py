@@ -91,7 +91,7 @@ def test_predict_dataset(bundle: Path) -> None:
     assert predictor.name == "F277W+F356W+F444W"
     ds = predictor.predict(images(), batch_size=16)  # batched internally
     expected = {f"{t}{s}" for t in TARGETS for s in ("", "_err", "_p025", "_p16", "_p84", "_p975")}
-    assert set(ds.data_vars) == expected | {"R_V", "R_V_err"}
+    assert set(ds.data_vars) == expected | {"R_V", "R_V_err", "ood"}
     for name in ds.data_vars:
         assert ds[name].shape == (50,), name
     _check_posterior(ds)

@@ -36,7 +36,7 @@ def test_user_file_and_overrides(tmp_path) -> None:
         ({"depth": "hudf"}, "unknown depth preset"),
         ({"depth": {"F277W": 29.0}}, "no 5-sigma magnitude"),
         ({"psf": "fits"}, "psf_dir"),
-        ({"dust_law": "smc"}, "dust_law"),
+        ({"dust_law": "smc"}, "dust_law: unknown setting"),
         ({"colour": "red"}, "colour: unknown setting"),
     ],
 )

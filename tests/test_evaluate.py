@@ -267,7 +267,8 @@ def test_bundle_whose_training_store_is_gone(world, client, tmp_path, caplog):
     bundle = make_bundle(client, world["store"], tmp_path / "foreign", BANDS_1, use_redshift=False, epochs=1,
                          store_id="someotherstore", store_path=tmp_path / "gone.zarr")
     meta = json.loads((bundle / "bundle.json").read_text())
-    assert meta["training_store"] == {"path": str(tmp_path / "gone.zarr"), "store_id": "someotherstore"}
+    recorded = meta["training_store"]
+    assert (recorded["path"], recorded["store_id"]) == (str(tmp_path / "gone.zarr"), "someotherstore")
     with caplog.at_level(logging.WARNING, logger="surveydust.evaluate"):
         res = evaluate([bundle], world["store"], tmp_path / "out")
     assert list(res.table["model"].values) == ["CNN F277W", MEURER]

@@ -19,6 +19,7 @@ from conftest import kill_worker_running
 from surveydust.bundle import read_meta, richest_bundle
 from surveydust.demo import make_demo_field, match_truth
 from surveydust.infer import run_catalogue
+from surveydust.simulate.priors import FIXED_PRIORS
 from surveydust.stores.catalogue import open_catalogue
 from surveydust.stores.mosaic import open_mosaic
 
@@ -33,8 +34,9 @@ DEFAULT_USES_Z = bool(read_meta(DEFAULT).get("uses_redshift"))
 
 @pytest.fixture(scope="module")
 def field(tmp_path_factory, client) -> tuple[Path, Path]:
+    # the simulator's galaxies before its physics became priors: the committed reference table holds them
     return make_demo_field(tmp_path_factory.mktemp("field"), n_galaxies=30, size=SIZE, seed=3, client=client,
-                           progress=False)
+                           progress=False, priors=FIXED_PRIORS)
 
 
 @pytest.fixture(scope="module")

@@ -281,6 +281,23 @@ def test_tiny_train_makes_a_calibrated_bundle(galaxy_bundle: Path, store: Path) 
     _check_bundle_predictions(galaxy_bundle, store)
 
 
+def test_bundle_flags_three_percent_of_its_calibration_galaxies(galaxy_bundle: Path, store: Path) -> None:
+    """The OOD statistics (learned features and colours) flag 3% of the calibration galaxies' stamps by
+    construction (how well they separate shifted worlds: benchmarks/robustness.py; the scores: test_ood)."""
+    from surveydust.bundle import load_model
+
+    p = load_model(galaxy_bundle)
+    ood = p.meta["ood"]
+    assert ood["kind"] == "features+colours" and ood["layer"].startswith("dense")
+    ds = open_training_store(store)
+    cal = np.flatnonzero(np.isin(ds["galaxy_id"].values, p.meta["split"]["calibration_galaxies"]))
+    cal = cal[ds["snr"].sel(band=p.snr_band).values[cal] >= p.snr_min]
+    images = ds["image"].sel(band=list(p.bands)).values[cal]
+    score = p.predict(images, ds["redshift"].values[cal])["ood"].values
+    assert np.isfinite(score).all()
+    assert np.mean(score > 1.0) == pytest.approx(ood["flag_share"], abs=1.5 / len(cal) + 0.01)
+
+
 def test_tiny_train_paper_protocol(store: Path, client, tmp_path: Path) -> None:
     from surveydust.bundle import read_meta
     from surveydust.train import train

@@ -247,7 +247,7 @@ def simulate_field(
                                                                 x - x0 - (n - 1) / 2.0))
         pix_kpc = cfg.pixel_scale_arcsec * kpc_per_arcsec(gal.redshift)
         maps = render_maps(gal, view, n, pix_kpc, cfg.oversample)
-        obs = observe(maps, phot, gal, dtm, cfg, psfs, sigma, grng, noise=False)
+        obs = observe(maps, phot, gal, dtm, cfg, psfs, sigma, grng, noise=False, noise_correlation=False)
         stamp = obs.image.astype(np.float64)
         ys, xs = slice(max(y0, 0), min(y0 + n, shape[0])), slice(max(x0, 0), min(x0 + n, shape[1]))
         image[:, ys, xs] += obs.image[:, ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]

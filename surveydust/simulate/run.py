@@ -24,14 +24,17 @@ from surveydust.physics import kpc_per_arcsec
 from surveydust.quantities import r_v
 from surveydust.simulate.imaging import PSFSet, galaxy_photometry, observe
 from surveydust.simulate.morphology import draw_view, render_maps
-from surveydust.simulate.population import draw_galaxy
+from surveydust.simulate.population import Galaxy, draw_galaxy
+from surveydust.simulate.priors import RECORDED
 from surveydust.simulate.sed_library import load_sed_library
 from surveydust.stores.base import check_output_path
 from surveydust.stores.training import annotate, write_training_store
 
+#: per-sample numbers a simulation task returns besides ``image`` and ``snr``: labels and galaxy
+#: properties, then the galaxy's draw of the nuisance priors
+SCALARS = ("A_V", "EBV", "log_ssfr", "redshift", "log_mstar", "log_sfr", "metallicity", "sersic_n", *RECORDED)
 #: per-sample variables a simulation task returns, with their dtypes
-TASK_OUTPUTS = {"image": np.float32, "A_V": np.float32, "EBV": np.float32, "log_ssfr": np.float32,
-                "redshift": np.float32, "log_mstar": np.float32, "log_sfr": np.float32, "snr": np.float32}
+TASK_OUTPUTS = {"image": np.float32, "snr": np.float32, **{k: np.float32 for k in SCALARS}}
 
 
 def noise_sigma(cfg: SimulationConfig) -> np.ndarray:
@@ -40,54 +43,69 @@ def noise_sigma(cfg: SimulationConfig) -> np.ndarray:
     return np.array([pixel_noise_njy(depth[b], cfg.pixel_scale_arcsec) for b in cfg.bands])
 
 
+def galaxy_instrument(gal: Galaxy, cfg: SimulationConfig) -> tuple[PSFSet, np.ndarray]:
+    """The PSFs and per-pixel noise sigma [nJy] of one galaxy's images: the configured
+    instrument with the galaxy's draw of PSF width and depth."""
+    scale = gal.nuisance.psf_fwhm_scale  # a PSF drawn on pixels `scale` x smaller is `scale` x wider
+    kernels = np.stack([psf_kernel(b, cfg.pixel_scale_arcsec / scale, cfg.psf, cfg.psf_dir) for b in cfg.bands])
+    return PSFSet(kernels, cfg.stamp_size), noise_sigma(cfg) * 10 ** (-0.4 * gal.nuisance.depth_offset_mag)
+
+
 def simulate_galaxies(start: int, stop: int, cfg: SimulationConfig) -> dict[str, np.ndarray]:
     """Simulate galaxies ``start .. stop-1`` with all their views and DTM values."""
     lib = load_sed_library()
-    kernels = np.stack([psf_kernel(b, cfg.pixel_scale_arcsec, cfg.psf, cfg.psf_dir) for b in cfg.bands])
-    psfs = PSFSet(kernels, cfg.stamp_size)
-    sigma = noise_sigma(cfg)
     rows: dict[str, list[Any]] = {k: [] for k in TASK_OUTPUTS}
     for g in range(start, stop):
         rng = np.random.default_rng([cfg.seed, g])
         gal = draw_galaxy(rng, cfg, lib)
         phot = galaxy_photometry(gal, cfg, lib)
+        psfs, sigma = galaxy_instrument(gal, cfg)
         pix_kpc = cfg.pixel_scale_arcsec * kpc_per_arcsec(gal.redshift)
+        per_galaxy = {"log_ssfr": gal.log_ssfr, "redshift": gal.redshift, "log_mstar": gal.log_mstar,
+                      "log_sfr": gal.log_sfr, "metallicity": gal.metallicity, "sersic_n": gal.sersic_n,
+                      **gal.nuisance.as_record()}
         for _ in range(cfg.views_per_galaxy):
             maps = render_maps(gal, draw_view(rng), cfg.stamp_size, pix_kpc, cfg.oversample)
             for dtm in cfg.dtm_values:
                 obs = observe(maps, phot, gal, dtm, cfg, psfs, sigma, rng)
-                for key, value in (("image", obs.image), ("A_V", obs.a_v), ("EBV", obs.ebv),
-                                   ("log_ssfr", gal.log_ssfr), ("redshift", gal.redshift),
-                                   ("log_mstar", gal.log_mstar), ("log_sfr", gal.log_sfr),
-                                   ("snr", obs.snr)):
+                for key, value in (("image", obs.image), ("A_V", obs.a_v), ("EBV", obs.ebv), ("snr", obs.snr),
+                                   *per_galaxy.items()):
                     rows[key].append(value)
     return {k: np.asarray(v, dtype=TASK_OUTPUTS[k]) for k, v in rows.items()}
+
+
+def _packed(galaxies: np.ndarray, cfg: SimulationConfig) -> np.ndarray:
+    """One task: simulate the ``galaxies`` (consecutive indices) and pack each sample's image,
+    SNR and scalars into one row (one Dask array for the whole store keeps the graph small)."""
+    out = simulate_galaxies(int(galaxies[0]), int(galaxies[-1]) + 1, cfg)
+    n = len(out["A_V"])
+    return np.column_stack([out["image"].reshape(n, -1), out["snr"], *(out[k][:, None] for k in SCALARS)])
 
 
 def _lazy_dataset(cfg: SimulationConfig) -> xr.Dataset:
     """The whole store as a Dataset of dask arrays, one task per galaxy chunk."""
     per_gal = cfg.views_per_galaxy * len(cfg.dtm_values)
     n_band, n_pix = len(cfg.bands), cfg.stamp_size
-    parts: dict[str, list[da.Array]] = {k: [] for k in TASK_OUTPUTS}
+    n_image = n_band * n_pix * n_pix
     token = dask.base.tokenize(cfg.to_json())  # keys unique per configuration
-    for g0 in range(0, cfg.n_galaxies, cfg.galaxies_per_task):
-        g1 = min(g0 + cfg.galaxies_per_task, cfg.n_galaxies)
-        task = dask.delayed(simulate_galaxies, pure=True)(
-            g0, g1, cfg, dask_key_name=f"simulate-galaxies-{token}-{g0}")
-        n = (g1 - g0) * per_gal
-        shapes = {"image": (n, n_band, n_pix, n_pix), "snr": (n, n_band)}
-        for key, dtype in TASK_OUTPUTS.items():
-            parts[key].append(da.from_delayed(task[key], shape=shapes.get(key, (n,)), dtype=dtype))
-    arrays = {k: da.concatenate(v) for k, v in parts.items()}
-
+    galaxies = da.arange(cfg.n_galaxies, chunks=cfg.galaxies_per_task)
+    packed = galaxies.map_blocks(
+        _packed, cfg, dtype=np.float32, new_axis=1, name=f"simulate-galaxies-{token}",
+        chunks=(tuple(c * per_gal for c in galaxies.chunks[0]), (n_image + n_band + len(SCALARS),)))
+    ds = xr.Dataset({
+        "image": (("sample", "band", "y", "x"), packed[:, :n_image].reshape(cfg.n_samples, n_band, n_pix, n_pix)),
+        "snr": (("sample", "band"), packed[:, n_image:n_image + n_band]),
+        **{k: ("sample", packed[:, n_image + n_band + i]) for i, k in enumerate(SCALARS)},
+    })
     sample = np.arange(cfg.n_samples)
-    dims = {"image": ("sample", "band", "y", "x"), "snr": ("sample", "band")}
-    ds = xr.Dataset({k: (dims.get(k, ("sample",)), v) for k, v in arrays.items()})
     ds["dtm"] = ("sample", np.resize(np.asarray(cfg.dtm_values, np.float32), cfg.n_samples))
     ds["R_V"] = xr.apply_ufunc(r_v, ds["A_V"], ds["EBV"], dask="parallelized",
                                output_dtypes=[np.float32])
     ds["noise_sigma"] = ("band", noise_sigma(cfg).astype(np.float32))
-    ds["noise_sigma"].attrs.update(units="nJy", description="per-pixel Gaussian noise sigma")
+    ds["noise_sigma"].attrs.update(units="nJy", description="per-pixel Gaussian noise sigma at the configured "
+                                   "depth (each galaxy's is scaled by its depth_offset_mag)")
+    for name, text in RECORDED.items():
+        ds[name].attrs["description"] = f"nuisance prior draw: {text}"
     ds = ds.assign_coords(
         sample=sample,
         band=list(cfg.bands),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -28,6 +28,9 @@ METALLICITIES_ZSUN = (0.02, 0.05, 0.1, 0.2, 0.4, 1.0)
 LOG_U = -2.0
 WAVE_MIN_AA, WAVE_MAX_AA, N_WAVE = 900.0, 12000.0, 1400
 L_SUN_ERG_S = 3.826e33
+#: running-median window [library pixels, ~5.7% in wavelength] that separates the nebular lines
+#: (narrower) from the stellar and nebular continuum
+LINE_FILTER_PIXELS = 31
 
 
 @dataclass(frozen=True)
@@ -50,18 +53,30 @@ class SEDLibrary:
     metallicity_zsun: np.ndarray
     surviving_fraction: np.ndarray
 
-    def at_metallicity(self, z_zsun: float) -> tuple[np.ndarray, np.ndarray]:
+    def at_metallicity(self, z_zsun: float, lines_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Spectra and surviving fractions interpolated linearly in log Z.
 
-        Returns ``(lum (n_age, n_wave), surviving_fraction (n_age,))``.
+        Returns ``(lum (n_age, n_wave), surviving_fraction (n_age,))``; with
+        ``lines_only`` the spectra are their emission-line part (:attr:`lines`).
         """
         logz = np.log10(self.metallicity_zsun)
         x = np.clip(np.log10(z_zsun), logz[0], logz[-1])
         j = int(np.clip(np.searchsorted(logz, x) - 1, 0, len(logz) - 2))
         w = (x - logz[j]) / (logz[j + 1] - logz[j])
-        lum = (1 - w) * self.lum[:, j] + w * self.lum[:, j + 1]
+        spectra = self.lines if lines_only else self.lum
+        lum = (1 - w) * spectra[:, j] + w * spectra[:, j + 1]
         surv = (1 - w) * self.surviving_fraction[:, j] + w * self.surviving_fraction[:, j + 1]
         return lum, surv
+
+    @cached_property
+    def lines(self) -> np.ndarray:
+        """The nebular emission-line part of :attr:`lum` (spectrum minus its running-median
+        continuum over ``LINE_FILTER_PIXELS``): scaling it changes line equivalent widths and
+        leaves the stellar and nebular continuum as they are."""
+        from scipy.ndimage import median_filter
+
+        continuum = median_filter(self.lum, size=(1, 1, LINE_FILTER_PIXELS), mode="nearest")
+        return np.clip(self.lum - continuum, 0.0, None)
 
 
 @lru_cache(maxsize=1)

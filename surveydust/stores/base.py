@@ -1,11 +1,16 @@
-"""What every surveydust Zarr store shares: the codec, the output-path rule, the atomic
-writer and the opener that refuses foreign or incomplete stores.
+"""What every surveydust output shares: the codec, the output-path rule, the atomic
+writers and the opener that refuses foreign or incomplete stores.
 
 A store is written to a hidden temporary sibling directory and moved into
 place only when complete (attrs ``complete = True``, ``store_kind``,
 ``store_id``, ``surveydust_version``), so an interrupted write never leaves a
 store that looks finished, and an existing store is replaced only after its
-successor is whole.
+successor is whole. Table and figure files (exports, ``evaluate``,
+``compare``, the demo) carry a mark of their kind and are renamed into place
+whole. :func:`check_output_path` is the one rule every writer applies before
+work starts: it replaces only a surveydust output of the same kind, with
+``overwrite``, and never writes over or into a run's inputs or into another
+store.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import socket
+import struct
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +33,7 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec
 
-from surveydust.provenance import VERSION
+from surveydust.provenance import VERSION, sha256
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +44,16 @@ def zarr_compressor() -> BloscCodec:
     return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
 
-def existing_kind(path: Path) -> str | None:
+def existing_kind(path: Path | str) -> str | None:
     """What surveydust output lies at ``path``: a store kind (``training``, ``mosaic``,
-    ``catalogue``), ``bundle``, or None (anything else, or nothing readable)."""
+    ``catalogue``) or ``bundle`` for a folder, the kind marked in a file surveydust wrote
+    (:func:`write_output_table`, :func:`write_output_figure`), or None (anything else,
+    or nothing readable)."""
     import json
 
+    path = Path(path)
+    if path.is_file():
+        return _file_kind(path)
     if (path / "bundle.json").is_file():
         return "bundle"
     try:
@@ -51,28 +63,117 @@ def existing_kind(path: Path) -> str | None:
     return attrs.get("store_kind") if isinstance(attrs, dict) else None
 
 
-def check_output_path(path: Path | str, overwrite: bool, kind: str | None = None) -> Path:
-    """Refuse an existing output unless ``overwrite``; create missing parent folders.
+def check_output_path(path: Path | str, overwrite: bool, kind: str | None = None, *,
+                      inputs: Iterable[Path | str | None] = ()) -> Path:
+    """The output-path rule of every surveydust writer; returns the path to write.
 
-    With ``overwrite`` an existing ``path`` is replaced only when it is a
-    surveydust output of the same ``kind`` (a store kind or ``bundle``):
-    anything else there (another kind of store, a folder of your files) is
-    refused, so ``--overwrite`` never deletes what surveydust did not write.
+    Checked before any work starts, each failure one line:
+
+    * a symbolic link is resolved and the rule applies to its target (which is
+      then replaced, the link kept); a link to nothing is refused;
+    * an existing ``path`` is refused unless ``overwrite``, and even then
+      unless it is a surveydust output of the same ``kind`` (a store kind,
+      ``bundle``, or the kind marked in a table or figure file) that holds no
+      other surveydust output and none of the ``inputs``: ``--overwrite``
+      never deletes what surveydust did not write;
+    * ``path`` must not be one of the run's ``inputs`` (None entries are
+      skipped) nor lie inside one, nor inside any surveydust store or bundle.
+
+    Missing parent folders are created.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
-    if path.exists() and kind is not None and existing_kind(path) != kind:
-        found = existing_kind(path)
-        what = f"a surveydust {found} {'bundle' if found == 'bundle' else 'store'}" if found else \
-            "not a surveydust output"
-        raise FileExistsError(f"{path} exists and is {what}, not a {kind} "
-                              f"{'bundle' if kind == 'bundle' else 'store'}: refusing to replace it")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"cannot create output folder {path.parent}: {exc.strerror}") from None
+    path = resolve_output_link(path)
+    real_inputs = _real_paths(inputs)
+    if path.exists():
+        _check_replaceable(path, overwrite, kind, real_inputs)
+    _check_location(path, real_inputs)
+    _make_folder(path.parent)
     return path
+
+
+def check_output_folder(folder: Path | str, names: Iterable[str], overwrite: bool, kind: str, *,
+                        inputs: Iterable[Path | str | None] = ()) -> Path:
+    """:func:`check_output_path` for a folder of output files (``evaluate``, ``compare``, the
+    demo): ``folder`` may exist and hold other files, but must not be an input, nor lie inside
+    one or inside a surveydust store or bundle; each file ``names`` in it is checked with
+    ``kind`` and ``inputs``. Returns the folder (the target of a link), created if missing."""
+    folder = resolve_output_link(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder: give a folder for the outputs")
+    real_inputs = _real_paths(inputs)
+    _check_location(folder, real_inputs)
+    for name in names:
+        check_output_path(folder / name, overwrite, kind, inputs=real_inputs)
+    _make_folder(folder)
+    return folder
+
+
+def resolve_output_link(path: Path | str) -> Path:
+    """``path``, or the target of a symbolic link at ``path`` (a link to nothing is refused)."""
+    path = Path(path)
+    if not path.is_symlink():
+        return path
+    target = path.resolve()
+    if not target.exists():
+        raise FileNotFoundError(f"{path} is a symbolic link to {target}, which does not exist: "
+                                "give the output's real path")
+    return target
+
+
+def _real_paths(paths: Iterable[Path | str | None]) -> list[Path]:
+    return [Path(p).resolve() for p in paths if p is not None and str(p) != ""]
+
+
+def _noun(kind: str | None, path: Path) -> str:
+    """What an output of ``kind`` is called (``catalogue store``, ``bundle``, ``demo file``)."""
+    if kind == "bundle":
+        return "bundle"
+    return f"{kind} file" if path.is_file() or path.suffix.lower() in OUTPUT_FILE_SUFFIXES else f"{kind} store"
+
+
+def _check_replaceable(path: Path, overwrite: bool, kind: str | None, inputs: list[Path]) -> None:
+    """Refuse to replace ``path`` unless ``overwrite`` and it is a surveydust ``kind`` output
+    holding no input and no other surveydust output."""
+    if not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+    if kind is None:
+        return
+    found = existing_kind(path)
+    if found != kind:
+        what = f"a surveydust {_noun(found, path)}" if found else "not a surveydust output"
+        raise FileExistsError(f"{path} exists and is {what}, not a {_noun(kind, path)}: refusing to replace it")
+    real = path.resolve()
+    held = [p for p in inputs if real in p.parents]
+    if held:
+        raise FileExistsError(f"{path} holds {held[0]}, an input of this run: refusing to replace it")
+    nested = [c for c in sorted(path.iterdir()) if c.is_dir() and existing_kind(c) is not None] \
+        if path.is_dir() else []
+    if nested:
+        raise FileExistsError(f"{path} holds another surveydust output ({nested[0].name}, a "
+                              f"{_noun(existing_kind(nested[0]), nested[0])}): refusing to replace it; "
+                              "move that out first")
+
+
+def _check_location(path: Path, inputs: list[Path]) -> None:
+    """Refuse an output that is an input, lies inside one, or lies inside a surveydust store or bundle."""
+    real = path.resolve()
+    for p in inputs:
+        if real == p:
+            raise ValueError(f"{path} is an input of this run: a run never writes over its own inputs; "
+                             "choose another output")
+        if p in real.parents:
+            raise ValueError(f"{path} lies inside {p}, an input of this run: choose an output outside it")
+    for parent in real.parents:
+        found = existing_kind(parent)
+        if found is not None:
+            raise ValueError(f"{path} lies inside the surveydust {_noun(found, parent)} {parent}: write "
+                             "outputs outside surveydust stores and bundles")
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create output folder {folder}: {exc.strerror}") from None
 
 
 def write_store_atomically(
@@ -101,7 +202,7 @@ def write_store_atomically(
         complete=False,
     )
     remove_stale_partials(path)
-    tmp = path.with_name(f".{path.name}.partial-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = _partial_sibling(path)
     try:
         with _quiet_consolidation():
             delayed = ds.to_zarr(tmp, mode="w", encoding=encoding, compute=False, consolidated=True)
@@ -160,7 +261,7 @@ def replace_atomically(src: Path, dst: Path) -> None:
         os.replace(dst, old)
     os.replace(src, dst)
     if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
 
 
 def open_complete_store(path: Path | str, store_kind: str, what: str, **open_kwargs: Any) -> xr.Dataset:
@@ -197,5 +298,127 @@ def chunk_counts(path: Path | str) -> dict[str, int]:
     return counts
 
 
-__all__ = ["check_output_path", "chunk_counts", "existing_kind", "open_complete_store", "replace_atomically",
-           "write_store_atomically", "zarr_compressor"]
+# --------------------------------------------------------------------------- marked output files
+
+#: key of the mark in an ECSV table's meta and a PNG's text chunks; a FITS table's header
+#: keyword is :data:`FITS_OUTPUT_KEY`; a CSV file has no place for one, so the ECSV of the
+#: same name beside it records its checksum (:data:`CSV_CHECKSUM_KEY`)
+OUTPUT_KEY = "surveydust_output"
+FITS_OUTPUT_KEY = "SDUSTOUT"
+CSV_CHECKSUM_KEY = "surveydust_csv_sha256"
+OUTPUT_FILE_SUFFIXES = (".fits", ".ecsv", ".csv", ".png")
+_TABLE_FORMATS = {".fits": "fits", ".ecsv": "ascii.ecsv"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_MAX_READ = 1 << 20  # longest ECSV header line and PNG chunk read when looking for a mark [bytes]
+
+
+def write_output_table(table: Any, path: Path | str, kind: str, *, with_csv: bool = False) -> Path:
+    """Write an astropy ``table`` to ``path`` (``.fits``, ``.ecsv``) marked as a surveydust
+    output of ``kind``, atomically (a temporary sibling, then renamed).
+
+    ``with_csv``: also write the table as a CSV of the same name (``.csv``), first, and
+    record its checksum in the ECSV, which is how the CSV is known as surveydust's.
+    """
+    path = Path(path)
+    fmt = _TABLE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path.name}: marked tables are .fits or .ecsv files")
+    table = table.copy(copy_data=False)
+    marks = {FITS_OUTPUT_KEY if fmt == "fits" else OUTPUT_KEY: kind}
+    if with_csv:
+        csv = path.with_suffix(".csv")
+        _write_atomically(csv, lambda tmp: table.write(tmp, format="ascii.csv"))
+        marks[CSV_CHECKSUM_KEY] = sha256(csv)
+    table.meta = {**marks, **table.meta}
+    return _write_atomically(path, lambda tmp: table.write(tmp, format=fmt))
+
+
+def write_output_figure(figure: Any, path: Path | str, kind: str, **savefig: Any) -> Path:
+    """Save a matplotlib ``figure`` as a PNG at ``path`` marked as a surveydust output of ``kind``
+    (a PNG text chunk), atomically; ``savefig`` goes to ``Figure.savefig`` (e.g. ``dpi``)."""
+    def save(tmp: Path) -> None:
+        figure.savefig(tmp, format="png", metadata={OUTPUT_KEY: kind}, **savefig)
+
+    return _write_atomically(Path(path), save)
+
+
+def _write_atomically(path: Path, write: Callable[[Path], Any]) -> Path:
+    """Call ``write`` on a temporary sibling of ``path``, then rename it to ``path``."""
+    tmp = _partial_sibling(path, path.suffix)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _partial_sibling(path: Path, suffix: str = "") -> Path:
+    """A hidden temporary sibling of ``path`` that :func:`remove_stale_partials` recognises."""
+    return path.with_name(f".{path.name}.partial-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                          f"{suffix}")
+
+
+def _file_kind(path: Path) -> str | None:
+    """The kind marked in a table or figure file surveydust wrote; None for any other file."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".fits":
+            return _fits_mark(path)
+        if suffix == ".ecsv":
+            return _ecsv_marks(path).get(OUTPUT_KEY)
+        if suffix == ".png":
+            return _png_mark(path)
+        if suffix == ".csv":
+            twin = _ecsv_marks(path.with_suffix(".ecsv"))
+            return twin.get(OUTPUT_KEY) if twin.get(CSV_CHECKSUM_KEY) == sha256(path) else None
+    except Exception:  # noqa: BLE001 (an unreadable or foreign file is simply not surveydust's)
+        return None
+    return None
+
+
+def _fits_mark(path: Path) -> str | None:
+    from astropy.io import fits
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with fits.open(path, lazy_load_hdus=True) as hdul:
+            for hdu in hdul[:2]:
+                mark = hdu.header.get(FITS_OUTPUT_KEY)
+                if mark is not None:
+                    return str(mark)
+    return None
+
+
+def _ecsv_marks(path: Path) -> dict[str, str]:
+    """The surveydust marks in the comment header of an ECSV file (an empty dict when none)."""
+    marks = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in iter(lambda: f.readline(_MAX_READ), ""):
+            if not line.startswith("#"):
+                break
+            found = re.match(r"#\s*(?:-\s*)?\{?\s*(surveydust_\w+):\s*['\"]?([\w.+-]+)", line)
+            if found:
+                marks[found.group(1)] = found.group(2)
+    return marks
+
+
+def _png_mark(path: Path) -> str | None:
+    """The :data:`OUTPUT_KEY` text chunk of a PNG file (read up to its image data)."""
+    with open(path, "rb") as f:
+        if f.read(8) != _PNG_SIGNATURE:
+            return None
+        while True:
+            size, chunk = struct.unpack(">I4s", f.read(8))
+            if chunk in (b"IDAT", b"IEND") or size > _MAX_READ:
+                return None
+            data = f.read(size)
+            f.read(4)  # CRC
+            key, _, value = data.partition(b"\0")
+            if chunk == b"tEXt" and key.decode("latin-1") == OUTPUT_KEY:
+                return value.decode("latin-1")
+
+
+__all__ = ["FITS_OUTPUT_KEY", "OUTPUT_KEY", "check_output_folder", "check_output_path", "chunk_counts",
+           "existing_kind", "open_complete_store", "replace_atomically", "resolve_output_link", "write_output_figure",
+           "write_output_table", "write_store_atomically", "zarr_compressor"]

@@ -5,7 +5,7 @@ Layout (DESIGN section 3; an xarray Dataset with dim ``source``, in Zarr)::
     source_id, ra, dec [deg, ICRS], x, y [0-based pixels], tile     (source)
     flux, flux_err [nJy], snr                                         (source, band)
     A_V, EBV, R_V, log_ssfr and their *_err                           (source, model)
-    flag (bit mask, see surveydust.detect.FLAGS), ood [sigma]         (source[, model])
+    flag (bit mask, see surveydust.detect.FLAGS), ood [threshold]     (source[, model])
     input_id, z (from a --sources file, when given)                   (source)
     coords: band, model ("F277W+F356W+F444W", one per model bundle)
     attrs: provenance (surveydust version, models and checksums, mosaic store id, config, time)
@@ -17,21 +17,23 @@ y, x), so the catalogue does not depend on the order in which tiles finished.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from surveydust.detect import FLAGS  # the flag bits of the catalogue's ``flag`` (re-exported here)
 from surveydust.quantities import UNITS as QUANTITY_UNITS
 from surveydust.quantities import quantity
-from surveydust.stores.base import check_output_path, open_complete_store, write_store_atomically
+from surveydust.stores.base import check_output_path, open_complete_store, write_output_table, write_store_atomically
 
 STORE_KIND = "catalogue"
-#: flag bits of the catalogue's ``flag`` variable
-FLAGS = {"edge": 1, "masked": 2, "low_snr": 4, "out_of_distribution": 8, "blended": 16, "no_redshift": 32}
+EXPORT_SUFFIXES = (".fits", ".ecsv")
 UNITS = {"ra": "deg", "dec": "deg", "x": "pixel", "y": "pixel", "flux": "nJy", "flux_err": "nJy",
-         "ood": "sigma", **QUANTITY_UNITS}
+         "ood": "", **QUANTITY_UNITS}  # ood: in units of the model's threshold (surveydust.ood)
 
 
 def assemble(columns: dict[str, np.ndarray], bands: list[str], models: list[str],
@@ -54,6 +56,29 @@ def assemble(columns: dict[str, np.ndarray], bands: list[str], models: list[str]
     ds["flag"].attrs["flag_meanings"] = attrs.get("flag_meanings", "")
     ds.attrs.update(attrs)
     return ds
+
+
+def check_outputs(out: Path | str | None, export_to: Path | str | None, overwrite: bool,
+                  inputs: Sequence[Path | str | None] = ()) -> tuple[Path | None, Path | None]:
+    """Check a run's catalogue store ``out`` and table ``export_to`` (either may be None)
+    before the run starts, with the output-path rule
+    (:func:`surveydust.stores.base.check_output_path`) and the run's ``inputs``; return
+    the paths to write (the targets of symbolic links)."""
+    export_to = _export_path(export_to) if export_to is not None else None
+    out = check_output_path(out, overwrite, STORE_KIND, inputs=inputs) if out is not None else None
+    if export_to is not None:
+        export_to = check_output_path(export_to, overwrite, STORE_KIND, inputs=inputs)
+        if out is not None and export_to.resolve() == out.resolve():
+            raise ValueError(f"the catalogue store and its export would both be {export_to}: give the store "
+                             "a .zarr name")
+    return out, export_to
+
+
+def _export_path(path: Path | str) -> Path:
+    path = Path(path)
+    if path.suffix.lower() not in EXPORT_SUFFIXES:
+        raise ValueError(f"export format of {path.name}: use a .fits or .ecsv file name")
+    return path
 
 
 def write_catalogue(ds: xr.Dataset, out: Path, overwrite: bool) -> Path:
@@ -80,7 +105,7 @@ def to_table(ds: xr.Dataset) -> Any:
     models = list(ds["model"].values)
     for name, var in ds.data_vars.items():
         columns = [(name, var.values)] if var.dims == ("source",) else [
-            (name if var.dims[1] == "model" and len(models) == 1 else f"{name}_{label.replace('+', '_')}",
+            (name if var.dims[1] == "model" and len(models) == 1 else f"{name}_{column_suffix(label)}",
              var.values[:, i])
             for i, label in enumerate(ds[var.dims[1]].values)]
         for col, values in columns:
@@ -88,6 +113,12 @@ def to_table(ds: xr.Dataset) -> Any:
             _set_unit(table[col], var.attrs.get("units"))
     table.meta.update({k: v if isinstance(v, (str, int, float)) else json.dumps(v) for k, v in ds.attrs.items()})
     return table
+
+
+def column_suffix(label: str) -> str:
+    """A model or band label as a column-name suffix: each run of characters other than letters,
+    digits and ``_`` becomes ``_`` (``F277W+F356W`` -> ``F277W_F356W``)."""
+    return re.sub(r"[^0-9A-Za-z_]+", "_", str(label))
 
 
 def _set_unit(column: Any, unit: str | None) -> None:
@@ -103,16 +134,19 @@ def _set_unit(column: Any, unit: str | None) -> None:
 
 
 def export(ds: xr.Dataset, path: Path | str, overwrite: bool = False) -> Path:
-    """Write the catalogue as FITS (``.fits``) or ECSV (``.ecsv``), readable by TOPCAT/astropy."""
-    path = Path(path)
-    formats = {".fits": "fits", ".ecsv": "ascii.ecsv"}
-    if path.suffix.lower() not in formats:
-        raise ValueError(f"export format of {path.name}: use a .fits or .ecsv file name")
+    """Write the catalogue as FITS (``.fits``) or ECSV (``.ecsv``), readable by TOPCAT/astropy.
+
+    The file is marked as a surveydust catalogue (FITS keyword ``SDUSTOUT``, ECSV
+    meta ``surveydust_output``): ``overwrite`` replaces only such a file, never
+    another file nor the catalogue's own sources or redshifts table.
+    """
+    inputs = [ds.attrs.get("sources_file"), ds.attrs.get("redshifts_file")]
+    path = check_output_path(_export_path(path), overwrite, STORE_KIND, inputs=inputs)
     table = to_table(ds)
     if path.suffix.lower() == ".fits":  # FITS header keywords: short, uppercase, scalar
         table.meta = {k[:8].upper(): str(v)[:68] for k, v in table.meta.items()}
-    table.write(path, format=formats[path.suffix.lower()], overwrite=overwrite)
-    return path
+    return write_output_table(table, path, STORE_KIND)
 
 
-__all__ = ["FLAGS", "STORE_KIND", "assemble", "export", "open_catalogue", "to_table", "write_catalogue"]
+__all__ = ["EXPORT_SUFFIXES", "FLAGS", "STORE_KIND", "assemble", "check_outputs", "column_suffix", "export",
+           "open_catalogue", "to_table", "write_catalogue"]

@@ -53,6 +53,7 @@ from surveydust.cluster import open_client, run_with_progress
 from surveydust.instrument import KNOWN_BANDS, check_bands
 from surveydust.physics import njy_per_pixel_factor, pixel_area_sr
 from surveydust.provenance import sha256
+from surveydust.runs import OutputLock
 from surveydust.stores.base import (
     check_output_path,
     open_complete_store,
@@ -149,9 +150,17 @@ def ingest_mosaic(
         Dask client to run on, or the cluster profile and worker count of a
         new one (closed afterwards).
     overwrite
-        Replace an existing store (only once the new one is complete).
+        Replace an existing mosaic store (only once the new one is complete).
     progress
         Show a progress bar (when stderr is a terminal).
+
+    The output follows :func:`surveydust.stores.base.check_output_path`: never
+    one of the input files, nor inside a surveydust store or bundle; a
+    symbolic link is resolved; while it is written, ``.<name>.lock`` beside it
+    refuses a second run on the same output. One file (or one file's data)
+    given for two bands is refused; a ``FILTER`` (or ``PUPIL``) keyword that
+    names another NIRCam band than the one it is given for is logged as a
+    warning (the name given wins).
 
     ``BUNIT`` must be ``MJy/sr`` (converted with ``PIXAR_SR``, or the pixel
     area of the WCS when absent) or ``nJy`` (kept); other flux-density or
@@ -173,7 +182,21 @@ def ingest_mosaic(
     if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < MIN_CHUNK:
         raise ValueError(f"chunk must be an integer >= {MIN_CHUNK} pixels, got {chunk!r}")
     chunk = int(chunk)
-    out = check_output_path(out, overwrite, STORE_KIND)
+    inputs = _input_paths(bands)
+    out = check_output_path(out, overwrite, STORE_KIND, inputs=inputs)
+    with OutputLock(out):
+        check_output_path(out, overwrite, STORE_KIND, inputs=inputs)  # a run that held the lock may have written it
+        written = _ingest(out, bands, field=field, chunk=chunk, client=client, cluster=cluster, workers=workers,
+                          progress=progress)
+    for band in zarr.open_group(written, mode="r").attrs.get("empty_bands", []):
+        logger.warning("band %s has no valid pixel (all NaN, zero weight or bad error): it is ingested, "
+                       "but no source can be measured in it", band)
+    return written
+
+
+def _ingest(out: Path, bands: Mapping[str, Any], *, field: str | None, chunk: int, client: Any, cluster: str | None,
+            workers: int | None, progress: bool) -> Path:
+    """Check the bands and write them to the store ``out`` (checked and locked by the caller)."""
     sources = resolve_bands(bands)
     check_common_grid(sources)
     ds = _build_dataset(sources, chunk)
@@ -198,11 +221,7 @@ def ingest_mosaic(
         return run_with_progress(c, finished, progress)
 
     with open_client(client, profile=cluster, workers=workers) as c:
-        written = write_store_atomically(ds, out, store_kind=STORE_KIND, encoding=encoding, compute=compute)
-    for band in zarr.open_group(written, mode="r").attrs.get("empty_bands", []):
-        logger.warning("band %s has no valid pixel (all NaN, zero weight or bad error): it is ingested, "
-                       "but no source can be measured in it", band)
-    return written
+        return write_store_atomically(ds, out, store_kind=STORE_KIND, encoding=encoding, compute=compute)
 
 
 def block_pix(chunk: int) -> int:
@@ -292,11 +311,55 @@ def _store_id(path: str) -> str | None:
 
 
 def resolve_bands(bands: Mapping[str, Any]) -> list[BandSource]:
-    """Check every band's files and headers (no pixel data read); wavelength order."""
+    """Check every band's files and headers (no pixel data read); wavelength order.
+
+    One science file given for two bands (the same path, or links to one file) is refused.
+    """
     if not isinstance(bands, Mapping) or not bands:
         raise ValueError("no bands given: pass {band: FITS path} (CLI: --band F277W=file.fits)")
     names = dict(zip(check_bands(list(bands)), bands.values(), strict=True))
-    return [_resolve_band(name, names[name]) for name in KNOWN_BANDS if name in names]
+    sources = [_resolve_band(name, names[name]) for name in KNOWN_BANDS if name in names]
+    _refuse_shared_files(sources)
+    return sources
+
+
+def _input_paths(bands: Any) -> list[Path]:
+    """The file paths named in a ``bands`` mapping (not yet checked), for the output-path rule."""
+    if not isinstance(bands, Mapping):
+        return []
+    specs = [v for spec in bands.values() for v in (spec.values() if isinstance(spec, Mapping) else [spec])]
+    return [Path(p) for p in specs if isinstance(p, (str, os.PathLike))]
+
+
+def _refuse_shared_files(sources: Sequence[BandSource]) -> None:
+    """Refuse one science file (same path, or a link to it) given for two bands."""
+    owner: dict[tuple[int, int], str] = {}
+    for s in sources:
+        st = os.stat(s.sci.path)
+        band = owner.setdefault((st.st_dev, st.st_ino), s.band)
+        if band != s.band:
+            raise ValueError(f"bands {band} and {s.band} are given the same file {Path(s.sci.path).name}: "
+                             "give each band its own mosaic")
+
+
+def _refuse_same_data(inputs: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse two bands whose science files have the same SHA-256 (one mosaic copied under two names)."""
+    seen: dict[str, tuple[str, str]] = {}
+    for band, record in inputs.items():
+        digest = record["sha256"][record["sci"]]
+        other, path = seen.setdefault(digest, (band, record["sci"]))
+        if other != band:
+            raise ValueError(f"bands {other} and {band} have the same science data ({Path(path).name} and "
+                             f"{Path(record['sci']).name}, SHA-256 {digest[:12]}...): one mosaic given twice?")
+
+
+def _warn_filter_mismatch(band: str, loc: _Located) -> None:
+    """Log a warning when the FITS ``FILTER`` (or ``PUPIL``) keyword names another NIRCam band."""
+    said = {str(v).strip().upper() for v in (_keyword(loc, "FILTER"), _keyword(loc, "PUPIL")) if v is not None}
+    named = sorted(said & set(KNOWN_BANDS))
+    if named and band not in said:
+        logger.warning("%s: the FILTER keyword of %s says %s; ingesting it as %s, as given (check the --band "
+                       "names)", band, loc.path.name, "/".join(named), band)
 
 
 def _resolve_band(band: str, spec: Any) -> BandSource:
@@ -405,6 +468,7 @@ def _band_source(band: str, located: Mapping[str, _Located | None]) -> BandSourc
     wcs = _celestial_wcs(band, sci)
     if wcs is None:
         raise ValueError(f"{band}: {sci.path.name} (HDU {sci.index}) has no celestial WCS (CTYPE RA---/DEC--)")
+    _warn_filter_mismatch(band, sci)
     bunit = _keyword(sci, "BUNIT")
     pixar = _keyword(sci, "PIXAR_SR")
     pixar_sr = float(pixar) if isinstance(pixar, (int, float)) and math.isfinite(pixar) and pixar > 0 else None
@@ -554,6 +618,7 @@ def _finish(_written: Any, inputs: Mapping[str, Mapping[str, Any]], checksums: M
     for band, record in inputs.items():
         paths = dict.fromkeys(record[role] for role in ROLES if record[role])
         done[band] = {**record, "sha256": {p: checksums[p] for p in paths}}
+    _refuse_same_data(done)
     return {"input": done, "empty_bands": [b for b, ok in zip(inputs, np.asarray(has_data)) if not ok]}
 
 
@@ -657,5 +722,5 @@ def _build_dataset(sources: Sequence[BandSource], chunk: int) -> xr.Dataset:
     ds["err"].attrs.update(units="nJy", description="1-sigma error per pixel; NaN where sci is NaN")
     missing = [s.band for s in sources if s.err is None and s.wht is None]
     if missing:
-        warnings.warn(f"no ERR or WHT for {', '.join(missing)}: err is NaN there", UserWarning, stacklevel=3)
+        warnings.warn(f"no ERR or WHT for {', '.join(missing)}: err is NaN there", UserWarning, stacklevel=4)
     return ds

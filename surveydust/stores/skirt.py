@@ -68,6 +68,7 @@ from surveydust.instrument import KNOWN_BANDS, check_bands
 from surveydust.physics import njy_per_pixel_factor, pixel_area_sr
 from surveydust.provenance import sha256
 from surveydust.quantities import PREDICTED, r_v
+from surveydust.runs import OutputLock
 from surveydust.stores.base import check_output_path
 from surveydust.stores.training import annotate, write_training_store
 
@@ -117,9 +118,11 @@ def ingest_skirt(
     ``client`` (or on a cluster made from the ``cluster`` profile with
     ``workers`` workers). Returns the store path. Raises ValueError for bad
     cubes, property tables or bands, FileExistsError when ``out`` exists and
-    ``overwrite`` is false.
+    ``overwrite`` is false, and refuses an output that is one of the inputs or lies
+    inside a surveydust store (:func:`surveydust.stores.base.check_output_path`);
+    ``.<name>.lock`` beside it refuses a second run on the same output.
     """
-    out = check_output_path(out, overwrite, "training")
+    out = check_output_path(out, overwrite, "training", inputs=[*cubes, properties])
     if not cubes:
         raise ValueError("no SKIRT cubes given")
     if stamp_size < 1 or not pixel_scale_arcsec > 0:
@@ -140,7 +143,7 @@ def ingest_skirt(
         view_note="view = index of (inclination, azimuth) among the views of that galaxy ingested together",
         resampling="exact area-overlap rebinning (flux conserving), centred on CRPIX",
     )
-    with open_client(client, profile=cluster, workers=workers) as c:
+    with OutputLock(out), open_client(client, profile=cluster, workers=workers) as c:
         return write_training_store(annotate(ds, pixel_scale_arcsec), out, overwrite=overwrite,
                                     compute=lambda delayed: run_with_progress(c, delayed, progress))
 

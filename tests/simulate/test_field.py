@@ -19,9 +19,10 @@ from surveydust.config import load_simulation_config
 from surveydust.instrument import psf_kernel
 from surveydust.physics import kpc_per_arcsec, mjy_per_sr_to_njy, pixel_area_sr
 from surveydust.simulate import FieldFiles, simulate_field
-from surveydust.simulate.imaging import PSFSet, galaxy_photometry, observe
+from surveydust.simulate.imaging import PSFSet, correlated_noise, galaxy_photometry, observe
 from surveydust.simulate.morphology import draw_view, render_maps
 from surveydust.simulate.population import draw_galaxy
+from surveydust.simulate.priors import FIXED_PRIORS
 from surveydust.simulate.run import noise_sigma
 from surveydust.simulate.sed_library import load_sed_library
 
@@ -32,7 +33,7 @@ TILE = 256
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> FieldFiles:
-    return simulate_field(tmp_path_factory.mktemp("field") / "demo", seed=3)
+    return simulate_field(tmp_path_factory.mktemp("field") / "demo", seed=3, priors=FIXED_PRIORS)
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +175,7 @@ def test_galaxies_straddle_tile_boundaries(demo: FieldFiles, truth: Table) -> No
 
 
 def test_same_seed_same_files(demo: FieldFiles, tmp_path: Path) -> None:
-    again = simulate_field(tmp_path / "again", seed=3)
+    again = simulate_field(tmp_path / "again", seed=3, priors=FIXED_PRIORS)
     for band in BANDS:
         assert filecmp.cmp(demo.bands[band], again.bands[band], shallow=False), band
     assert filecmp.cmp(demo.truth, again.truth, shallow=False)
@@ -191,7 +192,7 @@ def test_same_seed_same_files(demo: FieldFiles, tmp_path: Path) -> None:
 
 
 def test_observe_noise_free_path() -> None:
-    """``observe(noise=False)`` is the noisy image minus exactly the noise it would add."""
+    """``observe(noise=False)`` is the noisy image minus exactly the (correlated) noise it would add."""
     cfg = load_simulation_config(n_galaxies=1)
     lib = load_sed_library()
     rng = np.random.default_rng(7)
@@ -203,6 +204,7 @@ def test_observe_noise_free_path() -> None:
     sigma = noise_sigma(cfg)
     noisy = observe(maps, phot, gal, 0.5, cfg, psfs, sigma, np.random.default_rng(1))
     clean = observe(maps, phot, gal, 0.5, cfg, psfs, sigma, np.random.default_rng(1), noise=False)
-    added = np.random.default_rng(1).normal(size=noisy.image.shape) * sigma[:, None, None]
+    added = correlated_noise(np.random.default_rng(1), noisy.image.shape, gal.nuisance.noise_correlation_px) \
+        * sigma[:, None, None]
     np.testing.assert_allclose(noisy.image, clean.image + added, atol=1e-4)
     assert (noisy.a_v, noisy.ebv) == (clean.a_v, clean.ebv)

@@ -17,6 +17,7 @@ from surveydust.config import load_simulation_config, simulation_config_from_jso
 from surveydust.instrument import KNOWN_BANDS, band_weights
 from surveydust.quantities import r_v
 from surveydust.simulate import simulate
+from surveydust.simulate.priors import FIXED_PRIORS
 from surveydust.simulate.run import simulate_galaxies
 from surveydust.simulate.sed_library import load_sed_library
 from surveydust.stores.training import LABELS, open_training_store
@@ -33,8 +34,9 @@ def store(client, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def physics_sample() -> dict[str, np.ndarray]:
-    """Twelve noiseless galaxies x 4 views x 11 DTM values, simulated in-process."""
-    cfg = load_simulation_config(n_galaxies=12, depth=VERY_DEEP)
+    """Twelve noiseless galaxies x 4 views x 11 DTM values, simulated in-process with the nuisance
+    physics fixed (the radiative-transfer mechanics are tested here; the priors in test_priors)."""
+    cfg = load_simulation_config(n_galaxies=12, depth=VERY_DEEP, priors=FIXED_PRIORS)
     out = simulate_galaxies(0, cfg.n_galaxies, cfg)
     n_dtm = len(cfg.dtm_values)
     shape = (cfg.n_galaxies * cfg.views_per_galaxy, n_dtm)
