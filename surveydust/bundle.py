@@ -271,8 +271,13 @@ class Predictor:
         step = PREPROCESS_BATCHES * batch_size  # normalise a slice at a time: bounded memory
         for i in range(0, usable.size, step):
             rows = usable[i:i + step]
-            raw[rows], features = self._forward(self._inputs(images, rows, z), batch_size)
-            ood[rows] = self._ood(images, rows, features)
+            block = np.asarray(images[rows], dtype=np.float32)
+            np.copyto(block, np.float32(0), where=~np.isfinite(block))  # NaN pixels: no flux
+            photometry = self._ood_photometry(block)
+            inputs = network_inputs(block, self.crop, z[rows], self.colour_inputs)
+            del block  # one normalised copy of the slice at a time: bounded memory
+            raw[rows], features = self._forward(inputs, batch_size)
+            ood[rows] = self._ood(photometry, features)
         mean = raw[:, :n] * self._std + self._mean
         if self.loss != "gaussian_nll":
             pct = {t: np.full((len(images), len(LEVELS)), np.nan) for t in self.targets}
@@ -308,12 +313,6 @@ class Predictor:
             out[has_z] = percentiles(target, mean[has_z], sigma[has_z], cal["with_redshift"][target], self.offsets)
         return out
 
-    def _inputs(self, images: np.ndarray, rows: np.ndarray, redshift: np.ndarray) -> dict[str, np.ndarray]:
-        """Network inputs of ``images[rows]``, NaN pixels as no flux (0); the copy is freed on return."""
-        block = np.asarray(images[rows], dtype=np.float32)
-        np.copyto(block, np.float32(0), where=~np.isfinite(block))
-        return network_inputs(block, self.crop, redshift[rows], self.colour_inputs)
-
     def _forward(self, inputs: dict[str, np.ndarray], batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Network outputs and (for bundles with feature-space OOD statistics) the last hidden
         layer's activations, one ``predict_on_batch`` per ``batch_size`` images (``predict`` has
@@ -326,17 +325,25 @@ class Predictor:
         return (np.concatenate([np.asarray(b[0]) for b in batches]),
                 np.concatenate([np.asarray(b[1]) for b in batches]))
 
-    def _ood(self, images: np.ndarray, rows: np.ndarray, features: np.ndarray | None) -> np.ndarray:
-        """Out-of-distribution scores of ``images[rows]`` in units of the bundle's threshold (above 1:
-        unlike the training set; :mod:`surveydust.ood`); bundles with the older flux-only statistics
-        are scored in sigma over :data:`LEGACY_OOD_SIGMA`, NaN for bundles without statistics."""
+    def _ood_photometry(self, block: np.ndarray) -> np.ndarray | None:
+        """What the OOD score needs of the images ``block`` (NaN pixels already 0): their colours
+        (:func:`surveydust.ood.colours`), or for bundles with the older flux-only statistics the
+        score itself (flux Mahalanobis [sigma] over :data:`LEGACY_OOD_SIGMA`); None without statistics."""
         stats = self.meta.get("ood")
         if not stats:
-            return np.full(rows.size, np.nan)
-        block = np.nan_to_num(np.asarray(images[rows], dtype=np.float32), nan=0.0)
-        if features is None:
+            return None
+        if stats.get("kind") != OOD_KIND:
             return ood_score(block, self.crop, stats) / LEGACY_OOD_SIGMA
-        return ood_scores({"features": features, "colours": colours(block, self.crop)}, stats)
+        return colours(block, self.crop)
+
+    def _ood(self, photometry: np.ndarray | None, features: np.ndarray | None) -> np.ndarray:
+        """Out-of-distribution scores in units of the bundle's threshold (above 1: unlike the training
+        set; :mod:`surveydust.ood`), from :meth:`_ood_photometry` and the learned ``features``."""
+        if photometry is None:
+            return np.nan
+        if features is None:
+            return photometry
+        return ood_scores({"features": features, "colours": photometry}, self.meta["ood"])
 
     def _dataset(self, median: dict[str, np.ndarray], pct: dict[str, np.ndarray], flag: np.ndarray,
                  ood: np.ndarray) -> xr.Dataset:

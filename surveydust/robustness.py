@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from surveydust.bundle import Predictor
+from surveydust.config import load_catalogue_config
 from surveydust.evaluate import image_blocks, percentile_array, residual_metrics
 from surveydust.stores.training import open_training_store
 
@@ -86,12 +87,12 @@ def score_shift(result: Any, truth: np.ndarray, constant: float,
 
     Columns: ``N``, ``spearman``, ``MAE``, ``MAE_constant``, ``median_bias`` [mag], coverage of
     the 68/95% intervals on all and on unflagged sources, ``flagged`` (share out of
-    distribution: score above 1), and ``AUROC`` of the OOD score against ``reference_ood``.
+    distribution: score above the catalogue's ``ood_threshold``), and ``AUROC`` of the OOD score against ``reference_ood``.
     """
     pred = result[target].values
     pct = percentile_array(result, target)
     ood = result["ood"].values if "ood" in result else np.full(pred.size, np.nan)
-    flagged = ood > 1.0
+    flagged = ood > load_catalogue_config().ood_threshold  # as run_catalogue flags them
     every = residual_metrics(truth, pred, pct, constant)
     clean = residual_metrics(truth[~flagged], pred[~flagged], pct[~flagged], constant)
     ok = np.isfinite(truth) & np.isfinite(pred)
