@@ -32,8 +32,8 @@ import xarray as xr
 from surveydust.backend import keras_module
 from surveydust.config import load_training_config
 from surveydust.detect import FLAGS
-from surveydust.ood import KIND as OOD_KIND
-from surveydust.ood import colours, ood_scores
+from surveydust.ood import KINDS as OOD_KINDS
+from surveydust.ood import ood_scores, photometric_values
 from surveydust.posterior import LEVEL_NAMES, LEVELS, LOG_OFFSETS, percentiles, z_from_levels
 from surveydust.preprocess import AUX_FEATURES, network_inputs, ood_score
 from surveydust.provenance import sha256
@@ -71,8 +71,13 @@ def save_bundle(model: Any, path: Path, meta: dict[str, Any]) -> Path:
 
     path.mkdir(parents=True, exist_ok=True)
     model.save(path / MODEL_FILE)
-    meta = json.loads(json.dumps({**meta, "format_version": FORMAT_VERSION,
-                                  "keras_backend": keras.backend.backend()}, default=_jsonable))
+    return write_meta(path, {**meta, "keras_backend": keras.backend.backend()})
+
+
+def write_meta(path: Path, meta: dict[str, Any]) -> Path:
+    """Write ``meta`` as the metadata of the bundle folder ``path`` (whose model file is in place),
+    with the format version and the checksums of the model file and the metadata."""
+    meta = json.loads(json.dumps({**meta, "format_version": FORMAT_VERSION}, default=_jsonable))
     meta["checksums"] = {MODEL_FILE: sha256(path / MODEL_FILE), META_FILE: meta_checksum(meta)}
     (path / META_FILE).write_text(json.dumps(meta, indent=2))
     return path
@@ -225,7 +230,7 @@ class Predictor:
         # the model's aux width says whether it takes colours (bundles older than the setting do not)
         self.colour_inputs: bool = self.model.get_layer("aux").output.shape[-1] > len(AUX_FEATURES)
         self._network = self.model
-        if self.meta.get("ood", {}).get("kind") == OOD_KIND:  # one pass gives outputs and learned features
+        if self.meta.get("ood", {}).get("kind") in OOD_KINDS:  # one pass gives outputs and learned features
             layer = self.model.get_layer(self.meta["ood"]["layer"])
             self._network = keras.Model(self.model.inputs, [self.model.output, layer.output])
 
@@ -277,7 +282,7 @@ class Predictor:
             inputs = network_inputs(block, self.crop, z[rows], self.colour_inputs)
             del block  # one normalised copy of the slice at a time: bounded memory
             raw[rows], features = self._forward(inputs, batch_size)
-            ood[rows] = self._ood(photometry, features)
+            ood[rows] = self._ood(photometry, features, z[rows])
         mean = raw[:, :n] * self._std + self._mean
         if self.loss != "gaussian_nll":
             pct = {t: np.full((len(images), len(LEVELS)), np.nan) for t in self.targets}
@@ -325,25 +330,28 @@ class Predictor:
         return (np.concatenate([np.asarray(b[0]) for b in batches]),
                 np.concatenate([np.asarray(b[1]) for b in batches]))
 
-    def _ood_photometry(self, block: np.ndarray) -> np.ndarray | None:
-        """What the OOD score needs of the images ``block`` (NaN pixels already 0): their colours
-        (:func:`surveydust.ood.colours`), or for bundles with the older flux-only statistics the
-        score itself (flux Mahalanobis [sigma] over :data:`LEGACY_OOD_SIGMA`); None without statistics."""
+    def _ood_photometry(self, block: np.ndarray) -> dict[str, Any] | np.ndarray | None:
+        """What the OOD score needs of the images ``block`` (NaN pixels already 0): per photometric
+        space its values (:func:`surveydust.ood.photometric_values`), or for bundles with the older
+        flux-only statistics the score itself (flux Mahalanobis [sigma] over
+        :data:`LEGACY_OOD_SIGMA`); None without statistics."""
         stats = self.meta.get("ood")
         if not stats:
             return None
-        if stats.get("kind") != OOD_KIND:
+        if stats.get("kind") not in OOD_KINDS:
             return ood_score(block, self.crop, stats) / LEGACY_OOD_SIGMA
-        return colours(block, self.crop)
+        return photometric_values(block, self.crop, stats)
 
-    def _ood(self, photometry: np.ndarray | None, features: np.ndarray | None) -> np.ndarray:
+    def _ood(self, photometry: dict[str, Any] | np.ndarray | None, features: np.ndarray | None,
+             redshift: np.ndarray) -> np.ndarray:
         """Out-of-distribution scores in units of the bundle's threshold (above 1: unlike the training
-        set; :mod:`surveydust.ood`), from :meth:`_ood_photometry` and the learned ``features``."""
+        set; :mod:`surveydust.ood`), from :meth:`_ood_photometry`, the learned ``features`` and the
+        stamps' ``redshift`` (NaN where unknown)."""
         if photometry is None:
             return np.nan
         if features is None:
             return photometry
-        return ood_scores({"features": features, "colours": photometry}, self.meta["ood"])
+        return ood_scores({"features": features, **photometry}, self.meta["ood"], redshift)
 
     def _dataset(self, median: dict[str, np.ndarray], pct: dict[str, np.ndarray], flag: np.ndarray,
                  ood: np.ndarray) -> xr.Dataset:

@@ -31,7 +31,7 @@ from surveydust.detect import Tile, aperture_photometry, cut_stamps, detect, mak
 from surveydust.provenance import VERSION
 from surveydust.runs import ResumableRun
 from surveydust.sources import match_redshifts, redshift_table, source_positions
-from surveydust.stores.catalogue import FLAGS, assemble, check_outputs, column_suffix, export, write_catalogue
+from surveydust.stores.catalogue import FLAG_DESCRIPTIONS, FLAGS, assemble, check_outputs, column_suffix, export, write_catalogue
 from surveydust.uvslope import meurer_av, uv_slopes
 
 logger = logging.getLogger(__name__)
@@ -480,6 +480,7 @@ def _provenance(mosaic: Any, bundles: list[Path], metas: list[dict[str, Any]], l
         "redshifts_file": str(Path(redshifts).resolve()) if redshifts is not None else "",
         "input_checks": checks,
         "flag_meanings": ", ".join(f"{v}={k}" for k, v in FLAGS.items()),
+        "flag_descriptions": {k: FLAG_DESCRIPTIONS[k] for k in FLAGS},
         "pixel_convention": "x, y are 0-based pixel centres of the mosaic",
     }
 

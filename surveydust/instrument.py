@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 from astropy.io import fits
+from scipy.ndimage import gaussian_filter
+from scipy.signal import fftconvolve
 
 from surveydust.physics import ab_to_njy
 
@@ -165,3 +167,22 @@ def circular_aperture(n_pix: int, radius_pix: float) -> np.ndarray:
     of its centre (pixel centres)."""
     c = np.arange(n_pix) - (n_pix - 1) / 2.0
     return (c[:, None] ** 2 + c[None, :] ** 2) <= radius_pix**2
+
+
+def correlation_kernel(sigma_px: float) -> np.ndarray:
+    """The Gaussian smoothing kernel of ``sigma_px`` (as ``gaussian_filter`` applies it),
+    scaled to unit sum of squares so that smoothed white noise keeps its per-pixel sigma."""
+    half = int(np.ceil(4.0 * sigma_px)) if sigma_px > 0 else 0
+    delta = np.zeros((2 * half + 1, 2 * half + 1))
+    delta[half, half] = 1.0
+    k = gaussian_filter(delta, sigma_px, mode="constant") if sigma_px > 0 else delta
+    return k / np.sqrt(np.sum(k**2))
+
+
+def aperture_noise_factor(aperture: np.ndarray, sigma_px: float) -> float:
+    """Noise sigma of an aperture sum in units of the per-pixel sigma, for noise correlated by
+    a Gaussian of ``sigma_px`` pixels (``sqrt(n_pixels)`` for white noise)."""
+    if sigma_px <= 0:
+        return float(np.sqrt(aperture.sum()))
+    weights = fftconvolve(aperture.astype(float), correlation_kernel(sigma_px), mode="full")
+    return float(np.sqrt(np.sum(weights**2)))

@@ -30,7 +30,14 @@ import numpy as np
 
 from surveydust.augment import allowed_transforms, apply_transform, augment_store, extra_noise_sigma
 from surveydust.backend import keras_module
-from surveydust.bundle import MODEL_FILE, check_ensemble_members, save_bundle, store_redshift_range
+from surveydust.bundle import (
+    MODEL_FILE,
+    check_ensemble_members,
+    read_meta,
+    save_bundle,
+    store_redshift_range,
+    write_meta,
+)
 from surveydust.cluster import open_client, worker_resources
 from surveydust.config import AugmentConfig, TrainingConfig, load_training_config
 from surveydust.posterior import MIN_CALIBRATION_SAMPLES, calibrate, describe, log_offsets, to_network
@@ -410,21 +417,58 @@ def fit_bundle(parts: dict[str, Part], cfg: TrainingConfig, out: str, meta: dict
 
 
 def ood_statistics(model: Any, parts: dict[str, Part], cfg: TrainingConfig) -> dict[str, Any]:
-    """The bundle's out-of-distribution statistics (:func:`surveydust.ood.fit_ood`): means and
-    covariances of the last hidden layer's activations and of the colours over the validation
-    galaxies, and the threshold that flags 3% of the calibration galaxies' stamps (with redshift)."""
+    """The bundle's out-of-distribution statistics (:func:`surveydust.ood.fit_ood`): the last hidden
+    layer's activations and the noise-aware colour distribution (with and without redshift) of the
+    validation galaxies, and the threshold that flags :data:`surveydust.ood.FLAG_SHARE` of the calibration
+    galaxies' stamps (with redshift)."""
     import keras
 
-    from surveydust.ood import colours, feature_layer, fit_ood
+    from surveydust.ood import colour_values, feature_layer, fit_ood
 
     layer = feature_layer(model)
     features = keras.Model(model.inputs, model.get_layer(layer).output)
-    spaces = {}
+    spaces, redshift = {}, {}
     for key in ("validation", "calibration"):
         x, ds = _in_memory(parts[key], cfg)
         spaces[key] = {"features": np.asarray(features.predict(x, batch_size=1024, verbose=0)),
-                       "colours": colours(ds["image"].sel(band=list(cfg.bands)).values, cfg.crop)}
-    return fit_ood(spaces["validation"], spaces["calibration"], layer=layer)
+                       "colour_likelihood": colour_values(ds["image"].sel(band=list(cfg.bands)).values, cfg.crop)}
+        redshift[key] = ds["redshift"].values
+    return fit_ood(spaces["validation"], spaces["calibration"], redshift["validation"], redshift["calibration"],
+                   layer=layer)
+
+
+def refit_ood(bundle: Path | str, out: Path | str, store: Path | str | None = None, *,
+              overwrite: bool = False) -> Path:
+    """Copy ``bundle`` to ``out`` with out-of-distribution statistics of this release
+    (:func:`ood_statistics`), computed from the validation and calibration galaxies of its
+    training ``store`` (default: the path the bundle recorded; it must be that very store, by its
+    ``store_id``, so that the split is the same and no training galaxy becomes a reference).
+    The network and its calibration are unchanged. Ensembles carry no OOD statistics.
+    """
+    import shutil
+
+    import keras
+
+    bundle = Path(bundle)
+    meta = read_meta(bundle)
+    if meta.get("ensemble"):
+        raise ValueError(f"{bundle} is an ensemble: its members' features are not outputs of the mixture")
+    store = Path(store or meta["training_store"]["path"])
+    if open_training_store(store).attrs.get("store_id") != meta["training_store"]["store_id"]:
+        raise ValueError(f"{store} is not the training store of {bundle} (store_id differs)")
+    out = check_output_path(out, overwrite, "bundle", inputs=[bundle, store])
+    cfg = load_training_config(**meta["training_config"])
+    split, _ = prepare_training(store, cfg)
+    parts = {"validation": Part(str(store), split.validation), "calibration": Part(str(store), split.calibration)}
+    model = keras.saving.load_model(bundle / MODEL_FILE, compile=False, safe_mode=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        staged = Path(tmp) / "bundle"
+        staged.mkdir()
+        shutil.copy2(bundle / MODEL_FILE, staged / MODEL_FILE)
+        write_meta(staged, {k: v for k, v in meta.items() if k != "checksums"}
+                   | {"ood": ood_statistics(model, parts, cfg)})
+        replace_atomically(staged, out)
+    return out
 
 
 def calibration_offsets(model: Any, part: Part, cfg: TrainingConfig, mean: np.ndarray,

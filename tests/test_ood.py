@@ -1,40 +1,113 @@
-"""Out-of-distribution scores (surveydust.ood): the threshold flags the stated share of in-domain
-stamps, shifts in either space are flagged, brightness alone is not, and the score is in units of
-the threshold."""
+"""Out-of-distribution scores (surveydust.ood): a stamp's photometric noise is measured from its own
+pixels (white or correlated), the colour distribution is deconvolved from that noise and follows
+redshift, the threshold flags the stated share of in-domain stamps, a colour excess is flagged where
+the photometry can see it and not where noise hides it, brightness alone is never flagged, and
+bundles of the previous kind are still scored."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from surveydust.ood import FLAG_SHARE, colours, fit_ood, ood_scores
+from surveydust.instrument import aperture_noise_factor, circular_aperture
+from surveydust.ood import (
+    FLAG_SHARE,
+    MAX_MAG_ERR,
+    aperture_photometry,
+    colour_errors,
+    colours,
+    fit_ood,
+    ood_scores,
+)
+from surveydust.preprocess import NORM_APERTURE_PIX
 from surveydust.robustness import auroc
-
+from surveydust.simulate.imaging import correlated_noise
 
 MIXING = np.random.default_rng(0).normal(size=(16, 16)) * 0.1
+#: intrinsic covariance [mag^2] of the synthetic stamps' three adjacent colours
+INTRINSIC = np.array([[0.04, 0.01, 0.0], [0.01, 0.03, 0.005], [0.0, 0.005, 0.02]])
 
 
-def _spaces(rng: np.random.Generator, n: int, colour_shift: float = 0.0) -> dict[str, np.ndarray]:
-    """Stand-ins for a network's ReLU features (correlated, partly zero) and colours [mag]."""
+def _photometry(rng: np.random.Generator, n: int, snr: np.ndarray | float, excess: float = 0.0,
+                z: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Synthetic stamps' colour values (four bands, colours drifting with redshift, the last one
+    ``excess`` mag redder) and their redshifts."""
+    z = rng.uniform(6.0, 8.0, n) if z is None else z
+    mean = np.column_stack([0.1 * (z - 7), -0.2 * (z - 7), 0.3 + 0.15 * (z - 7) ** 2])
+    c = mean + rng.multivariate_normal(np.zeros(3), INTRINSIC, size=n)
+    c[:, 2] += excess
+    mag = np.column_stack([np.zeros(n), -np.cumsum(c, axis=1)]) + 27.0
+    flux = 10 ** (-0.4 * (mag - 31.4))  # nJy
+    error = flux[:, :1] / np.broadcast_to(np.asarray(snr, float), (n,))[:, None] * np.ones((1, 4))
+    observed = flux + rng.normal(size=flux.shape) * error
+    noisy, noise = colour_errors(observed, error)
+    return {"colours": noisy, "noise": noise}, z
+
+
+def _spaces(rng: np.random.Generator, n: int, **kwargs) -> tuple[dict[str, object], np.ndarray]:
+    """Stand-ins for a network's ReLU features (correlated, partly zero) and colour values."""
+    photometry, z = _photometry(rng, n, rng.uniform(5.0, 100.0, n), **kwargs)
     return {"features": np.maximum(rng.normal(size=(n, 16)) @ MIXING + 0.1, 0.0),
-            "colours": rng.normal(colour_shift, 0.2, size=(n, 3))}
+            "colour_likelihood": photometry}, z
+
+
+def test_noise_is_measured_from_the_stamps_own_pixels() -> None:
+    rng = np.random.default_rng(1)
+    sigma = 3.0
+    aperture = circular_aperture(32, NORM_APERTURE_PIX)
+    source = np.zeros((32, 32))
+    source[14:18, 14:18] = 50.0  # a compact source inside the aperture
+    for corr in (0.0, 1.5):
+        noise = correlated_noise(rng, (400, 2, 32, 32), corr) * sigma
+        flux, error = aperture_photometry(noise + source, 32)
+        assert np.median(error) == pytest.approx(sigma * aperture_noise_factor(aperture, corr), rel=0.12)
+        assert np.median(flux) == pytest.approx(source.sum(), abs=np.median(error))
+        # the error describes the scatter of the measured fluxes
+        assert np.std(flux[:, 0]) == pytest.approx(np.median(error), rel=0.15)
+
+
+def test_colour_errors_give_a_band_without_flux_no_weight() -> None:
+    flux = np.array([[100.0, 200.0, -5.0]])
+    error = np.array([[10.0, 10.0, 10.0]])
+    c, cov = colour_errors(flux, error)
+    assert c[0, 0] == pytest.approx(-2.5 * np.log10(100 / 200))
+    assert cov[0, 0, 0] == pytest.approx((1.0857 * 0.1) ** 2 + (1.0857 * 0.05) ** 2, rel=1e-3)
+    assert cov[0, 1, 1] >= 0.99 * MAX_MAG_ERR**2  # the negative flux band carries no colour information
 
 
 def test_threshold_flags_the_stated_share_of_fresh_in_domain_stamps() -> None:
-    reference, calibration, fresh = (_spaces(np.random.default_rng(s), 4000) for s in (1, 2, 3))
-    stats = fit_ood(reference, calibration)
-    assert stats["kind"] == "features+colours" and stats["flag_share"] == FLAG_SHARE
-    assert np.mean(ood_scores(calibration, stats) > 1.0) == pytest.approx(FLAG_SHARE, abs=0.002)
-    assert np.mean(ood_scores(fresh, stats) > 1.0) == pytest.approx(FLAG_SHARE, abs=0.015)
+    (reference, z_ref), (calibration, z_cal), (fresh, z_fresh) = (_spaces(np.random.default_rng(s), 4000)
+                                                                  for s in (1, 2, 3))
+    stats = fit_ood(reference, calibration, z_ref, z_cal)
+    assert stats["kind"] == "features+colour_likelihood" and stats["flag_share"] == FLAG_SHARE
+    assert np.mean(ood_scores(calibration, stats, z_cal) > 1.0) == pytest.approx(FLAG_SHARE, abs=0.002)
+    assert np.mean(ood_scores(fresh, stats, z_fresh) > 1.0) == pytest.approx(FLAG_SHARE, abs=0.015)
+    # without redshifts the redshift-free fit scores them, as in-domain as ever
+    assert np.mean(ood_scores(fresh, stats, np.full(4000, np.nan)) > 1.0) < 2 * FLAG_SHARE
 
 
-def test_a_colour_shift_is_flagged_and_separated() -> None:
-    reference, calibration, in_domain = (_spaces(np.random.default_rng(s), 3000) for s in (4, 5, 6))
-    shifted = _spaces(np.random.default_rng(7), 3000, colour_shift=0.5)  # 2.5 sigma redder in every colour
-    stats = fit_ood(reference, calibration)
-    assert np.mean(ood_scores(shifted, stats) > 1.0) > 0.5
-    assert auroc(ood_scores(in_domain, stats), ood_scores(shifted, stats)) > 0.9
-    assert np.isnan(auroc(np.r_[0.1, 0.2], np.r_[np.nan]))
+def test_deconvolution_recovers_the_intrinsic_colour_spread() -> None:
+    rng = np.random.default_rng(4)
+    (reference, z_ref), (calibration, z_cal) = (_spaces(rng, 6000) for _ in range(2))
+    space = fit_ood(reference, calibration, z_ref, z_cal)["spaces"]["colour_likelihood"]["with_redshift"]
+    np.testing.assert_allclose(np.diag(space["cov"]), np.diag(INTRINSIC), rtol=0.2)
+    np.testing.assert_allclose(np.asarray(space["coef"])[:, 2], [0.3, 0.0, 0.15], atol=0.03)
+
+
+def test_a_colour_excess_is_flagged_where_the_photometry_can_see_it() -> None:
+    rng = np.random.default_rng(5)
+    (reference, z_ref), (calibration, z_cal) = (_spaces(rng, 4000) for _ in range(2))
+    stats = fit_ood(reference, calibration, z_ref, z_cal)
+    features = {"features": calibration["features"][:2000]}
+    for snr, flagged in ((100.0, True), (1.5, False)):
+        normal, z = _photometry(rng, 2000, snr)
+        redder, _ = _photometry(rng, 2000, snr, excess=1.0, z=z)  # a 1 mag line excess in one band
+        base = ood_scores({**features, "colour_likelihood": normal}, stats, z)
+        shifted = ood_scores({**features, "colour_likelihood": redder}, stats, z)
+        if flagged:
+            assert np.mean(shifted > 1.0) > 0.9 and auroc(base, shifted) > 0.95
+        else:  # buried in noise: no more flagged than in-domain stamps
+            assert np.mean(shifted > 1.0) < 2 * FLAG_SHARE
 
 
 def test_colours_ignore_brightness() -> None:
@@ -43,3 +116,17 @@ def test_colours_ignore_brightness() -> None:
     assert colours(images, 32).shape == (5, 3)
     np.testing.assert_allclose(colours(images * 100.0, 32), colours(images, 32), atol=1e-9)
     assert colours(images[:, :1], 32).shape == (5, 0)
+    bright, faint = (aperture_photometry(images * k + rng.normal(size=images.shape), 32) for k in (100.0, 1.0))
+    np.testing.assert_allclose(colour_errors(*bright)[0], colour_errors(*faint)[0], atol=0.3)
+
+
+def test_statistics_of_the_previous_kind_are_still_scored() -> None:
+    rng = np.random.default_rng(7)
+    x = {"features": np.maximum(rng.normal(size=(500, 16)) @ MIXING + 0.1, 0.0),
+         "colours": rng.normal(0.0, 0.2, size=(500, 3))}
+    mean = {k: v.mean(axis=0).tolist() for k, v in x.items()}
+    precision = {k: np.linalg.inv(np.cov(v, rowvar=False) + 1e-6 * np.eye(v.shape[1])).tolist() for k, v in x.items()}
+    stats = {"kind": "features+colours", "threshold": 2.0,
+             "spaces": {k: {"mean": mean[k], "precision": precision[k], "scale": 1.0} for k in x}}
+    score = ood_scores(x, stats, np.full(500, 7.0))
+    assert score.shape == (500,) and np.all(np.isfinite(score)) and np.median(score) > 0.5

@@ -281,14 +281,17 @@ def test_tiny_train_makes_a_calibrated_bundle(galaxy_bundle: Path, store: Path) 
     _check_bundle_predictions(galaxy_bundle, store)
 
 
-def test_bundle_flags_three_percent_of_its_calibration_galaxies(galaxy_bundle: Path, store: Path) -> None:
-    """The OOD statistics (learned features and colours) flag 3% of the calibration galaxies' stamps by
-    construction (how well they separate shifted worlds: benchmarks/robustness.py; the scores: test_ood)."""
+def test_bundle_flags_its_stated_share_of_calibration_galaxies(galaxy_bundle: Path, store: Path) -> None:
+    """The OOD statistics (learned features and noise-aware colours) flag ``FLAG_SHARE`` of the calibration
+    galaxies' stamps by construction (how well they separate shifted worlds: benchmarks/robustness.py;
+    the scores: test_ood)."""
     from surveydust.bundle import load_model
+    from surveydust.ood import FLAG_SHARE, KIND
 
     p = load_model(galaxy_bundle)
     ood = p.meta["ood"]
-    assert ood["kind"] == "features+colours" and ood["layer"].startswith("dense")
+    assert ood["kind"] == KIND and ood["layer"].startswith("dense") and ood["flag_share"] == FLAG_SHARE
+    assert set(ood["spaces"]) == {"features", "colour_likelihood"}
     ds = open_training_store(store)
     cal = np.flatnonzero(np.isin(ds["galaxy_id"].values, p.meta["split"]["calibration_galaxies"]))
     cal = cal[ds["snr"].sel(band=p.snr_band).values[cal] >= p.snr_min]
@@ -296,6 +299,27 @@ def test_bundle_flags_three_percent_of_its_calibration_galaxies(galaxy_bundle: P
     score = p.predict(images, ds["redshift"].values[cal])["ood"].values
     assert np.isfinite(score).all()
     assert np.mean(score > 1.0) == pytest.approx(ood["flag_share"], abs=1.5 / len(cal) + 0.01)
+
+
+def test_refit_ood_copies_the_network_with_fresh_statistics(galaxy_bundle: Path, store: Path, client,
+                                                          tmp_path_factory, tmp_path: Path) -> None:
+    """``refit_ood`` gives a bundle the statistics training would give it today, from its own
+    training store only, and changes nothing else; the input bundle is untouched."""
+    from surveydust.bundle import META_FILE, MODEL_FILE, read_meta
+    from surveydust.train import refit_ood
+
+    before = (galaxy_bundle / META_FILE).read_bytes()
+    out = refit_ood(galaxy_bundle, tmp_path / "refit", store)
+    old, new = read_meta(galaxy_bundle), read_meta(out)
+    assert (galaxy_bundle / META_FILE).read_bytes() == before
+    assert (out / MODEL_FILE).read_bytes() == (galaxy_bundle / MODEL_FILE).read_bytes()
+    assert {k: v for k, v in new.items() if k not in ("ood", "checksums")} == \
+        {k: v for k, v in old.items() if k not in ("ood", "checksums")}
+    assert new["ood"]["threshold"] == pytest.approx(old["ood"]["threshold"], rel=1e-6)
+    with pytest.raises(ValueError, match="not the training store"):
+        refit_ood(galaxy_bundle, tmp_path / "other", tiny_store(client, tmp_path_factory))
+    with pytest.raises(FileExistsError):
+        refit_ood(galaxy_bundle, out, store)
 
 
 def test_tiny_train_paper_protocol(store: Path, client, tmp_path: Path) -> None:

@@ -20,11 +20,16 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import fft
-from scipy.ndimage import gaussian_filter
 from scipy.signal import fftconvolve
 
 from surveydust.config import SimulationConfig
-from surveydust.instrument import LYMAN_ALPHA_AA, band_weights, circular_aperture
+from surveydust.instrument import (
+    LYMAN_ALPHA_AA,
+    aperture_noise_factor,
+    band_weights,
+    circular_aperture,
+    correlation_kernel,
+)
 from surveydust.physics import attenuation_curve, luminosity_distance_cm
 from surveydust.simulate.morphology import Maps
 from surveydust.simulate.population import SUN_METAL_FRACTION, YOUNG_BINS, Galaxy
@@ -135,34 +140,15 @@ class PSFSet:
         return full[:, start:start + self.n_pix, start:start + self.n_pix]
 
 
-def _correlation_kernel(sigma_px: float) -> np.ndarray:
-    """The Gaussian smoothing kernel of ``sigma_px`` (as ``gaussian_filter`` applies it),
-    scaled to unit sum of squares so that smoothed white noise keeps its per-pixel sigma."""
-    half = int(np.ceil(4.0 * sigma_px)) if sigma_px > 0 else 0
-    delta = np.zeros((2 * half + 1, 2 * half + 1))
-    delta[half, half] = 1.0
-    k = gaussian_filter(delta, sigma_px, mode="constant") if sigma_px > 0 else delta
-    return k / np.sqrt(np.sum(k**2))
-
-
 def correlated_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma_px: float) -> np.ndarray:
     """Unit-variance Gaussian noise of ``shape`` (..., y, x), correlated between pixels by a
     Gaussian of ``sigma_px`` pixels (white for 0)."""
     if sigma_px <= 0:
         return rng.normal(size=shape)
-    k = _correlation_kernel(sigma_px)
+    k = correlation_kernel(sigma_px)
     pad = k.shape[0] - 1  # white noise beyond the edges, so edge pixels keep their variance
     white = rng.normal(size=(*shape[:-2], shape[-2] + pad, shape[-1] + pad))
     return fftconvolve(white, k.reshape((1,) * (len(shape) - 2) + k.shape), mode="valid", axes=(-2, -1))
-
-
-def aperture_noise_factor(aperture: np.ndarray, sigma_px: float) -> float:
-    """Noise sigma of an aperture sum in units of the per-pixel sigma, for noise correlated by
-    a Gaussian of ``sigma_px`` pixels (``sqrt(n_pixels)`` for white noise)."""
-    if sigma_px <= 0:
-        return float(np.sqrt(aperture.sum()))
-    weights = fftconvolve(aperture.astype(float), _correlation_kernel(sigma_px), mode="full")
-    return float(np.sqrt(np.sum(weights**2)))
 
 
 def _bin(a: np.ndarray, factor: int) -> np.ndarray:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from surveydust.detect import FLAGS  # the flag bits of the catalogue's ``flag`` (re-exported here)
+from surveydust.detect import FLAG_DESCRIPTIONS, FLAGS  # the catalogue's ``flag`` bits (re-exported here)
 from surveydust.quantities import UNITS as QUANTITY_UNITS
 from surveydust.quantities import quantity
 from surveydust.stores.base import check_output_path, open_complete_store, write_output_table, write_store_atomically
@@ -148,5 +148,5 @@ def export(ds: xr.Dataset, path: Path | str, overwrite: bool = False) -> Path:
     return write_output_table(table, path, STORE_KIND)
 
 
-__all__ = ["EXPORT_SUFFIXES", "FLAGS", "STORE_KIND", "assemble", "check_outputs", "column_suffix", "export",
+__all__ = ["EXPORT_SUFFIXES", "FLAG_DESCRIPTIONS", "FLAGS", "STORE_KIND", "assemble", "check_outputs", "column_suffix", "export",
            "open_catalogue", "to_table", "write_catalogue"]
