@@ -152,6 +152,70 @@ class SimulationConfig(_Config):
         return self.n_galaxies * self.views_per_galaxy * len(self.dtm_values)
 
 
+class ForegroundKindConfig(_Config):
+    """One foreground population of a simulated field (see the ``foreground:`` section of
+    configs/simulation.yaml, where each number is argued): its surface density brighter than
+    the faint end of ``mag_range``, the slope of its counts and its redshift range."""
+
+    per_arcmin2: float = Field(ge=0)
+    count_slope: float = Field(ge=0, le=1)
+    redshift_range: tuple[float, float] = (0.0, 0.0)
+    a_v_range: tuple[float, float] = (0.0, 0.0)
+    teff_range: tuple[float, float] = (0.0, 0.0)
+
+    @field_validator("redshift_range", "a_v_range", "teff_range")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float], info: Any) -> tuple[float, float]:
+        if v[0] < 0:
+            raise ValueError(f"{info.field_name} must be >= 0, got {list(v)}")
+        return _check_range(v, info.field_name)
+
+
+FOREGROUND_KINDS = ("foreground", "dusty", "balmer_break", "brown_dwarf")
+
+
+class ForegroundConfig(_Config):
+    """The sky's mix added to a simulated field around its z > 6 galaxies (drawn by
+    :mod:`surveydust.simulate.foreground`): number counts per kind in ``reference_band``,
+    sizes, and a switch. ``enabled: false`` (the default) leaves a field exactly as before."""
+
+    enabled: bool
+    reference_band: str
+    mag_range: tuple[float, float]
+    density_scale: float = Field(ge=0, le=100)
+    size_at_25_arcsec: float = Field(gt=0, le=2)
+    size_slope: float = Field(ge=0, le=1)
+    size_scatter_dex: float = Field(ge=0, le=1)
+    sersic_n: tuple[float, float]
+    kinds: dict[str, ForegroundKindConfig]
+
+    @field_validator("reference_band")
+    @classmethod
+    def _known_band(cls, v: str) -> str:
+        return check_bands([v])[0]
+
+    @field_validator("mag_range", "sersic_n")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float], info: Any) -> tuple[float, float]:
+        return _check_range(v, info.field_name)
+
+    @model_validator(mode="after")
+    def _physical(self) -> ForegroundConfig:
+        unknown = sorted(set(self.kinds) - set(FOREGROUND_KINDS))
+        if unknown:
+            raise ValueError(f"unknown kind(s) {unknown} in kinds; known: {', '.join(FOREGROUND_KINDS)}")
+        if self.sersic_n[0] <= 0:
+            raise ValueError(f"sersic_n must be > 0, got {list(self.sersic_n)}")
+        for name, kind in self.kinds.items():
+            if name != "brown_dwarf" and (kind.redshift_range[0] <= 0 or kind.redshift_range[1] > 15):
+                raise ValueError(f"kinds.{name}.redshift_range must lie in (0, 15], "
+                                 f"got {list(kind.redshift_range)}")
+            if name == "brown_dwarf" and not 300 <= kind.teff_range[0] <= kind.teff_range[1] <= 2500:
+                raise ValueError(f"kinds.brown_dwarf.teff_range must lie in [300, 2500] K, "
+                                 f"got {list(kind.teff_range)}")
+        return self
+
+
 TARGETS = PREDICTED  # what a network may be trained for
 
 
@@ -392,6 +456,34 @@ def load_simulation_config(source: SimulationConfig | Path | str | None = None,
         ``priors={"line_scale": [1, 1]}`` fixes one prior and keeps the others.
     """
     return _load(SimulationConfig, "simulation", source, overrides)
+
+
+def load_foreground_config(source: ForegroundConfig | Path | str | None = None,
+                           **overrides: Any) -> ForegroundConfig:
+    """Build a validated :class:`ForegroundConfig`: the ``foreground:`` section of the shipped
+    configs/simulation.yaml, then ``source`` (a config, or a YAML file whose top-level
+    ``foreground:`` mapping is merged; a file without one changes nothing), then ``overrides``
+    (``None`` values ignored; ``kinds`` merged kind by kind and key by key)."""
+    merged = _default_yaml("simulation")["foreground"]
+    if isinstance(source, ForegroundConfig):
+        _deep_update(merged, source.model_dump(mode="json"))
+    elif source is not None:
+        path = Path(source)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+        section = data.get("foreground") if isinstance(data, dict) else None
+        if section is not None and not isinstance(section, dict):
+            raise ValueError(f"config file {path}: foreground must be a mapping")
+        _deep_update(merged, section or {})
+    _deep_update(merged, {k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ForegroundConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ValueError(_format_error(exc, "foreground")) from None
 
 
 def simulation_config_from_json(text: str) -> SimulationConfig:

@@ -15,6 +15,15 @@ triangle, like the rotated edge of a real mosaic), and writes
 - ``<field>_truth.ecsv``, one row per injected galaxy with its position, labels
   and noiseless total flux per band (nJy).
 
+With ``foreground`` switched on, the field also gets the sky's mix around its z > 6
+galaxies (:mod:`surveydust.simulate.foreground`: ordinary galaxies at z ~ 0.2-6, dusty
+z ~ 2-4 galaxies, Balmer-break galaxies at z ~ 1-2.5 and brown dwarfs, with number counts
+per arcmin^2 from the ``foreground:`` section of ``configs/simulation.yaml``); the truth
+table then holds every source, with a ``kind`` column. Switched off (the default) the
+files are byte for byte what they were before the foreground existed. Bands the
+simulator cannot use as network inputs over its redshift range (F090W at z up to 8: it
+lies blueward of Lyman-alpha there) are accepted as photometry-only bands.
+
 The field's galaxies come from their own random streams
 (``default_rng([seed, FIELD_STREAM, galaxy])``), so they are never the same
 galaxies as those of a training store simulated with the same seed.
@@ -34,11 +43,12 @@ from astropy.table import Table
 from astropy.wcs import WCS
 from scipy.ndimage import distance_transform_edt
 
-from surveydust.config import SimulationConfig, load_simulation_config
-from surveydust.instrument import pixel_noise_njy, psf_kernel
+from surveydust.config import ForegroundConfig, SimulationConfig, load_foreground_config, load_simulation_config
+from surveydust.instrument import LYMAN_ALPHA_AA, bandpass, check_bands, pixel_noise_njy, psf_kernel
 from surveydust.physics import kpc_per_arcsec, mjy_per_sr_to_njy, pixel_area_sr
 from surveydust.provenance import VERSION
 from surveydust.quantities import r_v
+from surveydust.simulate.foreground import SourceDraw, draw_foreground, render_source, stamp_size_for
 from surveydust.simulate.imaging import PSFSet, galaxy_photometry, observe
 from surveydust.simulate.morphology import draw_view, render_maps
 from surveydust.simulate.population import draw_galaxy
@@ -56,6 +66,8 @@ MIN_SEPARATION_PIX = 24.0
 #: deliberately placed galaxies sit within this distance of a tile boundary [pixels]
 STRADDLE_HALF_WIDTH_PIX = 2.0
 MAX_PLACEMENT_TRIES = 2000
+#: separates the foreground's random streams (4-element keys) from the high-z galaxies' (3-element)
+FOREGROUND_STREAM = 0xF06E
 
 
 @dataclass(frozen=True)
@@ -144,6 +156,123 @@ def _place(n: int, allowed: np.ndarray, tile_pix: int, n_straddle: int,
     return placed, np.arange(n) < n_straddle
 
 
+def _place_more(n: int, allowed: np.ndarray, taken: np.ndarray,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Centres (x, y) of ``n`` more sources on ``allowed`` pixels, MIN_SEPARATION_PIX from each
+    other and from ``taken`` (k, 2); a source that finds no room is left out (``placed`` False)."""
+    ny, nx = allowed.shape
+    xy = [tuple(p) for p in np.asarray(taken, float).reshape(-1, 2)]
+    first = len(xy)
+    placed = np.zeros(n, bool)
+    for i in range(n):
+        for _ in range(MAX_PLACEMENT_TRIES):
+            x, y = rng.uniform(-0.5, nx - 0.5), rng.uniform(-0.5, ny - 0.5)
+            if not allowed[int(round(y)), int(round(x))]:
+                continue
+            if xy and np.min(np.hypot(*(np.asarray(xy) - (x, y)).T)) < MIN_SEPARATION_PIX:
+                continue
+            xy.append((x, y))
+            placed[i] = True
+            break
+    return np.asarray(xy[first:], float).reshape(-1, 2), placed
+
+
+def _foreground_config(foreground: bool | ForegroundConfig | dict[str, Any] | None,
+                       config: SimulationConfig | Path | str | None) -> ForegroundConfig:
+    """The field's foreground config: None follows ``enabled`` of the config file (``config`` when
+    it is a YAML file, else the shipped one); True / False switch it on / off; a mapping
+    overrides the shipped settings (and switches it on unless it says ``enabled``)."""
+    source = config if isinstance(config, (str, Path)) else None
+    if isinstance(foreground, ForegroundConfig):
+        return foreground
+    if isinstance(foreground, dict):
+        return load_foreground_config(source, **{"enabled": True, **foreground})
+    if foreground is None:
+        return load_foreground_config(source)
+    return load_foreground_config(source, enabled=bool(foreground))
+
+
+def _field_configs(config: SimulationConfig | Path | str | None, bands: list[str] | tuple[str, ...] | None,
+                   **settings: Any) -> tuple[SimulationConfig, SimulationConfig]:
+    """The validated simulation config and the one the field is rendered with: the same, unless
+    ``bands`` holds bands that lie blueward of Lyman-alpha at the top of the redshift range
+    (F090W at z = 8), which the simulator refuses as inputs; those are rendered too
+    (photometry only) and left out of the validated config."""
+    if bands is None:
+        cfg = load_simulation_config(config, bands=None, **settings)
+        return cfg, cfg
+    names = check_bands(bands)
+    try:
+        cfg = load_simulation_config(config, bands=list(names), **settings)
+        return cfg, cfg
+    except ValueError:
+        z_range = settings.get("redshift_range") or load_simulation_config(config).redshift_range
+        z_max = float(z_range[1])
+
+    def photometry_only(band: str) -> bool:
+        wave, thr = bandpass(band)
+        return bool(wave[thr > 0.01 * thr.max()].max() / (1 + z_max) < LYMAN_ALPHA_AA)
+
+    modelled = [b for b in names if not photometry_only(b)]
+    cfg = load_simulation_config(config, bands=modelled or list(names), **settings)
+    if len(modelled) == len(names):
+        return cfg, cfg
+    render = cfg.model_copy(update={"bands": names})
+    if isinstance(render.depth, dict):
+        missing = [b for b in names if b not in render.depth]
+        if missing:
+            raise ValueError(f"depth gives no 5-sigma magnitude for band(s) {missing}")
+    return cfg, render
+
+
+def _add_foreground(image: np.ndarray, fg: ForegroundConfig, cfg: SimulationConfig, allowed: np.ndarray,
+                    area_arcmin2: float, taken: np.ndarray, kernels: np.ndarray, wcs: WCS,
+                    first_id: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """Draw, place, render (PSF-convolved, noiseless) and add the foreground to ``image``;
+    return its truth rows (the high-z rows' columns) and kinds."""
+    frng = np.random.default_rng([cfg.seed, FIELD_STREAM, FOREGROUND_STREAM, 1])
+    sources = draw_foreground(frng, fg, cfg.bands, area_arcmin2)
+    prng = np.random.default_rng([cfg.seed, FIELD_STREAM, FOREGROUND_STREAM, 2])
+    xy, placed = _place_more(len(sources), allowed, taken, prng)
+    psf_sets: dict[int, PSFSet] = {}
+    rows: list[dict[str, Any]] = []
+    kinds: list[str] = []
+    for src, (x, y) in zip([s for s, ok in zip(sources, placed) if ok], xy):
+        n = stamp_size_for(src, cfg.pixel_scale_arcsec)
+        psfs = psf_sets.setdefault(n, PSFSet(kernels, n))
+        x0, y0 = (int(np.floor(c - (n - 1) / 2.0 + 0.5)) for c in (x, y))
+        profile = render_source(src, n, cfg.pixel_scale_arcsec, cfg.oversample,
+                                (y - y0 - (n - 1) / 2.0, x - x0 - (n - 1) / 2.0))
+        stamp = psfs.convolve(src.flux_njy[:, None, None] * profile[None])
+        ys, xs = slice(max(y0, 0), min(y0 + n, image.shape[1])), slice(max(x0, 0), min(x0 + n, image.shape[2]))
+        image[:, ys, xs] += stamp[:, ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0].astype(np.float32)
+        rows.append(_foreground_row(first_id + len(rows), src, stamp, x, y, x0, y0, cfg, wcs))
+        kinds.append(src.kind)
+    return rows, kinds
+
+
+def _foreground_row(source_id: int, src: SourceDraw, stamp: np.ndarray, x: float, y: float, x0: int, y0: int,
+                    cfg: SimulationConfig, wcs: WCS) -> dict[str, Any]:
+    """A foreground source's truth row, with the columns of a high-z galaxy's (NaN where they do
+    not apply: no dust-to-metal ratio; no mass, SFR or size for a brown dwarf)."""
+    light = stamp.sum(axis=0)
+    yy, xx = np.indices(light.shape)
+    xc, yc = x0 + (xx * light).sum() / light.sum(), y0 + (yy * light).sum() / light.sum()
+    (ra, rac), (dec, decc) = wcs.pixel_to_world_values([x, xc], [y, yc])
+    galaxy = src.kind != "brown_dwarf"
+    nan = float("nan")
+    return {
+        "id": source_id, "ra": float(ra), "dec": float(dec), "x": float(x), "y": float(y),
+        "x_centroid": float(xc), "y_centroid": float(yc), "ra_centroid": float(rac), "dec_centroid": float(decc),
+        "on_tile_boundary": False, "redshift": src.redshift, "A_V": src.a_v, "EBV": src.ebv,
+        "R_V": float(r_v(src.a_v, src.ebv)) if galaxy else nan,
+        "log_ssfr": src.log_sfr - src.log_mstar, "dtm": nan, "log_mstar": src.log_mstar, "log_sfr": src.log_sfr,
+        "r_eff_kpc": src.r_eff_arcsec * kpc_per_arcsec(round(src.redshift, 3)) if galaxy else nan,
+        "inclination_deg": float(np.rad2deg(np.arccos(src.axis_ratio))) if galaxy else nan,
+        **{f"flux_{b}": float(stamp[i].sum()) for i, b in enumerate(cfg.bands)},
+    }
+
+
 def _check_outputs(paths: list[Path], overwrite: bool) -> None:
     existing = [str(p) for p in paths if p.exists()]
     if existing and not overwrite:
@@ -178,6 +307,7 @@ def simulate_field(
     tile_pix: int = 256,
     n_straddle: int = 4,
     overwrite: bool = False,
+    foreground: bool | ForegroundConfig | dict[str, Any] | None = None,
     **sim_overrides: Any,
 ) -> FieldFiles:
     """Write a small JWST-like field of mock z = 6-8 galaxies with known truth.
@@ -187,7 +317,8 @@ def simulate_field(
     out_dir : folder for ``<field>_<band>_i2d.fits`` and ``<field>_truth.ecsv``.
     n_galaxies : galaxies injected (one view and one random DTM from ``dtm_values`` each).
     shape : (ny, nx) of the mosaic, 0.03"/px (``pixel_scale_arcsec`` of the config).
-    bands : NIRCam bands; None: the simulation config's bands.
+    bands : NIRCam bands; None: the simulation config's bands. Bands blueward of Lyman-alpha
+        at the top of the redshift range (F090W) are rendered as photometry-only bands.
     seed : everything (galaxies, positions, noise) follows from it.
     depth : preset name (``ceers``, ``jades``) or {band: 5-sigma AB mag in 0.1" radius};
         None: the config's depth.
@@ -203,10 +334,17 @@ def simulate_field(
     tile_pix, n_straddle : ``n_straddle`` galaxies are placed across the boundaries of
         ``tile_pix`` tiles (the first rows of the truth table, ``on_tile_boundary``).
     overwrite : replace existing files.
+    foreground : the sky's mix around the z > 6 galaxies (:mod:`surveydust.simulate.foreground`):
+        None follows ``foreground.enabled`` of the config file (off in the shipped one);
+        True / False switch it on / off; a mapping (e.g. ``{"density_scale": 2}``) or a
+        :class:`surveydust.config.ForegroundConfig` sets it up. Its sources get ids after the
+        high-z galaxies', the truth table a ``kind`` column (``high_z``, ``foreground``,
+        ``dusty``, ``balmer_break``, ``brown_dwarf``). Off, the files are exactly those of a
+        field without foreground.
     """
     sim_overrides.setdefault("stamp_size", FIELD_STAMP_SIZE)
-    cfg = load_simulation_config(config, seed=seed, n_galaxies=n_galaxies, depth=depth,
-                                 bands=list(bands) if bands is not None else None, **sim_overrides)
+    valid_cfg, cfg = _field_configs(config, bands, seed=seed, n_galaxies=n_galaxies, depth=depth, **sim_overrides)
+    fg = _foreground_config(foreground, config)
     shape = (int(shape[0]), int(shape[1]))
     if border_pix < 0 or tile_pix < 1 or n_straddle < 0:
         raise ValueError("border_pix and n_straddle must be >= 0 and tile_pix >= 1")
@@ -224,7 +362,8 @@ def simulate_field(
     valid = data_mask(shape, border_pix, corner_cut)
     edge_dist = distance_transform_edt(np.pad(valid, 1))[1:-1, 1:-1]
     rng = np.random.default_rng([cfg.seed, FIELD_STREAM])
-    xy, on_boundary = _place(n_galaxies, edge_dist >= EDGE_MARGIN_PIX, tile_pix, n_straddle, rng)
+    allowed = edge_dist >= EDGE_MARGIN_PIX
+    xy, on_boundary = _place(n_galaxies, allowed, tile_pix, n_straddle, rng)
 
     # noiseless galaxies, rendered by the simulator itself
     lib = load_sed_library()
@@ -267,6 +406,13 @@ def simulate_field(
             **{f"flux_{b}": float(stamp[i].sum()) for i, b in enumerate(cfg.bands)},
         })
 
+    kinds = ["high_z"] * len(rows)
+    if fg.enabled:
+        area = float(valid.sum()) * (cfg.pixel_scale_arcsec / 60.0) ** 2
+        more, more_kinds = _add_foreground(image, fg, cfg, allowed, area, xy, kernels, wcs, len(rows))
+        rows += more
+        kinds += more_kinds
+
     # noise, units, blanking, files
     pixar = pixel_area_sr(cfg.pixel_scale_arcsec)
     njy_per_mjysr = float(mjy_per_sr_to_njy(1.0, pixar))
@@ -277,6 +423,7 @@ def simulate_field(
                     "ORIGIN": "surveydust", "SDVERS": (VERSION, "surveydust version"),
                     "SIMSEED": (cfg.seed, "simulate_field seed"),
                     "NGAL": (n_galaxies, "injected galaxies"),
+                    **({"NFOREGR": (len(rows) - n_galaxies, "injected foreground sources")} if fg.enabled else {}),
                     "DEPTH": (cfg.depth if isinstance(cfg.depth, str) else "custom", "noise depth preset")})
     out_dir.mkdir(parents=True, exist_ok=True)
     for i, band in enumerate(cfg.bands):
@@ -303,6 +450,8 @@ def simulate_field(
         _write_atomic(hdul, paths[band])
 
     truth = Table(rows=rows)
+    if fg.enabled:
+        truth.add_column(np.array(kinds, dtype="U12"), name="kind", index=truth.colnames.index("redshift"))
     units = {"ra": "deg", "dec": "deg", "x": "pix", "y": "pix", "x_centroid": "pix",
              "y_centroid": "pix", "ra_centroid": "deg", "dec_centroid": "deg", "A_V": "mag",
              "EBV": "mag", "log_ssfr": "dex(1/yr)",
@@ -319,6 +468,7 @@ def simulate_field(
         "A_V": "from integrated attenuated vs intrinsic light at 5500 A rest",
         "EBV": "from integrated light at 4400 and 5500 A rest", "R_V": "A_V / E(B-V); NaN without reddening",
         "log_ssfr": "100 Myr SFR over stellar mass", "dtm": "dust-to-metal ratio",
+        "kind": "high_z (the simulator's z > 6 galaxies), foreground, dusty, balmer_break or brown_dwarf",
         **{f"flux_{b}": f"noiseless total {b} flux (PSF-convolved stamp)" for b in cfg.bands},
     }
     for name, col in truth.columns.items():
@@ -331,6 +481,10 @@ def simulate_field(
                        "depth_mag": depth_mag, "noise_sigma_njy": dict(zip(cfg.bands, sigma.tolist())),
                        "rotation_deg": float(rotation_deg), "centre": [float(c) for c in centre],
                        "border_pix": int(border_pix), "tile_pix": int(tile_pix),
-                       "simulation_config": cfg.to_json(), "surveydust_version": VERSION})
+                       "simulation_config": valid_cfg.to_json(), "surveydust_version": VERSION})
+    if fg.enabled:
+        truth.meta.update({"n_high_z": int(n_galaxies), "foreground_config": fg.to_json()})
+    if cfg.bands != valid_cfg.bands:
+        truth.meta["photometry_only_bands"] = [b for b in cfg.bands if b not in valid_cfg.bands]
     _write_atomic(truth, truth_path)
     return FieldFiles(bands=paths, truth=truth_path)

@@ -1,0 +1,148 @@
+"""Photometric redshifts and the z > 6 selection on simulated photometry of the sky's mix.
+
+Measures, in one run, on the same simulated sources (CEERS depth; six bands F115W-F444W and
+seven with F090W):
+
+- the template fit of :func:`surveydust.photoz.fit_photoz` (luminosity prior),
+- a learned estimator (:class:`surveydust.photoz.LearnedPhotoZ`, gradient-boosted trees on
+  colours) trained on an independent simulated sample,
+- the classic dropout colour cut (:func:`surveydust.photoz.dropout_selection`) as the baseline,
+
+and prints photo-z NMAD and outlier fraction (|dz|/(1+z) > 0.15) at z > 6 and overall, and the
+completeness and purity of the z > 6 selection at SNR(F277W) >= 5 and >= 10.
+
+Photometry: noiseless total fluxes from :func:`surveydust.simulate.foreground.draw_sky_mix`
+(foreground kinds in their configured proportions; z > 6 galaxies from the simulator's own
+population); an aperture of 0.25" radius holds ``APERTURE_FRACTION`` of the light; the noise is
+the CEERS 5-sigma depth (0.1" radius) scaled to that aperture (white noise). To measure
+completeness on enough z > 6 galaxies the test sample holds ``TEST_HIGH_Z`` of them; purity is
+re-weighted to a sky where they are ``SKY_HIGH_Z`` of the sources (a few per cent, Hainline et
+al. 2024), and the learned classifier's odds are corrected to that sky.
+
+Run: ``nice -n 15 python benchmarks/photoz.py [--n-test 5000] [--n-train 16000]`` (~2-3 min).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from surveydust.instrument import DEPTH_PRESETS, DEPTH_APERTURE_RADIUS_ARCSEC
+from surveydust.photoz import LearnedPhotoZ, dropout_selection, fit_photoz, photoz_metrics
+from surveydust.physics import ab_to_njy
+from surveydust.simulate.foreground import SkyMix, draw_sky_mix
+
+SEVEN = ("F090W", "F115W", "F150W", "F200W", "F277W", "F356W", "F444W")
+SIX = SEVEN[1:]
+APERTURE_ARCSEC = 0.25
+APERTURE_FRACTION = 0.8
+TEST_HIGH_Z = 0.2
+SKY_HIGH_Z = 0.03
+THRESHOLDS = (0.5, 0.8, 0.9)
+SNR_CUTS = (5.0, 10.0)
+
+
+def aperture_sigma(bands: tuple[str, ...], depth: str = "ceers") -> np.ndarray:
+    """1-sigma noise [nJy] of a 0.25" radius aperture from the 5-sigma depth in 0.1" (white noise)."""
+    scale = APERTURE_ARCSEC / DEPTH_APERTURE_RADIUS_ARCSEC
+    return np.array([ab_to_njy(DEPTH_PRESETS[depth][b]) / 5.0 * scale for b in bands])
+
+
+def observe(mix: SkyMix, bands: tuple[str, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Aperture fluxes and errors [nJy] of ``mix`` in ``bands`` (a subset of its bands)."""
+    cols = [mix.bands.index(b) for b in bands]
+    sigma = aperture_sigma(bands)
+    rng = np.random.default_rng(seed)
+    flux = mix.flux_njy[:, cols] * APERTURE_FRACTION + rng.normal(size=(len(mix.kind), len(cols))) * sigma
+    return flux, np.broadcast_to(sigma, flux.shape).copy()
+
+
+def weighted_selection(is_high: np.ndarray, selected: np.ndarray) -> tuple[float, float]:
+    """Completeness, and purity re-weighted from the test mix to a sky with SKY_HIGH_Z z > 6 galaxies."""
+    w_high = SKY_HIGH_Z / TEST_HIGH_Z
+    w_low = (1 - SKY_HIGH_Z) / (1 - TEST_HIGH_Z)
+    tp, fp = (selected & is_high).sum(), (selected & ~is_high).sum()
+    completeness = tp / max(is_high.sum(), 1)
+    purity = tp * w_high / (tp * w_high + fp * w_low) if tp + fp else float("nan")
+    return float(completeness), float(purity)
+
+
+def to_sky_odds(p: np.ndarray) -> np.ndarray:
+    """A probability learned on the test mix's share of z > 6 galaxies, moved to the sky's."""
+    odds = p / np.clip(1 - p, 1e-12, None) * (SKY_HIGH_Z / (1 - SKY_HIGH_Z)) / (TEST_HIGH_Z / (1 - TEST_HIGH_Z))
+    return odds / (1 + odds)
+
+
+def run(n_test: int, n_train: int, seed: int) -> None:
+    t0 = time.perf_counter()
+    test = draw_sky_mix(n_test, SEVEN, seed=seed, high_z_fraction=TEST_HIGH_Z)
+    train = draw_sky_mix(n_train, SEVEN, seed=seed + 1000, high_z_fraction=TEST_HIGH_Z)
+    t_sim = time.perf_counter() - t0
+    is_high = test.redshift > 6
+    galaxy = test.kind != "brown_dwarf"
+    kinds = {k: int((test.kind == k).sum()) for k in np.unique(test.kind)}
+    print(f"# sky mix: {n_test} test sources {kinds}; {n_train} training sources; simulated in {t_sim:.0f} s")
+    print(f"# CEERS depth, 0.25\" apertures holding {APERTURE_FRACTION:.0%} of the light; purity re-weighted "
+          f"to {SKY_HIGH_Z:.0%} z > 6 galaxies")
+    rows = []
+    for bands, label in ((SEVEN, "7-band"), (SIX, "6-band")):
+        flux, err = observe(test, bands, seed)
+        snr = flux[:, bands.index("F277W")] / err[:, bands.index("F277W")]
+        t1 = time.perf_counter()
+        fit = fit_photoz(flux, err, bands)
+        t_fit = time.perf_counter() - t1
+        tr_flux, tr_err = observe(train, bands, seed + 1)
+        t1 = time.perf_counter()
+        learned = LearnedPhotoZ(bands, seed=seed).fit(tr_flux, tr_err, train.redshift)
+        z_learn, p_learn = learned.predict(flux, err)
+        t_learn = time.perf_counter() - t1
+        p_learn = to_sky_odds(p_learn)
+        print(f"# {label}: template fit {t_fit:.1f} s ({1e3 * t_fit / n_test:.2f} ms/source); "
+              f"learned train+predict {t_learn:.1f} s")
+        methods = {f"template P>{t:g}": fit.p_high_z > t for t in THRESHOLDS}
+        methods["template P>0.8, no star"] = (fit.p_high_z > 0.8) & (fit.chi2_star > fit.chi2)
+        methods.update({f"learned P>{t:g}": p_learn > t for t in THRESHOLDS})
+        methods["dropout cut"] = dropout_selection(flux, err, bands)
+        for name, sel in methods.items():
+            cells = []
+            for cut in SNR_CUTS:
+                s = snr >= cut
+                cells += list(weighted_selection(is_high[s], sel[s]))
+            rows.append((label, name, cells))
+        for name, zp in (("template", fit.z_phot), ("learned", z_learn)):
+            cells = []
+            for cut in SNR_CUTS:
+                s = snr >= cut
+                hz = photoz_metrics(test.redshift[s & is_high], zp[s & is_high])
+                allz = photoz_metrics(test.redshift[s & galaxy], zp[s & galaxy])
+                cells += [hz["nmad"], hz["outliers"], allz["nmad"], allz["outliers"]]
+            rows.append((label, f"z_phot {name}", cells))
+    print()
+    print(f"{'bands':7s} {'z > 6 selection':26s} {'SNR>=5 compl':>12s} {'purity':>7s} "
+          f"{'SNR>=10 compl':>13s} {'purity':>7s}")
+    for label, name, cells in rows:
+        if not name.startswith("z_phot"):
+            print(f"{label:7s} {name:26s} {cells[0]:12.3f} {cells[1]:7.3f} {cells[2]:13.3f} {cells[3]:7.3f}")
+    print()
+    print(f"{'bands':7s} {'photo-z':18s} {'SNR>=5: z>6 NMAD':>17s} {'out':>6s} {'all NMAD':>9s} {'out':>6s}"
+          f" {'SNR>=10: z>6 NMAD':>18s} {'out':>6s} {'all NMAD':>9s} {'out':>6s}")
+    for label, name, c in rows:
+        if name.startswith("z_phot"):
+            print(f"{label:7s} {name:18s} {c[0]:17.3f} {c[1]:6.3f} {c[2]:9.3f} {c[3]:6.3f} {c[4]:18.3f} {c[5]:6.3f}"
+                  f" {c[6]:9.3f} {c[7]:6.3f}")
+    print(f"\n# total {time.perf_counter() - t0:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-test", type=int, default=5000)
+    parser.add_argument("--n-train", type=int, default=16000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    run(args.n_test, args.n_train, args.seed)
+
+
+if __name__ == "__main__":
+    main()

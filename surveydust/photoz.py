@@ -1,0 +1,478 @@
+"""Photometric redshifts from aperture photometry: a template fit, a learned estimator, a dropout cut.
+
+A survey mosaic is mostly galaxies at z < 6; before its dust is measured, a source must be
+known to lie at z > 6. From fluxes and errors [nJy] in any NIRCam bands this module gives
+
+- :func:`fit_photoz`: a template fit in the style of eazy-py (Brammer et al. 2008): on a fixed
+  redshift grid, each template is fitted with a free non-negative normalisation, chi^2 with a
+  fractional template error added in quadrature; the likelihood is summed over templates and
+  multiplied by a prior (flat by default) into p(z), from which ``z_phot`` (its peak), the 16/84
+  percentiles and P(z > 6) follow. Brown-dwarf templates are fitted on the side (``chi2_star``).
+  Templates (:func:`template_grid`) are built from the package's own stellar-population library,
+  attenuation laws, nebular lines and IGM (:mod:`surveydust.simulate.foreground`) through the
+  NIRCam throughputs: nothing is downloaded;
+- :class:`LearnedPhotoZ`: gradient-boosted trees (scikit-learn) on asinh colours, trained on
+  simulated photometry, giving ``z_phot`` and P(z > 6);
+- :func:`dropout_selection`: a classic Lyman-break colour cut, the baseline;
+- :func:`photoz_metrics` and :func:`selection_metrics` to score them.
+
+Everything is plain numpy (scikit-learn for the learned estimator), one call per batch of sources.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+#: default redshift grid: 0-15 in steps of 0.01
+Z_GRID_STEP = 0.01
+Z_GRID_MAX = 15.0
+#: the redshift a z > 6 selection asks about
+HIGH_Z = 6.0
+#: fractional template error added in quadrature to the flux errors (eazy-py uses ~5%)
+SYS_ERR = 0.05
+#: V-band attenuations [mag] each template is built with (Calzetti et al. 2000)
+TEMPLATE_A_V = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+#: base templates: name -> (relative mass formed in the library's age bins 0-10, 10-30, 30-100,
+#: 100-300, 300-500 Myr; metallicity [Z_sun]; factor on the nebular lines)
+TEMPLATES: dict[str, tuple[tuple[float, ...], float, float]] = {
+    "starburst_10myr": ((1.0, 0.0, 0.0, 0.0, 0.0), 0.1, 1.0),
+    "line_emitter_10myr": ((1.0, 0.0, 0.0, 0.0, 0.0), 0.05, 3.0),
+    "young_no_lines": ((1.0, 2.0, 0.0, 0.0, 0.0), 0.02, 0.0),
+    "constant_100myr": ((10.0, 20.0, 70.0, 0.0, 0.0), 0.2, 1.0),
+    "constant_500myr": ((10.0, 20.0, 70.0, 200.0, 200.0), 0.4, 1.0),
+    "post_starburst": ((0.002, 0.004, 0.014, 200.0, 200.0), 1.0, 0.5),
+    "old_300_500myr": ((0.0, 0.0, 0.0, 0.0, 1.0), 1.0, 0.0),
+}
+#: brown-dwarf template temperatures [K] (:func:`surveydust.simulate.foreground.brown_dwarf_sed`)
+STAR_TEFF_K = (500.0, 650.0, 800.0, 950.0, 1100.0, 1300.0)
+#: sources fitted at once (bounds memory: a few arrays of chunk x templates x redshifts)
+FIT_CHUNK = 64
+
+
+@dataclass(frozen=True)
+class TemplateGrid:
+    """Template fluxes on a redshift grid.
+
+    Attributes
+    ----------
+    bands : band names.
+    z_grid : (n_z,) redshifts.
+    names : (n_t,) template names (``<base>_av<A_V>``).
+    flux : (n_t, n_z, n_band) band-averaged f_nu, each template scaled to unit mean over bands
+        and redshifts (only ratios matter: the normalisation is fitted).
+    star_names : (n_s,) brown-dwarf template names.
+    star_flux : (n_s, n_band) their band fluxes (z = 0).
+    """
+
+    bands: tuple[str, ...]
+    z_grid: np.ndarray
+    names: tuple[str, ...]
+    flux: np.ndarray
+    star_names: tuple[str, ...]
+    star_flux: np.ndarray
+
+
+@dataclass(frozen=True)
+class PhotoZResult:
+    """Photometric redshifts of a batch of sources (:func:`fit_photoz`).
+
+    Attributes
+    ----------
+    z_phot : (n,) peak of p(z).
+    z16, z84 : (n,) 16th and 84th percentiles of p(z).
+    p_high_z : (n,) P(z > ``z_threshold``).
+    pz : (n, n_z) p(z) [per unit z], integrating to 1 over ``z_grid`` (trapezoid rule).
+    z_grid : (n_z,) redshifts of ``pz``.
+    chi2 : (n,) smallest chi^2 of the galaxy templates.
+    chi2_star : (n,) smallest chi^2 of the brown-dwarf templates.
+    n_bands : (n,) bands with data per source.
+    z_threshold : the redshift of ``p_high_z``.
+    """
+
+    z_phot: np.ndarray
+    z16: np.ndarray
+    z84: np.ndarray
+    p_high_z: np.ndarray
+    pz: np.ndarray
+    z_grid: np.ndarray
+    chi2: np.ndarray
+    chi2_star: np.ndarray
+    n_bands: np.ndarray
+    z_threshold: float
+
+
+def default_z_grid(step: float = Z_GRID_STEP, z_max: float = Z_GRID_MAX) -> np.ndarray:
+    """Redshift grid 0, step, ..., z_max."""
+    if not 0 < step <= z_max:
+        raise ValueError(f"need 0 < step <= z_max, got step={step}, z_max={z_max}")
+    return np.round(np.arange(0.0, z_max + 0.5 * step, step), 6)
+
+
+def _check_bands(bands: Any) -> tuple[str, ...]:
+    from surveydust.instrument import check_bands
+
+    return check_bands(list(bands))
+
+
+@lru_cache(maxsize=8)
+def _template_grid_cached(bands: tuple[str, ...], z_key: tuple[float, float, int]) -> TemplateGrid:
+    from surveydust.instrument import band_weights
+    from surveydust.physics import attenuation_curve
+    from surveydust.simulate.foreground import (
+        band_fluxes,
+        brown_dwarf_sed,
+        extended_library,
+        galaxy_sed,
+        igm_forest_transmission,
+    )
+    from surveydust.simulate.imaging import igm_transmission
+
+    z_grid = np.linspace(*z_key)
+    wave, _, _ = extended_library()
+    k = attenuation_curve(wave, "calzetti")
+    names, seds = [], []
+    for name, (frac, metallicity, lines) in TEMPLATES.items():
+        _, sed = galaxy_sed(np.asarray(frac, float), metallicity, line_scale=lines)
+        for a_v in TEMPLATE_A_V:
+            names.append(f"{name}_av{a_v:g}")
+            seds.append(sed * 10.0 ** (-0.4 * a_v * k))
+    seds_arr = np.array(seds)
+    flux = np.empty((len(seds), len(z_grid), len(bands)))
+    for j, z in enumerate(z_grid):
+        igm = igm_transmission(wave, igm_forest_transmission(z)) if z > 0 else 1.0
+        weights = np.array([band_weights(wave, b, z) for b in bands]) * igm
+        flux[:, j] = seds_arr @ weights.T
+    flux /= flux.mean(axis=(1, 2), keepdims=True)
+    stars = np.array([band_fluxes(*brown_dwarf_sed(t), 0.0, bands, igm=False) for t in STAR_TEFF_K])
+    stars /= stars.mean(axis=1, keepdims=True)
+    return TemplateGrid(bands=bands, z_grid=z_grid, names=tuple(names), flux=flux,
+                        star_names=tuple(f"brown_dwarf_{t:g}K" for t in STAR_TEFF_K), star_flux=stars)
+
+
+def template_grid(bands: tuple[str, ...] | list[str], z_grid: np.ndarray | None = None) -> TemplateGrid:
+    """Fluxes of the photo-z templates (:data:`TEMPLATES` x :data:`TEMPLATE_A_V`, plus brown dwarfs)
+    in ``bands`` on ``z_grid`` (an evenly spaced grid; default :func:`default_z_grid`). Cached."""
+    z = default_z_grid() if z_grid is None else np.asarray(z_grid, float)
+    if z.ndim != 1 or len(z) < 2 or z[0] < 0 or not np.allclose(np.diff(z), z[1] - z[0]) or z[1] <= z[0]:
+        raise ValueError("z_grid must be an increasing, evenly spaced 1-D grid of redshifts >= 0")
+    return _template_grid_cached(_check_bands(bands), (float(z[0]), float(z[-1]), len(z)))
+
+
+def _check_photometry(flux_njy: Any, err_njy: Any, n_band: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, n_band) fluxes and inverse variances; missing data (non-finite flux or error) get weight 0."""
+    flux = np.atleast_2d(np.asarray(flux_njy, dtype=np.float64))
+    err = np.atleast_2d(np.asarray(err_njy, dtype=np.float64))
+    if flux.ndim != 2 or flux.shape[1] != n_band:
+        raise ValueError(f"flux must have shape (n_sources, {n_band}) for {n_band} bands, got {np.shape(flux_njy)}")
+    if err.shape != flux.shape:
+        raise ValueError(f"err must have the shape of flux {flux.shape}, got {np.shape(err_njy)}")
+    if np.any(err <= 0):
+        raise ValueError("flux errors must be > 0 (use NaN or inf for a band without data)")
+    good = np.isfinite(flux) & np.isfinite(err)
+    return np.where(good, flux, 0.0), np.where(good, 1.0 / np.where(good, err, 1.0) ** 2, 0.0)
+
+
+def _free_norm_chi2(flux: np.ndarray, weight: np.ndarray, model: np.ndarray) -> np.ndarray:
+    """chi^2 of each source against each model row with its best non-negative scale.
+
+    flux, weight : (n, n_band); model : (m, n_band). Returns (n, m).
+    """
+    s = (weight * flux**2).sum(axis=1, keepdims=True)
+    num = (weight * flux) @ model.T
+    den = weight @ (model**2).T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gain = np.where((num > 0) & (den > 0), num**2 / den, 0.0)
+    return np.maximum(s - gain, 0.0)
+
+
+def _percentile(cdf: np.ndarray, z: np.ndarray, q: float) -> np.ndarray:
+    """Redshift where each row of ``cdf`` (n, n_z) reaches ``q``."""
+    idx = np.clip((cdf < q).sum(axis=1), 1, len(z) - 1)
+    rows = np.arange(len(cdf))
+    c0, c1 = cdf[rows, idx - 1], cdf[rows, idx]
+    t = np.clip((q - c0) / np.where(c1 > c0, c1 - c0, 1.0), 0.0, 1.0)
+    return z[idx - 1] + t * (z[idx] - z[idx - 1])
+
+
+def fit_photoz(flux_njy: Any, err_njy: Any, bands: tuple[str, ...] | list[str], *,
+               z_grid: np.ndarray | None = None, sys_err: float = SYS_ERR,
+               prior: str | np.ndarray | None = "luminosity", z_threshold: float = HIGH_Z) -> PhotoZResult:
+    """Template photometric redshifts and P(z > ``z_threshold``) of a batch of sources.
+
+    Parameters
+    ----------
+    flux_njy : (n, n_band) or (n_band,) aperture fluxes [nJy]; NaN where a band has no data.
+    err_njy : errors [nJy] of the same shape, > 0 (NaN or inf where a band has no data).
+    bands : the NIRCam band of each column.
+    z_grid : evenly spaced redshift grid (default 0-15, step 0.01).
+    sys_err : fractional template error added in quadrature to ``err_njy`` (of ``|flux|``).
+    prior : ``"luminosity"`` (:func:`luminosity_prior`), ``"flat"`` or None (flat), or p(z) on
+        ``z_grid``, shape (n_z,) or (n, n_z), >= 0.
+    z_threshold : redshift of ``p_high_z``.
+
+    Returns
+    -------
+    PhotoZResult with p(z) integrating to 1 over the grid. A source without any band with data
+    gets a flat p(z).
+    """
+    grid = template_grid(bands, z_grid)
+    flux, weight = _check_photometry(flux_njy, err_njy, len(grid.bands))
+    if not 0 <= sys_err < 1:
+        raise ValueError(f"sys_err must lie in [0, 1), got {sys_err}")
+    with np.errstate(divide="ignore"):
+        weight = np.where(weight > 0, 1.0 / (1.0 / np.where(weight > 0, weight, 1.0) + (sys_err * flux) ** 2), 0.0)
+    z = grid.z_grid if z_grid is None else np.asarray(z_grid, dtype=np.float64)
+    if isinstance(prior, str) and prior == "luminosity":
+        prior = luminosity_prior(np.where(weight > 0, flux, np.nan), grid.bands, z)
+    elif isinstance(prior, str) and prior != "flat":
+        raise ValueError(f"unknown prior {prior!r}; known: luminosity, flat, or an array")
+    prior_arr = _check_prior(None if isinstance(prior, str) else prior, len(flux), len(z))
+    n_t = grid.flux.shape[0]
+    models = grid.flux.reshape(-1, len(grid.bands))
+    pz = np.empty((len(flux), len(z)))
+    chi2_min = np.empty(len(flux))
+    for start in range(0, len(flux), FIT_CHUNK):
+        part = slice(start, start + FIT_CHUNK)
+        chi2 = _free_norm_chi2(flux[part], weight[part], models).reshape(-1, n_t, len(z))
+        best = chi2.min(axis=(1, 2))
+        like = np.exp(-0.5 * (chi2 - best[:, None, None])).sum(axis=1)
+        pz[part] = like * prior_arr[part]
+        chi2_min[part] = best
+    pz /= np.trapezoid(pz, z, axis=1)[:, None]
+    cdf = np.concatenate([np.zeros((len(pz), 1)), np.cumsum(0.5 * (pz[:, 1:] + pz[:, :-1]) * np.diff(z), axis=1)],
+                         axis=1)
+    cdf /= cdf[:, -1:]
+    p_high = 1.0 - np.array([np.interp(z_threshold, z, c) for c in cdf])
+    chi2_star = _free_norm_chi2(flux, weight, grid.star_flux).min(axis=1)
+    return PhotoZResult(z_phot=z[np.argmax(pz, axis=1)], z16=_percentile(cdf, z, 0.16), z84=_percentile(cdf, z, 0.84),
+                        p_high_z=np.clip(p_high, 0.0, 1.0), pz=pz, z_grid=z, chi2=chi2_min, chi2_star=chi2_star,
+                        n_bands=(weight > 0).sum(axis=1), z_threshold=float(z_threshold))
+
+
+def _check_prior(prior: np.ndarray | None, n: int, n_z: int) -> np.ndarray:
+    if prior is None:
+        return np.ones((n, n_z))
+    p = np.asarray(prior, dtype=np.float64)
+    if p.shape not in ((n_z,), (n, n_z)):
+        raise ValueError(f"prior must have shape ({n_z},) or ({n}, {n_z}), got {p.shape}")
+    if np.any(~np.isfinite(p)) or np.any(p < 0) or np.any(p.reshape(-1, n_z).sum(axis=1) <= 0):
+        raise ValueError("prior must be finite, >= 0 and not all zero")
+    return np.broadcast_to(p, (n, n_z))
+
+
+#: characteristic UV magnitude of the z >= 3 UV luminosity function (Bouwens et al. 2021: M* ~ -21
+#: from z ~ 3 to 8) and the rest wavelength it refers to [Angstrom]
+UV_M_STAR = -21.0
+UV_REST_AA = 1600.0
+#: the luminosity prior acts from this redshift up (below it: flat)
+LUMINOSITY_PRIOR_Z_MIN = 3.0
+
+
+def luminosity_prior(flux_njy: Any, bands: tuple[str, ...] | list[str], z_grid: np.ndarray, *,
+                     m_star: float = UV_M_STAR) -> np.ndarray:
+    """A prior against impossibly luminous high-z solutions: at z >= 3, the exponential cut-off
+    of a Schechter UV luminosity function, exp(-10**(-0.4 (M_UV - M*))), with M_UV from the flux
+    in the band nearest to rest 1600 A (redward of Lyman-alpha) at each redshift; 1 below z = 3.
+    Faint sources (M_UV fainter than M*) are barely touched; a z = 1 galaxy of AB 22 can no longer
+    pretend to be a z = 6 dropout of M_UV = -25.
+
+    Parameters
+    ----------
+    flux_njy : (n, n_band) fluxes [nJy] (non-positive or NaN: no penalty from that band).
+    bands : band of each column.
+    z_grid : (n_z,) redshifts.
+    m_star : characteristic absolute UV magnitude [AB].
+
+    Returns
+    -------
+    (n, n_z) prior values in (0, 1].
+    """
+    names = _check_bands(bands)
+    flux = np.atleast_2d(np.asarray(flux_njy, dtype=np.float64))
+    z = np.asarray(z_grid, dtype=np.float64)
+    pivots = np.array([_pivot_aa(b) for b in names])
+    high = z >= LUMINOSITY_PRIOR_Z_MIN
+    prior = np.ones((len(flux), len(z)))
+    zh = z[high]
+    band = np.argmin(np.abs(np.log(pivots[None, :] / (UV_REST_AA * (1 + zh[:, None])))), axis=1)
+    d_l = np.interp(zh, *_distance_table())
+    dist_mod = 5.0 * np.log10(d_l / 3.0857e19)  # d_L [cm] over 10 pc
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m_app = -2.5 * np.log10(flux[:, band] / 3631e9)
+    m_uv = m_app - dist_mod[None, :] + 2.5 * np.log10(1 + zh)[None, :]
+    penalty = np.exp(-np.minimum(10 ** (-0.4 * (m_uv - m_star)), 700.0))
+    prior[:, high] = np.where(np.isfinite(m_uv), np.maximum(penalty, 1e-300), 1.0)
+    return prior
+
+
+@lru_cache(maxsize=16)
+def _pivot_aa(band: str) -> float:
+    """Pivot wavelength of a band [Angstrom]."""
+    from surveydust.instrument import bandpass
+
+    wave, thr = bandpass(band)
+    return float(np.sqrt(np.trapezoid(thr * wave, wave) / np.trapezoid(thr / wave, wave)))
+
+
+@lru_cache(maxsize=1)
+def _distance_table() -> tuple[np.ndarray, np.ndarray]:
+    """Luminosity distance [cm] on a grid of redshifts 0.01-20 (Planck 2018), for interpolation."""
+    from surveydust.physics import luminosity_distance_cm
+
+    zt = np.linspace(0.01, 20.0, 400)
+    return zt, np.array([luminosity_distance_cm(float(x)) for x in zt])
+
+
+def _mag(flux: np.ndarray, err: np.ndarray) -> np.ndarray:
+    """AB magnitude of ``flux`` floored at its 1-sigma error (a non-detection is a limit)."""
+    from surveydust.physics import njy_to_ab
+
+    return njy_to_ab(np.maximum(flux, err))
+
+
+def dropout_selection(flux_njy: Any, err_njy: Any, bands: tuple[str, ...] | list[str], *,
+                      break_mag: float = 1.0, red_mag: float = 1.0, veto_snr: float = 2.0,
+                      detect_snr: float = 3.0) -> np.ndarray:
+    """A classic Lyman-break (dropout) colour cut for z > 6 galaxies, the baseline of a selection.
+
+    Non-detections are taken at their 1-sigma flux. Where the bands allow it, a source is selected as
+
+    - an F090W dropout (z ~ 6-8.5): F090W - F115W > ``break_mag``, F115W - F277W < ``red_mag``;
+    - an F115W dropout (z ~ 8.5-11): F115W - F150W > ``break_mag``, F150W - F277W < ``red_mag``,
+      SNR(F090W) < ``veto_snr`` when F090W exists;
+    - an F150W dropout (z ~ 11-15): F150W - F200W > ``break_mag``, F200W - F356W < ``red_mag``,
+      SNR < ``veto_snr`` in F090W and F115W;
+
+    and in each case SNR > ``detect_snr`` in the band redward of the break and in F277W (the
+    style of Bouwens et al. 2015 and Hainline et al. 2024). Without F090W no cut sees a z = 6-8.5
+    break.
+
+    Returns
+    -------
+    (n,) bool.
+    """
+    names = _check_bands(bands)
+    flux, _ = _check_photometry(flux_njy, err_njy, len(names))
+    err = np.atleast_2d(np.asarray(err_njy, dtype=np.float64))
+    col = {b: i for i, b in enumerate(names)}
+    mag = _mag(flux, np.where(np.isfinite(err), err, np.inf))
+    snr = np.where(np.isfinite(err), flux / np.where(np.isfinite(err), err, 1.0), 0.0)
+    selected = np.zeros(len(flux), bool)
+
+    def has(*b: str) -> bool:
+        return all(x in col for x in b)
+
+    def m(b: str) -> np.ndarray:
+        return mag[:, col[b]]
+
+    def s(b: str) -> np.ndarray:
+        return snr[:, col[b]] if b in col else np.zeros(len(flux))
+
+    if has("F090W", "F115W", "F277W"):
+        selected |= (m("F090W") - m("F115W") > break_mag) & (m("F115W") - m("F277W") < red_mag) \
+            & (s("F115W") > detect_snr) & (s("F277W") > detect_snr)
+    if has("F115W", "F150W", "F277W"):
+        selected |= (m("F115W") - m("F150W") > break_mag) & (m("F150W") - m("F277W") < red_mag) \
+            & (s("F090W") < veto_snr) & (s("F150W") > detect_snr) & (s("F277W") > detect_snr)
+    if has("F150W", "F200W", "F356W", "F277W"):
+        selected |= (m("F150W") - m("F200W") > break_mag) & (m("F200W") - m("F356W") < red_mag) \
+            & (s("F090W") < veto_snr) & (s("F115W") < veto_snr) & (s("F200W") > detect_snr) \
+            & (s("F277W") > detect_snr)
+    return selected
+
+
+def colour_features(flux_njy: Any, err_njy: Any) -> np.ndarray:
+    """Features of a learned estimator: asinh magnitudes (softened at each source's 1-sigma error,
+    so non-detections and negative fluxes stay finite) relative to the reddest band, that band's
+    asinh magnitude, and the SNR per band (asinh-compressed). Shape (n, 2 n_band)."""
+    flux = np.atleast_2d(np.asarray(flux_njy, dtype=np.float64))
+    err = np.atleast_2d(np.asarray(err_njy, dtype=np.float64))
+    missing = ~(np.isfinite(flux) & np.isfinite(err))
+    flux, err = np.where(missing, 0.0, flux), np.where(missing, 1.0, err)
+    lupt = -2.5 / np.log(10) * (np.arcsinh(flux / (2 * err)) + np.log(err))
+    feats = np.concatenate([lupt[:, :-1] - lupt[:, -1:], lupt[:, -1:], np.arcsinh(flux / err)], axis=1)
+    gone = np.concatenate([missing[:, :-1] | missing[:, -1:], missing[:, -1:], missing], axis=1)
+    return np.where(gone, np.nan, feats)
+
+
+class LearnedPhotoZ:
+    """Gradient-boosted trees (scikit-learn ``HistGradientBoosting*``) on :func:`colour_features`:
+    a regressor of ln(1 + z) and a classifier of z > ``z_threshold``.
+
+    Trained on simulated photometry (:func:`surveydust.simulate.foreground.draw_sky_mix` plus
+    noise), its P(z > 6) is calibrated for the training set's mix of kinds: it answers with the
+    simulator's assumptions, as the networks do.
+    """
+
+    def __init__(self, bands: tuple[str, ...] | list[str], z_threshold: float = HIGH_Z, max_iter: int = 150,
+                 seed: int = 0, n_threads: int | None = 1) -> None:
+        self.bands = _check_bands(bands)
+        # OpenMP threads of the trees: one by default (on busy cores more threads are ~30x slower)
+        self.n_threads = n_threads
+        self.z_threshold = float(z_threshold)
+        self.max_iter = int(max_iter)
+        self.seed = int(seed)
+        self._reg: Any = None
+        self._clf: Any = None
+
+    def fit(self, flux_njy: Any, err_njy: Any, redshift: Any) -> LearnedPhotoZ:
+        """Train on fluxes and errors [nJy], shape (n, n_band), and true redshifts (n,)."""
+        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+        _check_photometry(flux_njy, err_njy, len(self.bands))
+        z = np.asarray(redshift, dtype=np.float64)
+        x = colour_features(flux_njy, err_njy)
+        if z.shape != (len(x),) or not np.all(np.isfinite(z)) or np.any(z < 0):
+            raise ValueError(f"redshift must be ({len(x)},) finite values >= 0")
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=self.n_threads):
+            self._reg = HistGradientBoostingRegressor(max_iter=self.max_iter, learning_rate=0.1,
+                                                      random_state=self.seed).fit(x, np.log1p(z))
+            self._clf = HistGradientBoostingClassifier(max_iter=self.max_iter, learning_rate=0.1,
+                                                       random_state=self.seed).fit(x, z > self.z_threshold)
+        return self
+
+    def predict(self, flux_njy: Any, err_njy: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(z_phot, P(z > z_threshold))``, each (n,)."""
+        if self._reg is None:
+            raise ValueError("LearnedPhotoZ is not trained: call fit first")
+        _check_photometry(flux_njy, err_njy, len(self.bands))
+        from threadpoolctl import threadpool_limits
+
+        x = colour_features(flux_njy, err_njy)
+        with threadpool_limits(limits=self.n_threads):
+            return np.expm1(self._reg.predict(x)), self._clf.predict_proba(x)[:, 1]
+
+
+def photoz_metrics(z_true: Any, z_phot: Any, outlier: float = 0.15) -> dict[str, float]:
+    """NMAD (1.48 x median |dz - median dz| with dz = (z_phot - z_true) / (1 + z_true)), the
+    outlier fraction (|dz| > ``outlier``), the bias (median dz) and the count."""
+    zt, zp = np.asarray(z_true, float), np.asarray(z_phot, float)
+    if zt.shape != zp.shape:
+        raise ValueError(f"z_true and z_phot differ in shape: {zt.shape} vs {zp.shape}")
+    if zt.size == 0:
+        return {"nmad": float("nan"), "outliers": float("nan"), "bias": float("nan"), "n": 0}
+    dz = (zp - zt) / (1.0 + zt)
+    med = float(np.median(dz))
+    return {"nmad": float(1.4826 * np.median(np.abs(dz - med))), "outliers": float(np.mean(np.abs(dz) > outlier)),
+            "bias": med, "n": int(zt.size)}
+
+
+def selection_metrics(is_high_z: Any, selected: Any) -> dict[str, float]:
+    """Completeness (selected true z > 6 / all true z > 6), purity (true / selected) and counts."""
+    truth, sel = np.asarray(is_high_z, bool), np.asarray(selected, bool)
+    if truth.shape != sel.shape:
+        raise ValueError(f"is_high_z and selected differ in shape: {truth.shape} vs {sel.shape}")
+    hit = int((truth & sel).sum())
+    return {"completeness": hit / truth.sum() if truth.any() else float("nan"),
+            "purity": hit / sel.sum() if sel.any() else float("nan"),
+            "n_true": int(truth.sum()), "n_selected": int(sel.sum())}
+
+
+__all__ = ["HIGH_Z", "LearnedPhotoZ", "PhotoZResult", "TemplateGrid", "colour_features", "default_z_grid",
+           "dropout_selection", "fit_photoz", "photoz_metrics", "selection_metrics", "template_grid"]
