@@ -49,7 +49,7 @@ def colour_baseline(predictor, stores: dict[str, Path], n_galaxies: int) -> dict
     bundle's training store (its first ``n_galaxies`` galaxies' selected images)."""
     from scipy.stats import spearmanr
 
-    from surveydust.evaluate import colour_baseline_features, fit_colour_baseline
+    from surveydust.evaluation.baselines import colour_baseline_features, fit_colour_baseline
     from surveydust.stores.training import open_training_store
 
     try:

@@ -9,8 +9,8 @@ configuration and seed at a depth of ``--deep-mag`` AB in every band, so every
 galaxy, view, dust-to-metal ratio and label is the same and only the noise
 amplitude differs (checked). It takes the test samples the noisy store's
 selection keeps (SNR(F277W) >= 5) and fits the colour baseline of
-:mod:`surveydust.evaluate` (:func:`~surveydust.evaluate.fit_colour_baseline`
-on :func:`~surveydust.evaluate.colour_baseline_features`: log aperture
+:mod:`surveydust.evaluation.baselines` (:func:`~surveydust.evaluation.baselines.fit_colour_baseline`
+on :func:`~surveydust.evaluation.baselines.colour_baseline_features`: log aperture
 fluxes, all colours and z, of the training galaxies' selected samples, read in
 blocks) twice: on the
 noisy photometry and on the noiseless twin's. It prints, per target, MAE,
@@ -57,7 +57,7 @@ def main() -> None:
 
     from surveydust.cluster import get_client
     from surveydust.config import load_training_config
-    from surveydust.evaluate import colour_baseline_features, fit_colour_baseline
+    from surveydust.evaluation.baselines import colour_baseline_features, fit_colour_baseline
     from surveydust.preprocess import select_samples
     from surveydust.stores.training import open_training_store
 

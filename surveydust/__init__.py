@@ -10,6 +10,7 @@ Public API::
     surveydust.get_client("local", workers=2)        # Dask client from a cluster profile
     surveydust.train("sims.zarr", "model/")          # CNN -> model bundle
     surveydust.tune("sims.zarr", "study/", trials=6) # hyper-parameter search -> trial table
+    surveydust.evaluate(["model/"], "sims.zarr", "eval/")  # held-out skill: tables and figures
     surveydust.load_model(bands=None).predict(images, redshift=z)  # shipped bundle by band set -> xarray.Dataset
     surveydust.run_catalogue("field.zarr", "cat.zarr")  # detect + predict per tile -> xarray.Dataset
     surveydust.open_catalogue("cat.zarr")            # -> xarray.Dataset (dim source)
@@ -40,7 +41,7 @@ _API = {
     "simulate": "surveydust.simulate", "ingest_mosaic": "surveydust.stores.mosaic",
     "open_mosaic": "surveydust.stores.mosaic", "ingest_skirt": "surveydust.stores.skirt",
     "open_training_store": "surveydust.stores.training", "train": "surveydust.train",
-    "tune": "surveydust.tune", "run_demo": "surveydust.demo",
+    "tune": "surveydust.tune", "run_demo": "surveydust.demo", "evaluate": "surveydust.evaluation",
 }
 
 

@@ -350,7 +350,8 @@ def evaluate_command(paths: tuple[Path, ...], out: Path, baseline: bool, overwri
     A_V, R_V and sSFR, models side by side; coverage of the 68% and 95%
     intervals; true-vs-predicted, histogram and residual figures (Fig. 6-8).
     """
-    from surveydust.evaluate import evaluate, to_astropy
+    from surveydust.evaluation import evaluate
+    from surveydust.evaluation.report import to_astropy
 
     if len(paths) < 2:
         raise click.UsageError("give at least one BUNDLE and then the STORE")

@@ -5,8 +5,8 @@ Methods found in the catalogue: each CNN model (``A_V``, ``log_ssfr`` per
 (``A_V_sed``, ``log_ssfr_sed_<Myr>``, from :mod:`surveydust.sedfit`), and the simulated
 truth when a truth table is given (matched by position). For every pair: N,
 MAE, standard deviation and variance of the differences (like the paper's
-Figs. 9-11 and their numbers), as an ECSV table, plus one scatter figure per
-quantity with all pairs.
+Figs. 9-11 and their numbers, from :func:`surveydust.evaluation.metrics.residual_metrics`),
+as an ECSV table, plus one scatter figure per quantity with all pairs.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from surveydust.evaluation.metrics import residual_metrics
+from surveydust.quantities import LABELS, PREDICTED
 from surveydust.sources import TRUTH_MATCH_ARCSEC, nearest, read_table
 from surveydust.stores.catalogue import FLAGS
 
@@ -27,7 +29,6 @@ logger = logging.getLogger(__name__)
 OUTPUT_KIND = "comparison"  # the mark on the files compare writes (surveydust.stores.base)
 TABLE = "comparison.ecsv"
 QUALITY_FLAGS = ("edge", "masked", "low_snr", "out_of_distribution")
-QUANTITIES = {"A_V": "A_V [mag]", "EBV": "E(B-V) [mag]", "log_ssfr": "log sSFR [yr^-1]"}
 
 
 def methods(cat: xr.Dataset, quantity: str) -> dict[str, np.ndarray]:
@@ -49,7 +50,7 @@ def truth_values(cat: xr.Dataset, truth: Path | str,
     ra = table["ra_centroid"] if "ra_centroid" in table.colnames else table["ra"]
     dec = table["dec_centroid"] if "dec_centroid" in table.colnames else table["dec"]
     idx, _, ok = nearest(cat["ra"].values, cat["dec"].values, np.asarray(ra), np.asarray(dec), radius_arcsec)
-    return {q: np.where(ok, np.asarray(table[q], float)[idx], np.nan) for q in QUANTITIES if q in table.colnames}
+    return {q: np.where(ok, np.asarray(table[q], float)[idx], np.nan) for q in PREDICTED if q in table.colnames}
 
 
 def good_sources(cat: xr.Dataset, flagged: bool = False) -> np.ndarray:
@@ -59,13 +60,22 @@ def good_sources(cat: xr.Dataset, flagged: bool = False) -> np.ndarray:
 
 
 def pair_metrics(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """N, MAE, standard deviation and variance of ``a - b`` over sources where both are finite."""
-    ok = np.isfinite(a) & np.isfinite(b)
-    d = a[ok] - b[ok]
-    if not d.size:
-        return {"N": 0, "MAE": np.nan, "std": np.nan, "variance": np.nan, "mean": np.nan}
-    return {"N": int(d.size), "MAE": float(np.mean(np.abs(d))), "std": float(np.std(d)),
-            "variance": float(np.var(d)), "mean": float(np.mean(d))}
+    """How two methods' estimates of one quantity differ, over sources where both are finite.
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray
+        ``(n,)`` estimates per source, in the quantity's units (e.g. A_V [mag]).
+
+    Returns
+    -------
+    dict of str to float
+        ``N`` (an int), and of ``a - b``: ``MAE``, ``std`` and ``mean`` in the
+        quantity's units, ``variance`` in its units squared (NaN when ``N`` is 0);
+        from :func:`surveydust.evaluation.metrics.residual_metrics` with ``b`` as the truth.
+    """
+    m = residual_metrics(b, a)
+    return {"N": int(m["N"]), "MAE": m["MAE"], "std": m["std"], "variance": m["variance"], "mean": m["bias"]}
 
 
 def compare(catalogue: Path | str | xr.Dataset, out: Path | str, truth: Path | str | None = None,
@@ -96,7 +106,7 @@ def compare(catalogue: Path | str | xr.Dataset, out: Path | str, truth: Path | s
     inputs = [None if isinstance(catalogue, xr.Dataset) else catalogue, truth]
     out = check_output_folder(out, [TABLE, *figures.values()], overwrite, OUTPUT_KIND, inputs=inputs)
     for quantity, name in figures.items():
-        _plot(estimates[quantity], QUANTITIES[quantity], out / name)
+        _plot(estimates[quantity], LABELS[quantity], out / name)
     table = Table(rows=rows)
     for name in ("MAE", "std", "variance", "mean"):
         table[name].info.format = ".4g"
@@ -111,7 +121,7 @@ def compare(catalogue: Path | str | xr.Dataset, out: Path | str, truth: Path | s
 def _estimates(cat: xr.Dataset, keep: np.ndarray, truths: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
     """Per quantity with any estimate: the kept sources' estimate per method (and ``truth``)."""
     out = {}
-    for quantity in QUANTITIES:
+    for quantity in PREDICTED:
         est = {k: v[keep] for k, v in methods(cat, quantity).items()}
         if est and quantity in truths:
             est["truth"] = truths[quantity][keep]

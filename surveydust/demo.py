@@ -131,29 +131,43 @@ def _constants(cat: Any) -> dict[str, float]:
 
 
 def skill(cat: Any, truth: Path | str) -> Any:
-    """Per quantity and method against the truth, over the sources ``compare`` uses
-    (no edge, masked, low_snr or out_of_distribution flag) that match an injected
-    galaxy: N, MAE, the constant guess's MAE (the model's training median; the
-    truth's own median when unknown) and Spearman's rank correlation."""
-    from astropy.table import Table
-    from scipy.stats import spearmanr
+    """Skill of every method of the catalogue against the demo field's truth.
 
-    from surveydust.compare import QUANTITIES, good_sources, methods, truth_values
+    Scored by :func:`surveydust.evaluation.metrics.residual_metrics` over the
+    sources ``compare`` uses (no edge, masked, low_snr or out_of_distribution
+    flag) that match an injected galaxy.
+
+    Parameters
+    ----------
+    cat : xarray.Dataset
+        A catalogue (:func:`surveydust.stores.catalogue.open_catalogue`).
+    truth : path
+        The field's truth table (positions, A_V and E(B-V) [mag], log sSFR [log10(yr^-1)]).
+
+    Returns
+    -------
+    astropy.table.Table
+        A row per quantity and method: ``N``, ``MAE`` and ``MAE_constant`` (of
+        the constant guess: the model's training median, the truth's own median
+        when unknown) in the quantity's units, and ``spearman``.
+    """
+    from astropy.table import Table
+
+    from surveydust.compare import good_sources, methods, truth_values
+    from surveydust.evaluation.metrics import residual_metrics
+    from surveydust.quantities import PREDICTED
 
     keep = good_sources(cat)
     true = truth_values(cat, truth)
     constants = _constants(cat)
     rows = []
-    for q in (q for q in QUANTITIES if q in true):
+    for q in (q for q in PREDICTED if q in true):
         for name, est in methods(cat, q).items():
             ok = keep & np.isfinite(est) & np.isfinite(true[q])
-            t, e = true[q][ok], est[ok]
-            const = constants.get(q, float(np.median(t)) if t.size else np.nan)
-            rho = spearmanr(t, e).statistic if t.size > 2 and np.ptp(e) > 0 else np.nan
-            rows.append({"quantity": q, "method": name, "N": int(ok.sum()),
-                         "MAE": float(np.mean(np.abs(e - t))) if t.size else np.nan,
-                         "MAE_constant": float(np.mean(np.abs(const - t))) if t.size else np.nan,
-                         "spearman": float(rho)})
+            const = constants.get(q, float(np.median(true[q][ok])) if ok.any() else np.nan)
+            m = residual_metrics(true[q][ok], est[ok], constant=const)
+            rows.append({"quantity": q, "method": name, "N": int(m["N"]), "MAE": m["MAE"],
+                         "MAE_constant": m["MAE_constant"], "spearman": m["spearman"]})
     table = Table(rows=rows)
     for name in ("MAE", "MAE_constant", "spearman"):
         table[name].info.format = ".3g"
@@ -165,12 +179,13 @@ def skill(cat: Any, truth: Path | str) -> Any:
 
 def plot_truth(cat: Any, truth: Path | str, path: Path) -> Path:
     """True vs predicted A_V, E(B-V) and log sSFR per method (16-84% bars for CNNs)."""
-    from surveydust.compare import QUANTITIES, good_sources, methods, truth_values
+    from surveydust.compare import good_sources, methods, truth_values
     from surveydust.figures import subplots
+    from surveydust.quantities import LABELS, PREDICTED
     from surveydust.stores.base import write_output_figure
 
     keep, true = good_sources(cat), truth_values(cat, truth)
-    quantities = [q for q in QUANTITIES if q in true]
+    quantities = [q for q in PREDICTED if q in true]
     fig, axes = subplots(1, len(quantities), figsize=(4.2 * len(quantities), 4.0), squeeze=False)
     for ax, q in zip(axes[0], quantities):
         for name, est in methods(cat, q).items():
@@ -184,8 +199,8 @@ def plot_truth(cat: Any, truth: Path | str, path: Path) -> Path:
                 ax.plot(true[q][ok], est[ok], "s", ms=3, label=name)
         lims = np.array(ax.get_xlim() + ax.get_ylim())
         ax.plot([lims.min(), lims.max()], [lims.min(), lims.max()], "r-", lw=1)
-        ax.set_xlabel(f"true {QUANTITIES[q]}")
-        ax.set_ylabel(f"predicted {QUANTITIES[q]}")
+        ax.set_xlabel(f"true {LABELS[q]}")
+        ax.set_ylabel(f"predicted {LABELS[q]}")
         ax.legend(fontsize=7)
     fig.suptitle(f"demo field: {int(keep.sum())} sources without quality flags")
     fig.tight_layout()

@@ -9,9 +9,10 @@ import numpy as np
 import xarray as xr
 
 from surveydust.physics import LAW_R_V
+from surveydust.quantities import LABELS
 
-LABEL_PANELS = (("A_V", "A_V [mag]"), ("EBV", "E(B-V) [mag]"), ("R_V", "R_V = A_V / E(B-V)"),
-                ("log_ssfr", "log sSFR [yr^-1]"), ("redshift", "redshift"), ("log_mstar", "log M* [M_sun]"))
+#: the label histograms of :func:`plot_training_store` (axis labels from :data:`surveydust.quantities.LABELS`)
+LABEL_PANELS = ("A_V", "EBV", "R_V", "log_ssfr", "redshift", "log_mstar")
 RGB_BANDS = ("F444W", "F356W", "F277W")
 
 
@@ -29,7 +30,7 @@ def plot_training_store(ds: xr.Dataset, out_dir: Path | str) -> list[Path]:
     """Write ``labels.png`` and ``stamps.png`` for a training store; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    labels = ds[[name for name, _ in LABEL_PANELS] + ["dtm"]].compute()
+    labels = ds[[*LABEL_PANELS, "dtm"]].compute()
     paths = [_plot_labels(labels, out_dir / "labels.png")]
     paths.append(_plot_stamps(ds, out_dir / "stamps.png"))
     return paths
@@ -37,13 +38,13 @@ def plot_training_store(ds: xr.Dataset, out_dir: Path | str) -> list[Path]:
 
 def _plot_labels(ds: xr.Dataset, path: Path) -> Path:
     fig, axes = subplots(2, 4, figsize=(16, 7))
-    for ax, (name, label) in zip(axes.flat, LABEL_PANELS):
+    for ax, name in zip(axes.flat, LABEL_PANELS):
         values = ds[name].values
         values = values[np.isfinite(values)]
         if name == "R_V":
             values = values[values < np.percentile(values, 99)] if values.size else values
         ax.hist(values, bins=40, color="0.3")
-        ax.set_xlabel(label)
+        ax.set_xlabel(LABELS[name])
     ax = axes.flat[6]
     sc = ax.scatter(ds["EBV"], ds["A_V"], c=ds["dtm"], s=3, cmap="viridis")
     ebv = np.linspace(0, float(ds["EBV"].max()) or 1.0, 10)
@@ -51,8 +52,8 @@ def _plot_labels(ds: xr.Dataset, path: Path) -> Path:
         ax.plot(ebv, rv * ebv, lw=1, label=f"{law} R_V={rv}")
     rv_med = float(np.nanmedian(ds["R_V"]))
     ax.plot(ebv, rv_med * ebv, "r--", lw=1, label=f"median R_V={rv_med:.2f}")
-    ax.set_xlabel("E(B-V) [mag]")
-    ax.set_ylabel("A_V [mag]")
+    ax.set_xlabel(LABELS["EBV"])
+    ax.set_ylabel(LABELS["A_V"])
     ax.legend(fontsize=7)
     fig.colorbar(sc, ax=ax, label="DTM")
     ax = axes.flat[7]

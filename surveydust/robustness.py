@@ -18,7 +18,8 @@ import numpy as np
 
 from surveydust.bundle import Predictor
 from surveydust.config import load_catalogue_config
-from surveydust.evaluate import image_blocks, percentile_array, residual_metrics
+from surveydust.evaluation.heldout import image_blocks
+from surveydust.evaluation.metrics import percentile_array, residual_metrics
 from surveydust.stores.training import open_training_store
 
 #: shift name -> simulation settings that put one thing outside the training prior
@@ -85,9 +86,28 @@ def score_shift(result: Any, truth: np.ndarray, constant: float,
                 reference_ood: np.ndarray | None = None, target: str = "A_V") -> dict[str, float]:
     """One row of the suite's table for predictions ``result`` (from :func:`predict_store`).
 
-    Columns: ``N``, ``spearman``, ``MAE``, ``MAE_constant``, ``median_bias`` [mag], coverage of
-    the 68/95% intervals on all and on unflagged sources, ``flagged`` (share out of
-    distribution: score above the catalogue's ``ood_threshold``), and ``AUROC`` of the OOD score against ``reference_ood``.
+    Parameters
+    ----------
+    result : xarray.Dataset
+        Predictions over ``sample`` (``<target>``, its percentiles and ``ood``).
+    truth : numpy.ndarray
+        ``(n,)`` true values of ``target`` [mag for A_V].
+    constant : float
+        The constant guess (the training median) [units of ``target``].
+    reference_ood : numpy.ndarray, optional
+        In-domain OOD scores for the AUROC.
+    target : str, optional
+        The quantity scored.
+
+    Returns
+    -------
+    dict of str to float
+        ``N``, ``spearman``, ``MAE``, ``MAE_constant``, ``median_bias`` [units of
+        ``target``], coverage of the 68/95% intervals on all and on unflagged
+        sources, ``median_bias_unflagged``, ``flagged`` (share out of distribution:
+        score above the catalogue's ``ood_threshold``) and ``AUROC`` of the OOD
+        score against ``reference_ood``; all but the last two from
+        :func:`surveydust.evaluation.metrics.residual_metrics`.
     """
     pred = result[target].values
     pct = percentile_array(result, target)
@@ -97,10 +117,9 @@ def score_shift(result: Any, truth: np.ndarray, constant: float,
     clean = residual_metrics(truth[~flagged], pred[~flagged], pct[~flagged], constant)
     ok = np.isfinite(truth) & np.isfinite(pred)
     return {"N": every["N"], "spearman": every["spearman"], "MAE": every["MAE"],
-            "MAE_constant": every["MAE_constant"], "median_bias": float(np.median(pred[ok] - truth[ok])),
+            "MAE_constant": every["MAE_constant"], "median_bias": every["median_bias"],
             "coverage_68": every["coverage_68"], "coverage_95": every["coverage_95"],
             "coverage_68_unflagged": clean["coverage_68"], "coverage_95_unflagged": clean["coverage_95"],
-            "median_bias_unflagged": float(np.median((pred - truth)[ok & ~flagged])) if (ok & ~flagged).any()
-            else np.nan,
+            "median_bias_unflagged": clean["median_bias"],
             "flagged": float(np.mean(flagged[ok])) if ok.any() else np.nan,
             "AUROC": auroc(reference_ood, ood) if reference_ood is not None else np.nan}

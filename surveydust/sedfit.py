@@ -72,6 +72,7 @@ import xarray as xr
 from surveydust.cluster import open_client
 from surveydust.instrument import NIRCAM_BANDS, bandpass
 from surveydust.provenance import VERSION
+from surveydust.quantities import UNITS as QUANTITY_UNITS
 from surveydust.runs import ResumableRun
 from surveydust.stores.catalogue import FLAGS, open_catalogue, write_catalogue
 
@@ -98,7 +99,8 @@ LOG_U_RANGE = (-4.0, -2.0)
 LOG_MASS_FORMED_RANGE = (5.0, 12.0)
 SFH_TIME_MIN_GYR = 0.01
 
-UNITS = {"A_V_sed": "mag", "log_ssfr_sed": "log10(yr^-1)"}
+#: units of the fitted quantities: those of the quantities they estimate (surveydust.quantities)
+UNITS = {f"{q}_sed": QUANTITY_UNITS[q] for q in ("A_V", "log_ssfr")}
 
 
 _LOCK = threading.Lock()
