@@ -1,4 +1,4 @@
-"""Augmentation of the training split (the paper's section 2.4; DESIGN section 5).
+"""Write an augmented copy of a training store's training split (the paper's section 2.4).
 
 The paper rotates every image by 90, 180 and 270 degrees, flips images, adds
 Gaussian noise, optionally adds a histogram-of-oriented-gradients (HOG) image,
@@ -10,7 +10,7 @@ writes a new training store (same contract, see
 ``source_sample(sample)``
     index of the sample of the input store that the copy was made from;
 ``transform(sample)``
-    the dihedral transform applied, coded as in :data:`TRANSFORMS`.
+    the dihedral transform applied, coded as in :data:`surveydust.transforms.TRANSFORMS`.
 
 Which copies are made (for each selected input sample, in this order):
 
@@ -31,12 +31,12 @@ The output keeps plan order (by source sample: the base copies by transform,
 then the balancing copies by transform); the trainer shuffles. The plan is
 made on the client from ``seed``; the noise of output sample ``i`` comes from
 ``default_rng([seed, NOISE_STREAM, i])``, so a store is identical for a given
-seed whatever the number of workers or ``samples_per_task``.
+seed whatever the number of workers or ``samples_per_task``. The image
+transforms themselves (pure array functions) live in :mod:`surveydust.transforms`.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,39 +50,22 @@ from surveydust.cluster import open_client, run_with_progress
 from surveydust.config import AugmentConfig
 from surveydust.stores.base import check_output_path
 from surveydust.stores.training import open_training_store, write_training_store
+from surveydust.transforms import (
+    HOG_CELL,
+    HOG_ORIENTATIONS,
+    TRANSFORMS,
+    allowed_transforms,
+    apply_transform,
+    extra_noise_sigma,
+    hog_image,
+)
 
 __all__ = [
-    "HOG_CELL",
-    "HOG_ORIENTATIONS",
-    "TRANSFORMS",
-    "allowed_transforms",
-    "apply_transform",
     "augment_samples",
     "augment_store",
-    "extra_noise_sigma",
     "balance_copies",
-    "hog_image",
     "plan_augmentation",
 ]
-
-#: dihedral transform codes (``transform`` coordinate). Rotations are
-#: ``np.rot90(image, k, axes=(y, x))``, i.e. k x 90 degrees counter-clockwise as
-#: numpy prints an array (clockwise when shown with ``origin="lower"``); the flip
-#: reverses the x axis (left-right) and comes *before* the rotation.
-TRANSFORMS: dict[int, str] = {
-    0: "identity",
-    1: "rot90",
-    2: "rot180",
-    3: "rot270",
-    4: "fliplr",
-    5: "fliplr+rot90",
-    6: "fliplr+rot180",
-    7: "fliplr+rot270",
-}
-
-#: HOG image: cell size [pixels] and number of unsigned orientation bins (0-180 deg)
-HOG_CELL = 4
-HOG_ORIENTATIONS = 9
 
 # independent random streams derived from the seed
 _BALANCE_STREAM, _TRANSFORM_STREAM, NOISE_STREAM = 1, 2, 3
@@ -139,91 +122,6 @@ def balance_copies(
     copies = np.clip(rounded - 1, 0, max_copies).astype(np.int64)
     copies[bad] = 0
     return copies
-
-
-# --------------------------------------------------------------------------- transforms and noise
-
-
-def extra_noise_sigma(ds: xr.Dataset, bands: Sequence[str], factor: float, store: Any) -> np.ndarray | None:
-    """``factor`` x the per-pixel noise sigma [nJy] that training store ``ds`` (at ``store``)
-    records for ``bands``; None, with a warning, when it records none."""
-    if "noise_sigma" not in ds or ds["noise_sigma"].dims != ("band",):
-        warnings.warn(f"training store {store} records no noise_sigma; no extra noise is added",
-                      UserWarning, stacklevel=3)
-        return None
-    return factor * np.asarray(ds["noise_sigma"].sel(band=list(bands)).values, np.float64)
-
-
-def allowed_transforms(rotations: bool, flips: bool) -> np.ndarray:
-    """Transform codes made for every sample: {0}, {0, 4}, {0, 1, 2, 3} or 0..7."""
-    codes = [0]
-    if rotations:
-        codes += [1, 2, 3]
-    if flips:
-        codes += [4, 5, 6, 7] if rotations else [4]
-    return np.array(codes, dtype=np.int8)
-
-
-def apply_transform(image: np.ndarray, code: int) -> np.ndarray:
-    """Apply dihedral transform ``code`` (see :data:`TRANSFORMS`) to the last two axes (y, x)."""
-    if code not in TRANSFORMS:
-        raise ValueError(f"unknown transform code {code}; known: {sorted(TRANSFORMS)}")
-    if code >= 4:
-        image = image[..., ::-1]
-    return np.rot90(image, code % 4, axes=(-2, -1))
-
-
-def _hog_stencils(cell: int, n_orient: int) -> np.ndarray:
-    """(n_orient, cell, cell) anti-aliased line through the cell centre, along the edge
-    direction (perpendicular to the gradient) of each orientation bin; peak 1."""
-    c = (cell - 1) / 2
-    yy, xx = np.mgrid[0:cell, 0:cell] - c
-    out = np.empty((n_orient, cell, cell))
-    for b in range(n_orient):
-        theta = (b + 0.5) * np.pi / n_orient  # gradient direction of the bin centre
-        # distance of each pixel centre from the line through the centre along the
-        # edge, i.e. |projection on the gradient direction|
-        dist = np.abs(xx * np.cos(theta) + yy * np.sin(theta))
-        out[b] = np.clip(1.0 - dist, 0.0, 1.0)
-    return out
-
-
-def hog_image(images: np.ndarray, cell: int = HOG_CELL, n_orient: int = HOG_ORIENTATIONS) -> np.ndarray:
-    """HOG picture of ``images`` (..., y, x), same shape, float32.
-
-    Gradients by central differences (:func:`numpy.gradient`); per cell of
-    ``cell`` x ``cell`` pixels the gradient magnitudes are summed into
-    ``n_orient`` unsigned orientation bins (0-180 degrees). Each cell of the
-    output draws, for each bin, a line through the cell centre along the edge
-    direction (perpendicular to the bin's gradient direction) with intensity
-    equal to that bin's sum -- the usual HOG visualisation (as scikit-image's
-    ``hog(..., visualize=True)``), without block normalisation. Units are those
-    of the image per pixel. Edges that do not fill a whole cell are zero-padded.
-    """
-    images = np.asarray(images, dtype=np.float32)
-    ny, nx = images.shape[-2:]
-    py, px = -ny % cell, -nx % cell
-    if py or px:
-        pad = [(0, 0)] * (images.ndim - 2) + [(0, py), (0, px)]
-        images = np.pad(images, pad)
-    gy, gx = np.gradient(images, axis=(-2, -1))
-    mag = np.hypot(gx, gy)
-    theta = np.mod(np.arctan2(gy, gx), np.pi)
-    which = np.minimum((theta * (n_orient / np.pi)).astype(np.int64), n_orient - 1)
-    lead = images.shape[:-2]
-    n_img = int(np.prod(lead, dtype=np.int64))
-    ncy, ncx = images.shape[-2] // cell, images.shape[-1] // cell
-    # flat histogram index (image, cell_y, cell_x, orientation) of every pixel
-    cell_id = (np.arange(ncy * cell)[:, None] // cell) * ncx + np.arange(ncx * cell)[None, :] // cell
-    index = (np.arange(n_img)[:, None, None] * (ncy * ncx) + cell_id) * n_orient
-    index = index + which.reshape(n_img, ncy * cell, ncx * cell)
-    hist = np.bincount(index.ravel(), weights=mag.ravel().astype(np.float64),
-                       minlength=n_img * ncy * ncx * n_orient)
-    hist = hist.reshape(n_img * ncy * ncx, n_orient)
-    stencils = _hog_stencils(cell, n_orient).reshape(n_orient, cell * cell)
-    pic = (hist @ stencils).reshape(n_img, ncy, ncx, cell, cell).transpose(0, 1, 3, 2, 4)
-    pic = pic.reshape(*lead, ncy * cell, ncx * cell)
-    return pic[..., :ny, :nx].astype(np.float32)
 
 
 # --------------------------------------------------------------------------- plan and tasks
@@ -371,8 +269,9 @@ def augment_store(
     The output holds ``image(sample, band, y, x)`` for ``bands``, all
     per-sample labels and coordinates of the input gathered from the source
     samples, ``snr(sample, band)``, ``noise_sigma(band)`` when present, the
-    coordinates ``source_sample`` and ``transform`` (:data:`TRANSFORMS`), and
-    with ``config.hog`` a ``hog(sample, band, y, x)`` variable (:func:`hog_image`).
+    coordinates ``source_sample`` and ``transform`` (:data:`surveydust.transforms.TRANSFORMS`), and
+    with ``config.hog`` a ``hog(sample, band, y, x)`` variable
+    (:func:`surveydust.transforms.hog_image`).
     Each Dask task makes ``config.samples_per_task`` output samples (one Zarr
     chunk) and reads its own source samples from the store on the worker.
     """

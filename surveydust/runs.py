@@ -16,13 +16,14 @@ import os
 import shutil
 import socket
 import tempfile
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import numpy as np
+
+from surveydust.stores.base import write_atomically
 
 logger = logging.getLogger(__name__)
 RUN_FILE = "run.json"
@@ -101,9 +102,7 @@ class Parts:
         if self.path.exists() and self._token(run) != token:
             shutil.rmtree(self.path)  # left by a run with other inputs or settings: start afresh
         self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.path / f".run-{uuid.uuid4().hex[:8]}.json"
-        tmp.write_text(json.dumps({"token": token}))
-        os.replace(tmp, run)
+        write_atomically(run, lambda tmp: tmp.write_text(json.dumps({"token": token})))
 
     @staticmethod
     def _token(run: Path) -> str | None:
@@ -130,9 +129,7 @@ class Parts:
         return out
 
     def save(self, index: int, columns: dict[str, np.ndarray]) -> None:
-        tmp = self.path / f".tmp-{uuid.uuid4().hex[:8]}.npz"
-        np.savez(tmp, **columns)
-        os.replace(tmp, self._file(index))
+        write_atomically(self._file(index), lambda tmp: np.savez(tmp, **columns))
 
     def load_all(self) -> dict[str, np.ndarray]:
         parts = [dict(np.load(p, allow_pickle=False)) for p in sorted(self.path.glob("part-*.npz"))]

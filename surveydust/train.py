@@ -28,7 +28,7 @@ import dask
 import dask.base
 import numpy as np
 
-from surveydust.augment import allowed_transforms, apply_transform, augment_store, extra_noise_sigma
+from surveydust.augment import augment_store
 from surveydust.backend import keras_module
 from surveydust.bundle import (
     MODEL_FILE,
@@ -46,6 +46,7 @@ from surveydust.provenance import VERSION
 from surveydust.stores.base import check_output_path, replace_atomically
 from surveydust.simulate.priors import store_priors
 from surveydust.stores.training import open_training_store
+from surveydust.transforms import allowed_transforms, apply_transform, extra_noise_sigma
 
 logger = logging.getLogger(__name__)
 EPOCH_TOPIC = "surveydust-epoch"

@@ -165,7 +165,7 @@ def test_no_redshift_input_when_the_config_says_so(store: Path) -> None:
 
 
 def test_per_batch_augmentation_draws_every_dihedral_transform_of_the_stored_image(store: Path) -> None:
-    from surveydust.augment import apply_transform
+    from surveydust.transforms import apply_transform
 
     ds = open_training_store(store)
     cfg = load_training_config(bands=BANDS, batch_size=32, augment={"noise": 0.0})

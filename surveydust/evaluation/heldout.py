@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from surveydust.augment import apply_transform
 from surveydust.bundle import Predictor
 from surveydust.config import TrainingConfig, load_training_config
 from surveydust.posterior import LEVEL_NAMES
 from surveydust.preprocess import select_samples
 from surveydust.quantities import PREDICTED, SCORED, r_v
+from surveydust.transforms import apply_transform
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def image_blocks(ds: xr.Dataset, idx: np.ndarray, bands: Sequence[str], block_sa
         Samples read per block.
     transforms : numpy.ndarray, optional
         A dihedral transform code per sample of ``idx``
-        (:func:`surveydust.augment.apply_transform`).
+        (:func:`surveydust.transforms.apply_transform`).
 
     Yields
     ------

@@ -24,6 +24,10 @@ files are byte for byte what they were before the foreground existed. Bands the
 simulator cannot use as network inputs over its redshift range (F090W at z up to 8: it
 lies blueward of Lyman-alpha there) are accepted as photometry-only bands.
 
+``simulate_field`` is two steps: :func:`render_field` (placement, each galaxy rendered by
+:func:`surveydust.simulate.render.render_galaxy`, the foreground, noise; arrays in memory)
+and :func:`write_field` (the FITS files and the truth table, each written atomically).
+
 The field's galaxies come from their own random streams
 (``default_rng([seed, FIELD_STREAM, galaxy])``), so they are never the same
 galaxies as those of a training store simulated with the same seed.
@@ -32,7 +36,6 @@ galaxies as those of a training store simulated with the same seed.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,15 +47,16 @@ from astropy.wcs import WCS
 from scipy.ndimage import distance_transform_edt
 
 from surveydust.config import ForegroundConfig, SimulationConfig, load_foreground_config, load_simulation_config
-from surveydust.instrument import LYMAN_ALPHA_AA, bandpass, check_bands, pixel_noise_njy, psf_kernel
+from surveydust.instrument import LYMAN_ALPHA_AA, bandpass, check_bands
 from surveydust.physics import kpc_per_arcsec, mjy_per_sr_to_njy, pixel_area_sr
 from surveydust.provenance import VERSION
 from surveydust.quantities import r_v
 from surveydust.simulate.foreground import SourceDraw, draw_foreground, render_source, stamp_size_for
-from surveydust.simulate.imaging import PSFSet, galaxy_photometry, observe
-from surveydust.simulate.morphology import draw_view, render_maps
-from surveydust.simulate.population import draw_galaxy
+from surveydust.simulate.imaging import PSFSet
+from surveydust.simulate.morphology import draw_view
+from surveydust.simulate.render import draw_with_photometry, noise_sigma, psf_kernels, render_galaxy
 from surveydust.simulate.sed_library import load_sed_library
+from surveydust.stores.base import write_atomically
 
 FIELD_NAME = "demo"
 #: separates the field's random streams from those of training stores with the same seed
@@ -251,14 +255,23 @@ def _add_foreground(image: np.ndarray, fg: ForegroundConfig, cfg: SimulationConf
     return rows, kinds
 
 
-def _foreground_row(source_id: int, src: SourceDraw, stamp: np.ndarray, x: float, y: float, x0: int, y0: int,
-                    cfg: SimulationConfig, wcs: WCS) -> dict[str, Any]:
-    """A foreground source's truth row, with the columns of a high-z galaxy's (NaN where they do
-    not apply: no dust-to-metal ratio; no mass, SFR or size for a brown dwarf)."""
+def _centre_and_centroid(stamp: np.ndarray, x: float, y: float, x0: int, y0: int,
+                         wcs: WCS) -> tuple[float, float, float, float, float, float]:
+    """The light-weighted centroid (x, y) [pixels] of a noiseless ``stamp`` (band, y, x) whose
+    pixel [0, 0] is mosaic pixel (x0, y0), then RA, Dec [deg] of the centre (x, y) and of
+    the centroid."""
     light = stamp.sum(axis=0)
     yy, xx = np.indices(light.shape)
     xc, yc = x0 + (xx * light).sum() / light.sum(), y0 + (yy * light).sum() / light.sum()
     (ra, rac), (dec, decc) = wcs.pixel_to_world_values([x, xc], [y, yc])
+    return xc, yc, ra, dec, rac, decc
+
+
+def _foreground_row(source_id: int, src: SourceDraw, stamp: np.ndarray, x: float, y: float, x0: int, y0: int,
+                    cfg: SimulationConfig, wcs: WCS) -> dict[str, Any]:
+    """A foreground source's truth row, with the columns of a high-z galaxy's (NaN where they do
+    not apply: no dust-to-metal ratio; no mass, SFR or size for a brown dwarf)."""
+    xc, yc, ra, dec, rac, decc = _centre_and_centroid(stamp, x, y, x0, y0, wcs)
     galaxy = src.kind != "brown_dwarf"
     nan = float("nan")
     return {
@@ -279,14 +292,246 @@ def _check_outputs(paths: list[Path], overwrite: bool) -> None:
         raise FileExistsError(f"{existing[0]} already exists; pass overwrite=True to replace it")
 
 
-def _write_atomic(data: fits.HDUList | Table, path: Path) -> None:
-    """Write to a hidden file next to ``path``, then move it into place."""
-    tmp = path.with_name(f".{path.name}.partial")
-    if isinstance(data, Table):
-        data.write(tmp, format="ascii.ecsv", overwrite=True)
-    else:
-        data.writeto(tmp, overwrite=True)
-    os.replace(tmp, path)
+@dataclass(frozen=True)
+class FieldLayout:
+    """The field's pixel grid and where it has data (see :func:`simulate_field` for each setting)."""
+
+    shape: tuple[int, int]             # (ny, nx) [pixels]
+    rotation_deg: float                # rotation of the grid on the sky [deg]
+    centre: tuple[float, float]        # (RA, Dec) of the centre [deg]
+    border_pix: int                    # width of the border without data [pixels]
+    corner_cut: float                  # legs of the corner triangle without data (fraction of the width)
+    noise_variation: float             # relative amplitude of the smooth noise variation
+    tile_pix: int                      # tile edge [pixels] for the galaxies placed across tile boundaries
+    n_straddle: int                    # galaxies placed across tile boundaries
+
+    def __post_init__(self) -> None:
+        if self.border_pix < 0 or self.tile_pix < 1 or self.n_straddle < 0:
+            raise ValueError("border_pix and n_straddle must be >= 0 and tile_pix >= 1")
+        if not (0 <= self.noise_variation < 1 and 0 <= self.corner_cut < 1):
+            raise ValueError("noise_variation and corner_cut must lie in [0, 1)")
+        if min(self.shape) <= 2 * self.border_pix + 2 * EDGE_MARGIN_PIX:
+            raise ValueError(f"field shape {self.shape} leaves no room inside a {self.border_pix} px border")
+
+
+@dataclass(frozen=True)
+class RenderedField:
+    """A rendered field before it is written: noisy images, errors, truth."""
+
+    sci_njy: np.ndarray                # (band, y, x) float32 galaxies + noise [nJy per pixel]
+    err_njy: np.ndarray                # (band, y, x) float32 1-sigma noise [nJy per pixel]
+    valid: np.ndarray                  # (y, x) bool: where the mosaic has data
+    wcs: WCS                           # celestial WCS of the grid
+    rows: list[dict[str, Any]]         # truth rows: the high-z galaxies, then the foreground
+    kinds: list[str]                   # kind of each row
+    sigma: np.ndarray                  # (band,) nominal per-pixel noise sigma [nJy]
+
+
+def render_field(cfg: SimulationConfig, n_galaxies: int, layout: FieldLayout,
+                 fg: ForegroundConfig) -> RenderedField:
+    """Place and render the field's galaxies (and foreground), then add its noise.
+
+    Parameters
+    ----------
+    cfg : SimulationConfig
+        The config the field is rendered with (bands, depth, stamp size [pixels], seed).
+    n_galaxies : int
+        High-z galaxies injected (one view and one random DTM from ``dtm_values`` each).
+    layout : FieldLayout
+        The grid, its data region and the noise variation.
+    fg : ForegroundConfig
+        The sky's mix around the high-z galaxies (nothing when not ``enabled``).
+
+    Returns
+    -------
+    RenderedField
+        Noisy images and errors [nJy per pixel], the data mask, the WCS and the truth rows.
+    """
+    wcs = field_wcs(layout.shape, layout.centre, layout.rotation_deg, cfg.pixel_scale_arcsec)
+    valid = data_mask(layout.shape, layout.border_pix, layout.corner_cut)
+    edge_dist = distance_transform_edt(np.pad(valid, 1))[1:-1, 1:-1]
+    rng = np.random.default_rng([cfg.seed, FIELD_STREAM])
+    allowed = edge_dist >= EDGE_MARGIN_PIX
+    xy, on_boundary = _place(n_galaxies, allowed, layout.tile_pix, layout.n_straddle, rng)
+    kernels = psf_kernels(cfg)
+    sigma = noise_sigma(cfg)
+    image = np.zeros((len(cfg.bands), *layout.shape), np.float32)
+    rows = _add_galaxies(image, cfg, xy, on_boundary, PSFSet(kernels, cfg.stamp_size), sigma, wcs)
+    kinds = ["high_z"] * len(rows)
+    if fg.enabled:
+        area = float(valid.sum()) * (cfg.pixel_scale_arcsec / 60.0) ** 2
+        more, more_kinds = _add_foreground(image, fg, cfg, allowed, area, xy, kernels, wcs, len(rows))
+        rows += more
+        kinds += more_kinds
+    relative = _noise_pattern(layout.shape, layout.noise_variation, rng)
+    err_njy = np.empty_like(image)
+    for i in range(len(cfg.bands)):
+        err_njy[i] = (sigma[i] * relative).astype(np.float32)
+        image[i] += rng.standard_normal(layout.shape, dtype=np.float32) * err_njy[i]
+    return RenderedField(sci_njy=image, err_njy=err_njy, valid=valid, wcs=wcs, rows=rows, kinds=kinds, sigma=sigma)
+
+
+def _add_galaxies(image: np.ndarray, cfg: SimulationConfig, xy: np.ndarray, on_boundary: np.ndarray,
+                  psfs: PSFSet, sigma: np.ndarray, wcs: WCS) -> list[dict[str, Any]]:
+    """Render each high-z galaxy (noiseless, by :func:`surveydust.simulate.render.render_galaxy`)
+    centred on its position ``xy`` [pixels] and add it to ``image``; return the truth rows."""
+    lib = load_sed_library()
+    n = cfg.stamp_size
+    rows: list[dict[str, Any]] = []
+    for g, ((x, y), straddles) in enumerate(zip(xy, on_boundary)):
+        grng = np.random.default_rng([cfg.seed, FIELD_STREAM, g])
+        gal, phot = draw_with_photometry(grng, cfg, lib)
+        dtm = float(grng.choice(np.asarray(cfg.dtm_values)))
+        # the stamp's centre sits at (n - 1) / 2 + offset: an integer origin plus a sub-pixel offset
+        x0, y0 = (int(np.floor(c - (n - 1) / 2.0 + 0.5)) for c in (x, y))
+        view = dataclasses.replace(draw_view(grng), offset_pix=(y - y0 - (n - 1) / 2.0,
+                                                                x - x0 - (n - 1) / 2.0))
+        (obs,) = render_galaxy(gal, phot, view, [dtm], cfg, psfs, sigma, grng, noise=False)
+        stamp = obs.image.astype(np.float64)
+        ys, xs = slice(max(y0, 0), min(y0 + n, image.shape[1])), slice(max(x0, 0), min(x0 + n, image.shape[2]))
+        image[:, ys, xs] += obs.image[:, ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+        xc, yc, ra, dec, rac, decc = _centre_and_centroid(stamp, x, y, x0, y0, wcs)
+        rows.append({
+            "id": g, "ra": float(ra), "dec": float(dec), "x": float(x), "y": float(y),
+            "x_centroid": float(xc), "y_centroid": float(yc),
+            "ra_centroid": float(rac), "dec_centroid": float(decc),
+            "on_tile_boundary": bool(straddles),
+            "redshift": gal.redshift, "A_V": obs.a_v, "EBV": obs.ebv,
+            "R_V": float(r_v(obs.a_v, obs.ebv)), "log_ssfr": gal.log_ssfr, "dtm": dtm,
+            "log_mstar": gal.log_mstar, "log_sfr": gal.log_sfr, "r_eff_kpc": gal.r_eff_kpc,
+            "inclination_deg": float(np.rad2deg(view.inclination)),
+            **{f"flux_{b}": float(stamp[i].sum()) for i, b in enumerate(cfg.bands)},
+        })
+    return rows
+
+
+def write_field(rendered: RenderedField, out_dir: Path | str, *, field: str, cfg: SimulationConfig,
+                valid_cfg: SimulationConfig, fg: ForegroundConfig, layout: FieldLayout,
+                n_galaxies: int) -> FieldFiles:
+    """Write a rendered field: one i2d-style FITS file per band and the truth table.
+
+    Parameters
+    ----------
+    rendered : RenderedField
+        The field from :func:`render_field`.
+    out_dir : pathlib.Path or str
+        Folder for ``<field>_<band>_i2d.fits`` and ``<field>_truth.ecsv`` (created if missing;
+        existing files are replaced, each atomically).
+    field : str
+        Field name (file names, ``TARGNAME``).
+    cfg, valid_cfg : SimulationConfig
+        The config the field was rendered with, and the validated one recorded in the truth
+        table (they differ by the photometry-only bands).
+    fg : ForegroundConfig
+        The foreground settings (recorded when enabled).
+    layout : FieldLayout
+        The grid settings, recorded in the truth table.
+    n_galaxies : int
+        High-z galaxies injected (the first rows of the truth table).
+
+    Returns
+    -------
+    FieldFiles
+        The paths written. Images are in MJy/sr (``PIXAR_SR`` [sr] gives the conversion to
+        nJy per pixel); ``WHT`` = 1 / ``ERR``^2, 0 where there are no data.
+    """
+    out_dir = Path(out_dir)
+    paths = {b: out_dir / f"{field}_{b}_i2d.fits" for b in cfg.bands}
+    truth_path = out_dir / f"{field}_truth.ecsv"
+    pixar = pixel_area_sr(cfg.pixel_scale_arcsec)
+    header = rendered.wcs.to_header()
+    primary = fits.Header()
+    primary.update({"TELESCOP": ("JWST", "simulated"), "INSTRUME": "NIRCAM", "TARGNAME": field,
+                    "ORIGIN": "surveydust", "SDVERS": (VERSION, "surveydust version"),
+                    "SIMSEED": (cfg.seed, "simulate_field seed"),
+                    "NGAL": (n_galaxies, "injected galaxies"),
+                    **({"NFOREGR": (len(rendered.rows) - n_galaxies, "injected foreground sources")}
+                       if fg.enabled else {}),
+                    "DEPTH": (cfg.depth if isinstance(cfg.depth, str) else "custom", "noise depth preset")})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, band in enumerate(cfg.bands):
+        hdul = _band_hdul(rendered, i, band, header, primary, pixar, cfg.pixel_scale_arcsec)
+        write_atomically(paths[band], lambda tmp: hdul.writeto(tmp))
+    truth = _truth_table(rendered, field=field, cfg=cfg, valid_cfg=valid_cfg, fg=fg, layout=layout,
+                         n_galaxies=n_galaxies)
+    write_atomically(truth_path, lambda tmp: truth.write(tmp, format="ascii.ecsv"))
+    return FieldFiles(bands=paths, truth=truth_path)
+
+
+def _band_hdul(rendered: RenderedField, i: int, band: str, header: fits.Header, primary: fits.Header,
+               pixar: float, pixel_scale_arcsec: float) -> fits.HDUList:
+    """Band ``i`` of the field as a JWST-pipeline-style i2d HDU list: an empty primary HDU and
+    ``SCI``, ``ERR`` [MJy/sr] and ``WHT`` [(MJy/sr)^-2] float32 images (NaN, NaN and 0 where
+    there are no data)."""
+    njy_per_mjysr = float(mjy_per_sr_to_njy(1.0, pixar))
+    sci = (rendered.sci_njy[i] / njy_per_mjysr).astype(np.float32)
+    err = (rendered.err_njy[i] / njy_per_mjysr).astype(np.float32)
+    wht = (1.0 / err.astype(np.float64) ** 2).astype(np.float32)
+    valid = rendered.valid
+    sci[~valid], err[~valid], wht[~valid] = np.nan, np.nan, 0.0
+    ext = header.copy()
+    ext.update({"BUNIT": "MJy/sr", "PIXAR_SR": (pixar, "nominal pixel area [sr]"),
+                "PIXAR_A2": (pixel_scale_arcsec**2, "nominal pixel area [arcsec^2]"),
+                "FILTER": band})
+    phdr = primary.copy()
+    phdr.update({"FILTER": band, "PUPIL": "CLEAR",
+                 "NOISENJY": (float(rendered.sigma[i]), "nominal per-pixel noise sigma [nJy]")})
+    wht_hdr = header.copy()
+    wht_hdr["FILTER"] = band
+    wht_hdr.add_comment("WHT = 1 / ERR^2 [(MJy/sr)^-2]; 0 where there are no data")
+    return fits.HDUList([fits.PrimaryHDU(header=phdr),
+                         fits.ImageHDU(sci, header=ext, name="SCI"),
+                         fits.ImageHDU(err, header=ext, name="ERR"),
+                         fits.ImageHDU(wht, header=wht_hdr, name="WHT")])
+
+
+#: units of the truth table's columns
+_TRUTH_UNITS = {"ra": "deg", "dec": "deg", "x": "pix", "y": "pix", "x_centroid": "pix",
+                "y_centroid": "pix", "ra_centroid": "deg", "dec_centroid": "deg", "A_V": "mag",
+                "EBV": "mag", "log_ssfr": "dex(1/yr)",
+                "log_mstar": "dex(solMass)", "log_sfr": "dex(solMass/yr)", "r_eff_kpc": "kpc",
+                "inclination_deg": "deg"}
+#: descriptions of the truth table's columns (the band fluxes' are added per field)
+_TRUTH_DESCRIPTIONS = {
+    "x": "galaxy centre, 0-based pixel (x) in the mosaic", "y": "galaxy centre, 0-based pixel (y)",
+    "ra": "ICRS RA of (x, y)", "dec": "ICRS Dec of (x, y)",
+    "x_centroid": "light-weighted centroid of the noiseless image (all bands)",
+    "y_centroid": "light-weighted centroid of the noiseless image (all bands)",
+    "ra_centroid": "ICRS RA of the light-weighted centroid",
+    "dec_centroid": "ICRS Dec of the light-weighted centroid",
+    "A_V": "from integrated attenuated vs intrinsic light at 5500 A rest",
+    "EBV": "from integrated light at 4400 and 5500 A rest", "R_V": "A_V / E(B-V); NaN without reddening",
+    "log_ssfr": "100 Myr SFR over stellar mass", "dtm": "dust-to-metal ratio",
+    "kind": "high_z (the simulator's z > 6 galaxies), foreground, dusty, balmer_break or brown_dwarf",
+}
+
+
+def _truth_table(rendered: RenderedField, *, field: str, cfg: SimulationConfig, valid_cfg: SimulationConfig,
+                 fg: ForegroundConfig, layout: FieldLayout, n_galaxies: int) -> Table:
+    """The truth table: one row per injected source, with units, descriptions and the field's settings."""
+    truth = Table(rows=rendered.rows)
+    if fg.enabled:
+        truth.add_column(np.array(rendered.kinds, dtype="U12"), name="kind", index=truth.colnames.index("redshift"))
+    units = {**_TRUTH_UNITS, **{f"flux_{b}": "nJy" for b in cfg.bands}}
+    descriptions = {**_TRUTH_DESCRIPTIONS,
+                    "on_tile_boundary": f"placed across a boundary of {layout.tile_pix} px tiles",
+                    **{f"flux_{b}": f"noiseless total {b} flux (PSF-convolved stamp)" for b in cfg.bands}}
+    for name, col in truth.columns.items():
+        if name in units:
+            col.unit = units[name]
+        if name in descriptions:
+            col.description = descriptions[name]
+    truth.meta.update({"field": field, "seed": cfg.seed, "shape": list(layout.shape),
+                       "pixel_scale_arcsec": cfg.pixel_scale_arcsec, "bands": list(cfg.bands),
+                       "depth_mag": cfg.depth_mag(), "noise_sigma_njy": dict(zip(cfg.bands, rendered.sigma.tolist())),
+                       "rotation_deg": float(layout.rotation_deg), "centre": [float(c) for c in layout.centre],
+                       "border_pix": int(layout.border_pix), "tile_pix": int(layout.tile_pix),
+                       "simulation_config": valid_cfg.to_json(), "surveydust_version": VERSION})
+    if fg.enabled:
+        truth.meta.update({"n_high_z": int(n_galaxies), "foreground_config": fg.to_json()})
+    if cfg.bands != valid_cfg.bands:
+        truth.meta["photometry_only_bands"] = [b for b in cfg.bands if b not in valid_cfg.bands]
+    return truth
 
 
 def simulate_field(
@@ -345,146 +590,12 @@ def simulate_field(
     sim_overrides.setdefault("stamp_size", FIELD_STAMP_SIZE)
     valid_cfg, cfg = _field_configs(config, bands, seed=seed, n_galaxies=n_galaxies, depth=depth, **sim_overrides)
     fg = _foreground_config(foreground, config)
-    shape = (int(shape[0]), int(shape[1]))
-    if border_pix < 0 or tile_pix < 1 or n_straddle < 0:
-        raise ValueError("border_pix and n_straddle must be >= 0 and tile_pix >= 1")
-    if not (0 <= noise_variation < 1 and 0 <= corner_cut < 1):
-        raise ValueError("noise_variation and corner_cut must lie in [0, 1)")
-    if min(shape) <= 2 * border_pix + 2 * EDGE_MARGIN_PIX:
-        raise ValueError(f"field shape {shape} leaves no room inside a {border_pix} px border")
+    layout = FieldLayout(shape=(int(shape[0]), int(shape[1])), rotation_deg=rotation_deg, centre=centre,
+                         border_pix=border_pix, corner_cut=corner_cut, noise_variation=noise_variation,
+                         tile_pix=tile_pix, n_straddle=n_straddle)
     out_dir = Path(out_dir)
-    paths = {b: out_dir / f"{field}_{b}_i2d.fits" for b in cfg.bands}
-    truth_path = out_dir / f"{field}_truth.ecsv"
-    _check_outputs([*paths.values(), truth_path], overwrite)
-
-    # the grid, where there are data, where galaxies go
-    wcs = field_wcs(shape, centre, rotation_deg, cfg.pixel_scale_arcsec)
-    valid = data_mask(shape, border_pix, corner_cut)
-    edge_dist = distance_transform_edt(np.pad(valid, 1))[1:-1, 1:-1]
-    rng = np.random.default_rng([cfg.seed, FIELD_STREAM])
-    allowed = edge_dist >= EDGE_MARGIN_PIX
-    xy, on_boundary = _place(n_galaxies, allowed, tile_pix, n_straddle, rng)
-
-    # noiseless galaxies, rendered by the simulator itself
-    lib = load_sed_library()
-    kernels = np.stack([psf_kernel(b, cfg.pixel_scale_arcsec, cfg.psf, cfg.psf_dir) for b in cfg.bands])
-    n = cfg.stamp_size
-    psfs = PSFSet(kernels, n)
-    depth_mag = cfg.depth_mag()
-    sigma = np.array([pixel_noise_njy(depth_mag[b], cfg.pixel_scale_arcsec) for b in cfg.bands])
-    n_band = len(cfg.bands)
-    image = np.zeros((n_band, *shape), np.float32)
-    rows: list[dict[str, Any]] = []
-    for g, ((x, y), straddles) in enumerate(zip(xy, on_boundary)):
-        grng = np.random.default_rng([cfg.seed, FIELD_STREAM, g])
-        gal = draw_galaxy(grng, cfg, lib)
-        phot = galaxy_photometry(gal, cfg, lib)
-        dtm = float(grng.choice(np.asarray(cfg.dtm_values)))
-        # the stamp's centre sits at (n - 1) / 2 + offset: an integer origin plus a sub-pixel offset
-        x0, y0 = (int(np.floor(c - (n - 1) / 2.0 + 0.5)) for c in (x, y))
-        view = dataclasses.replace(draw_view(grng), offset_pix=(y - y0 - (n - 1) / 2.0,
-                                                                x - x0 - (n - 1) / 2.0))
-        pix_kpc = cfg.pixel_scale_arcsec * kpc_per_arcsec(gal.redshift)
-        maps = render_maps(gal, view, n, pix_kpc, cfg.oversample)
-        obs = observe(maps, phot, gal, dtm, cfg, psfs, sigma, grng, noise=False, noise_correlation=False)
-        stamp = obs.image.astype(np.float64)
-        ys, xs = slice(max(y0, 0), min(y0 + n, shape[0])), slice(max(x0, 0), min(x0 + n, shape[1]))
-        image[:, ys, xs] += obs.image[:, ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
-        light = stamp.sum(axis=0)
-        yy, xx = np.indices(light.shape)
-        xc, yc = x0 + (xx * light).sum() / light.sum(), y0 + (yy * light).sum() / light.sum()
-        (ra, rac), (dec, decc) = wcs.pixel_to_world_values([x, xc], [y, yc])
-        rows.append({
-            "id": g, "ra": float(ra), "dec": float(dec), "x": float(x), "y": float(y),
-            "x_centroid": float(xc), "y_centroid": float(yc),
-            "ra_centroid": float(rac), "dec_centroid": float(decc),
-            "on_tile_boundary": bool(straddles),
-            "redshift": gal.redshift, "A_V": obs.a_v, "EBV": obs.ebv,
-            "R_V": float(r_v(obs.a_v, obs.ebv)), "log_ssfr": gal.log_ssfr, "dtm": dtm,
-            "log_mstar": gal.log_mstar, "log_sfr": gal.log_sfr, "r_eff_kpc": gal.r_eff_kpc,
-            "inclination_deg": float(np.rad2deg(view.inclination)),
-            **{f"flux_{b}": float(stamp[i].sum()) for i, b in enumerate(cfg.bands)},
-        })
-
-    kinds = ["high_z"] * len(rows)
-    if fg.enabled:
-        area = float(valid.sum()) * (cfg.pixel_scale_arcsec / 60.0) ** 2
-        more, more_kinds = _add_foreground(image, fg, cfg, allowed, area, xy, kernels, wcs, len(rows))
-        rows += more
-        kinds += more_kinds
-
-    # noise, units, blanking, files
-    pixar = pixel_area_sr(cfg.pixel_scale_arcsec)
-    njy_per_mjysr = float(mjy_per_sr_to_njy(1.0, pixar))
-    relative = _noise_pattern(shape, noise_variation, rng)
-    header = wcs.to_header()
-    primary = fits.Header()
-    primary.update({"TELESCOP": ("JWST", "simulated"), "INSTRUME": "NIRCAM", "TARGNAME": field,
-                    "ORIGIN": "surveydust", "SDVERS": (VERSION, "surveydust version"),
-                    "SIMSEED": (cfg.seed, "simulate_field seed"),
-                    "NGAL": (n_galaxies, "injected galaxies"),
-                    **({"NFOREGR": (len(rows) - n_galaxies, "injected foreground sources")} if fg.enabled else {}),
-                    "DEPTH": (cfg.depth if isinstance(cfg.depth, str) else "custom", "noise depth preset")})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for i, band in enumerate(cfg.bands):
-        err_njy = (sigma[i] * relative).astype(np.float32)
-        noise = rng.standard_normal(shape, dtype=np.float32) * err_njy
-        sci = ((image[i] + noise) / njy_per_mjysr).astype(np.float32)
-        err = (err_njy / njy_per_mjysr).astype(np.float32)
-        wht = (1.0 / err.astype(np.float64) ** 2).astype(np.float32)
-        sci[~valid], err[~valid], wht[~valid] = np.nan, np.nan, 0.0
-        ext = header.copy()
-        ext.update({"BUNIT": "MJy/sr", "PIXAR_SR": (pixar, "nominal pixel area [sr]"),
-                    "PIXAR_A2": (cfg.pixel_scale_arcsec**2, "nominal pixel area [arcsec^2]"),
-                    "FILTER": band})
-        phdr = primary.copy()
-        phdr.update({"FILTER": band, "PUPIL": "CLEAR",
-                     "NOISENJY": (float(sigma[i]), "nominal per-pixel noise sigma [nJy]")})
-        wht_hdr = header.copy()
-        wht_hdr["FILTER"] = band
-        wht_hdr.add_comment("WHT = 1 / ERR^2 [(MJy/sr)^-2]; 0 where there are no data")
-        hdul = fits.HDUList([fits.PrimaryHDU(header=phdr),
-                             fits.ImageHDU(sci, header=ext, name="SCI"),
-                             fits.ImageHDU(err, header=ext, name="ERR"),
-                             fits.ImageHDU(wht, header=wht_hdr, name="WHT")])
-        _write_atomic(hdul, paths[band])
-
-    truth = Table(rows=rows)
-    if fg.enabled:
-        truth.add_column(np.array(kinds, dtype="U12"), name="kind", index=truth.colnames.index("redshift"))
-    units = {"ra": "deg", "dec": "deg", "x": "pix", "y": "pix", "x_centroid": "pix",
-             "y_centroid": "pix", "ra_centroid": "deg", "dec_centroid": "deg", "A_V": "mag",
-             "EBV": "mag", "log_ssfr": "dex(1/yr)",
-             "log_mstar": "dex(solMass)", "log_sfr": "dex(solMass/yr)", "r_eff_kpc": "kpc",
-             "inclination_deg": "deg", **{f"flux_{b}": "nJy" for b in cfg.bands}}
-    descriptions = {
-        "x": "galaxy centre, 0-based pixel (x) in the mosaic", "y": "galaxy centre, 0-based pixel (y)",
-        "ra": "ICRS RA of (x, y)", "dec": "ICRS Dec of (x, y)",
-        "x_centroid": "light-weighted centroid of the noiseless image (all bands)",
-        "y_centroid": "light-weighted centroid of the noiseless image (all bands)",
-        "ra_centroid": "ICRS RA of the light-weighted centroid",
-        "dec_centroid": "ICRS Dec of the light-weighted centroid",
-        "on_tile_boundary": f"placed across a boundary of {tile_pix} px tiles",
-        "A_V": "from integrated attenuated vs intrinsic light at 5500 A rest",
-        "EBV": "from integrated light at 4400 and 5500 A rest", "R_V": "A_V / E(B-V); NaN without reddening",
-        "log_ssfr": "100 Myr SFR over stellar mass", "dtm": "dust-to-metal ratio",
-        "kind": "high_z (the simulator's z > 6 galaxies), foreground, dusty, balmer_break or brown_dwarf",
-        **{f"flux_{b}": f"noiseless total {b} flux (PSF-convolved stamp)" for b in cfg.bands},
-    }
-    for name, col in truth.columns.items():
-        if name in units:
-            col.unit = units[name]
-        if name in descriptions:
-            col.description = descriptions[name]
-    truth.meta.update({"field": field, "seed": cfg.seed, "shape": list(shape),
-                       "pixel_scale_arcsec": cfg.pixel_scale_arcsec, "bands": list(cfg.bands),
-                       "depth_mag": depth_mag, "noise_sigma_njy": dict(zip(cfg.bands, sigma.tolist())),
-                       "rotation_deg": float(rotation_deg), "centre": [float(c) for c in centre],
-                       "border_pix": int(border_pix), "tile_pix": int(tile_pix),
-                       "simulation_config": valid_cfg.to_json(), "surveydust_version": VERSION})
-    if fg.enabled:
-        truth.meta.update({"n_high_z": int(n_galaxies), "foreground_config": fg.to_json()})
-    if cfg.bands != valid_cfg.bands:
-        truth.meta["photometry_only_bands"] = [b for b in cfg.bands if b not in valid_cfg.bands]
-    _write_atomic(truth, truth_path)
-    return FieldFiles(bands=paths, truth=truth_path)
+    _check_outputs([*(out_dir / f"{field}_{b}_i2d.fits" for b in cfg.bands), out_dir / f"{field}_truth.ecsv"],
+                   overwrite)
+    rendered = render_field(cfg, n_galaxies, layout, fg)
+    return write_field(rendered, out_dir, field=field, cfg=cfg, valid_cfg=valid_cfg, fg=fg, layout=layout,
+                       n_galaxies=n_galaxies)

@@ -1,4 +1,8 @@
-"""Generate a training store with the built-in simulator, in parallel on Dask.
+"""Write a training store of simulated galaxies, in parallel on Dask.
+
+Each galaxy is drawn and rendered by :mod:`surveydust.simulate.render` (the
+simulator's one rendering chain); this module runs galaxies as Dask tasks and
+writes the store.
 
 Sample order is galaxy-major: ``sample = (galaxy * n_views + view) * n_dtm + i_dtm``.
 Every galaxy draws from its own random stream ``default_rng([seed, galaxy])``,
@@ -19,13 +23,10 @@ import xarray as xr
 
 from surveydust.cluster import open_client, run_with_progress
 from surveydust.config import SimulationConfig, load_simulation_config
-from surveydust.instrument import pixel_noise_njy, psf_kernel
-from surveydust.physics import kpc_per_arcsec
 from surveydust.quantities import r_v
-from surveydust.simulate.imaging import PSFSet, galaxy_photometry, observe
-from surveydust.simulate.morphology import draw_view, render_maps
-from surveydust.simulate.population import Galaxy, draw_galaxy
+from surveydust.simulate.morphology import draw_view
 from surveydust.simulate.priors import RECORDED
+from surveydust.simulate.render import draw_with_photometry, galaxy_instrument, noise_sigma, render_galaxy
 from surveydust.simulate.sed_library import load_sed_library
 from surveydust.stores.base import check_output_path
 from surveydust.stores.training import annotate, write_training_store
@@ -37,37 +38,34 @@ SCALARS = ("A_V", "EBV", "log_ssfr", "redshift", "log_mstar", "log_sfr", "metall
 TASK_OUTPUTS = {"image": np.float32, "snr": np.float32, **{k: np.float32 for k in SCALARS}}
 
 
-def noise_sigma(cfg: SimulationConfig) -> np.ndarray:
-    """Per-pixel noise sigma [nJy] of each band at the configured depth."""
-    depth = cfg.depth_mag()
-    return np.array([pixel_noise_njy(depth[b], cfg.pixel_scale_arcsec) for b in cfg.bands])
-
-
-def galaxy_instrument(gal: Galaxy, cfg: SimulationConfig) -> tuple[PSFSet, np.ndarray]:
-    """The PSFs and per-pixel noise sigma [nJy] of one galaxy's images: the configured
-    instrument with the galaxy's draw of PSF width and depth."""
-    scale = gal.nuisance.psf_fwhm_scale  # a PSF drawn on pixels `scale` x smaller is `scale` x wider
-    kernels = np.stack([psf_kernel(b, cfg.pixel_scale_arcsec / scale, cfg.psf, cfg.psf_dir) for b in cfg.bands])
-    return PSFSet(kernels, cfg.stamp_size), noise_sigma(cfg) * 10 ** (-0.4 * gal.nuisance.depth_offset_mag)
-
-
 def simulate_galaxies(start: int, stop: int, cfg: SimulationConfig) -> dict[str, np.ndarray]:
-    """Simulate galaxies ``start .. stop-1`` with all their views and DTM values."""
+    """Simulate galaxies ``start .. stop-1`` with all their views and dust-to-metal ratios.
+
+    Parameters
+    ----------
+    start, stop : int
+        Galaxy indices; galaxy ``g`` draws from ``default_rng([cfg.seed, g])``.
+    cfg : SimulationConfig
+        The simulation config (views per galaxy, ``dtm_values``, bands, stamps, depth).
+
+    Returns
+    -------
+    dict of numpy.ndarray
+        :data:`TASK_OUTPUTS` per sample in galaxy-major order: ``image`` (sample, band, y, x)
+        [nJy per pixel], ``snr`` (sample, band), and the :data:`SCALARS` (labels [mag,
+        log10 yr^-1], galaxy properties and its nuisance draws).
+    """
     lib = load_sed_library()
     rows: dict[str, list[Any]] = {k: [] for k in TASK_OUTPUTS}
     for g in range(start, stop):
         rng = np.random.default_rng([cfg.seed, g])
-        gal = draw_galaxy(rng, cfg, lib)
-        phot = galaxy_photometry(gal, cfg, lib)
+        gal, phot = draw_with_photometry(rng, cfg, lib)
         psfs, sigma = galaxy_instrument(gal, cfg)
-        pix_kpc = cfg.pixel_scale_arcsec * kpc_per_arcsec(gal.redshift)
         per_galaxy = {"log_ssfr": gal.log_ssfr, "redshift": gal.redshift, "log_mstar": gal.log_mstar,
                       "log_sfr": gal.log_sfr, "metallicity": gal.metallicity, "sersic_n": gal.sersic_n,
                       **gal.nuisance.as_record()}
         for _ in range(cfg.views_per_galaxy):
-            maps = render_maps(gal, draw_view(rng), cfg.stamp_size, pix_kpc, cfg.oversample)
-            for dtm in cfg.dtm_values:
-                obs = observe(maps, phot, gal, dtm, cfg, psfs, sigma, rng)
+            for obs in render_galaxy(gal, phot, draw_view(rng), cfg.dtm_values, cfg, psfs, sigma, rng):
                 for key, value in (("image", obs.image), ("A_V", obs.a_v), ("EBV", obs.ebv), ("snr", obs.snr),
                                    *per_galaxy.items()):
                     rows[key].append(value)

@@ -253,8 +253,42 @@ def _quiet_consolidation() -> Iterator[None]:
         yield
 
 
+def write_atomically(path: Path | str, write: Callable[[Path], Any]) -> Path:
+    """Write one file atomically: ``write`` fills a hidden temporary sibling, which is then
+    renamed to ``path`` (replacing an old file in one step).
+
+    The one way surveydust writes a file whole (tables, figures, FITS mosaics, run
+    parts); a folder is moved into place by :func:`replace_atomically`.
+
+    Parameters
+    ----------
+    path : pathlib.Path or str
+        The file to write (its folder must exist).
+    write : callable
+        Called once with the temporary path (same folder, same suffix, so a writer that
+        picks its format from the suffix, or appends one as :func:`numpy.savez` does,
+        still writes it); it must create that file.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``. When ``write`` fails, the temporary file is removed and ``path`` is
+        left as it was.
+    """
+    path = Path(path)
+    tmp = _partial_sibling(path, path.suffix)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def replace_atomically(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``; an old ``dst`` is removed only after the move."""
+    """Move the finished folder (or file) ``src`` to ``dst``; an old ``dst`` is removed only
+    after the move. ``src`` must lie on ``dst``'s file system (a sibling, as
+    :func:`write_store_atomically` and :func:`write_atomically` make them)."""
     old = None
     if dst.exists():
         old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
@@ -327,10 +361,10 @@ def write_output_table(table: Any, path: Path | str, kind: str, *, with_csv: boo
     marks = {FITS_OUTPUT_KEY if fmt == "fits" else OUTPUT_KEY: kind}
     if with_csv:
         csv = path.with_suffix(".csv")
-        _write_atomically(csv, lambda tmp: table.write(tmp, format="ascii.csv"))
+        write_atomically(csv, lambda tmp: table.write(tmp, format="ascii.csv"))
         marks[CSV_CHECKSUM_KEY] = sha256(csv)
     table.meta = {**marks, **table.meta}
-    return _write_atomically(path, lambda tmp: table.write(tmp, format=fmt))
+    return write_atomically(path, lambda tmp: table.write(tmp, format=fmt))
 
 
 def write_output_figure(figure: Any, path: Path | str, kind: str, **savefig: Any) -> Path:
@@ -339,18 +373,7 @@ def write_output_figure(figure: Any, path: Path | str, kind: str, **savefig: Any
     def save(tmp: Path) -> None:
         figure.savefig(tmp, format="png", metadata={OUTPUT_KEY: kind}, **savefig)
 
-    return _write_atomically(Path(path), save)
-
-
-def _write_atomically(path: Path, write: Callable[[Path], Any]) -> Path:
-    """Call ``write`` on a temporary sibling of ``path``, then rename it to ``path``."""
-    tmp = _partial_sibling(path, path.suffix)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomically(Path(path), save)
 
 
 def _partial_sibling(path: Path, suffix: str = "") -> Path:
@@ -420,5 +443,5 @@ def _png_mark(path: Path) -> str | None:
 
 
 __all__ = ["FITS_OUTPUT_KEY", "OUTPUT_KEY", "check_output_folder", "check_output_path", "chunk_counts",
-           "existing_kind", "open_complete_store", "replace_atomically", "resolve_output_link", "write_output_figure",
-           "write_output_table", "write_store_atomically", "zarr_compressor"]
+           "existing_kind", "open_complete_store", "replace_atomically", "resolve_output_link", "write_atomically",
+           "write_output_figure", "write_output_table", "write_store_atomically", "zarr_compressor"]

@@ -8,7 +8,8 @@ Input format (Costantin et al. 2023 TNG50 release, ``../shared/data/tng50_skirt_
   filter named by header keyword ``EXTn`` (e.g. ``EXT2 = 'F277W'``), with its
   integrated AB magnitude in ``MAGn``;
 * ``BUNIT`` (or ``UNITS``) ``'MJy / sr'`` surface brightness; any unit
-  equivalent to MJy/sr, or a flux per pixel equivalent to nJy, is accepted;
+  equivalent to MJy/sr, or a flux per pixel equivalent to nJy, is accepted
+  (:func:`surveydust.stores.fits.flux_to_njy_factor`);
 * pixel scale from ``CDELT1/2`` (deg/pixel, with optional ``PCi_j``), a
   ``CDi_j`` matrix, or ``PIXELSCL`` (arcsec/pixel): NIRCam SW 0.031"/px,
   LW 0.063"/px; the galaxy sits at ``CRPIX1/2`` (the cube centre);
@@ -23,9 +24,9 @@ absent): ``dtm``, ``log_mstar`` [log10 Msun], ``log_sfr`` [log10 Msun/yr],
 ``redshift`` (else the header ``REDSHIFT``). ``R_V = A_V / E(B-V)`` via
 :func:`surveydust.physics.r_v`.
 
-Output: the training store of DESIGN section 3 (see
-:mod:`surveydust.stores.training`). Cubes of the same view (same target,
-inclination and azimuth; e.g. the SW and LW files) are merged into one sample.
+Output: a training store (see :mod:`surveydust.stores.training`). Cubes of
+the same view (same target, inclination and azimuth; e.g. the SW and LW files)
+are merged into one sample.
 Each band is converted to flux per pixel [nJy], resampled onto a
 ``stamp_size`` x ``stamp_size`` grid of ``pixel_scale_arcsec`` by exact
 area-overlap rebinning (flux conserving: each input pixel's flux is shared
@@ -55,7 +56,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import astropy.units as u
 import dask
 import dask.array as da
 import numpy as np
@@ -65,11 +65,12 @@ from astropy.table import Table
 
 from surveydust.cluster import open_client, run_with_progress
 from surveydust.instrument import KNOWN_BANDS, check_bands
-from surveydust.physics import njy_per_pixel_factor, pixel_area_sr
+from surveydust.physics import pixel_area_sr
 from surveydust.provenance import sha256
 from surveydust.quantities import PREDICTED, r_v
 from surveydust.runs import OutputLock
 from surveydust.stores.base import check_output_path
+from surveydust.stores.fits import flux_to_njy_factor, header_pixel_scales_arcsec
 from surveydust.stores.training import annotate, write_training_store
 
 REQUIRED_LABELS = PREDICTED
@@ -172,7 +173,7 @@ def read_cube_info(path: Path) -> CubeInfo:
         inclination=inclin,
         azimuth=azimuth,
         redshift=z,
-        scale_xy=_pixel_scales_arcsec(path, header),
+        scale_xy=header_pixel_scales_arcsec(header, path.name),
         centre_xy=_centre(header),
         to_njy=_to_njy_factor(path, header),
         sha256=sha256(path),
@@ -217,36 +218,6 @@ def _view_keys(path: Path, header: fits.Header) -> tuple[int, float, float, floa
     return int(values["TARGET"]), float(values["INCLIN"]), float(values["AZIMUTH"]), float(z)
 
 
-def _pixel_scales_arcsec(path: Path, header: fits.Header) -> tuple[float, float]:
-    """Pixel size along x and y [arcsec] from CD, CDELT (+PC) or PIXELSCL."""
-    cd = _cd_matrix_deg(header)
-    if cd is not None:
-        sx, sy = np.hypot(cd[0, 0], cd[1, 0]), np.hypot(cd[0, 1], cd[1, 1])
-    elif "PIXELSCL" in header:
-        sx = sy = float(header["PIXELSCL"]) / 3600.0
-    else:
-        raise ValueError(f"{path.name}: no pixel scale in the header (CDELT1/2, CDi_j or PIXELSCL)")
-    if not (sx > 0 and sy > 0 and np.isfinite(sx * sy)):
-        raise ValueError(f"{path.name}: invalid pixel scale {sx * 3600:g} x {sy * 3600:g} arcsec")
-    return float(sx * 3600.0), float(sy * 3600.0)
-
-
-def _cd_matrix_deg(header: fits.Header) -> np.ndarray | None:
-    """The 2x2 CD matrix [deg/pixel] of the first two axes, or None."""
-    try:
-        unit = [u.Unit(str(header.get(f"CUNIT{i}", "deg")).strip() or "deg").to(u.deg) for i in (1, 2)]
-    except (ValueError, u.UnitsError):
-        raise ValueError(f"CUNIT1/2 = {header.get('CUNIT1')!r}/{header.get('CUNIT2')!r} is not an angle") from None
-    if any(f"CD{i}_{j}" in header for i in (1, 2) for j in (1, 2)):
-        cd = np.array([[header.get(f"CD{i}_{j}", 0.0) for j in (1, 2)] for i in (1, 2)], float)
-    elif "CDELT1" in header and "CDELT2" in header:
-        pc = np.array([[header.get(f"PC{i}_{j}", float(i == j)) for j in (1, 2)] for i in (1, 2)], float)
-        cd = pc * np.array([header["CDELT1"], header["CDELT2"]], float)[:, None]
-    else:
-        return None
-    return cd * np.array(unit)[:, None]
-
-
 def _centre(header: fits.Header) -> tuple[float, float]:
     """Galaxy centre as 0-based (x, y) pixel coordinates: CRPIX, else the cube centre."""
     nx, ny = header["NAXIS1"], header["NAXIS2"]
@@ -254,19 +225,10 @@ def _centre(header: fits.Header) -> tuple[float, float]:
 
 
 def _to_njy_factor(path: Path, header: fits.Header) -> float:
-    """Factor turning the cube values into flux per pixel [nJy]."""
-    text = str(header.get("BUNIT", header.get("UNITS", ""))).strip()
-    if not text:
-        raise ValueError(f"{path.name}: no BUNIT (or UNITS) in the header; expected MJy/sr or nJy")
-    try:
-        unit = u.Unit(text)
-    except ValueError:
-        raise ValueError(f"{path.name}: unreadable unit BUNIT={text!r}; expected MJy/sr or nJy") from None
-    sx, sy = _pixel_scales_arcsec(path, header)
-    factor = njy_per_pixel_factor(unit, pixel_area_sr(float(np.sqrt(sx * sy))))  # the sx x sy pixel's solid angle
-    if factor is not None:
-        return factor
-    raise ValueError(f"{path.name}: unit {text!r} is neither a surface brightness (MJy/sr) nor a flux (nJy)")
+    """Factor turning the cube values (``BUNIT``, else ``UNITS``) into flux per pixel [nJy]."""
+    sx, sy = header_pixel_scales_arcsec(header, path.name)
+    area = pixel_area_sr(float(np.sqrt(sx * sy)))  # the sx x sy pixel's solid angle
+    return flux_to_njy_factor(header.get("BUNIT", header.get("UNITS")), area, file=path.name)
 
 
 # --------------------------------------------------------------------------- views and bands

@@ -16,15 +16,9 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 from scipy.ndimage import distance_transform_edt
 
 from surveydust.config import load_simulation_config
-from surveydust.instrument import psf_kernel
-from surveydust.physics import kpc_per_arcsec, mjy_per_sr_to_njy, pixel_area_sr
+from surveydust.physics import mjy_per_sr_to_njy, pixel_area_sr
 from surveydust.simulate import FieldFiles, simulate_field
-from surveydust.simulate.imaging import PSFSet, correlated_noise, galaxy_photometry, observe
-from surveydust.simulate.morphology import draw_view, render_maps
-from surveydust.simulate.population import draw_galaxy
 from surveydust.simulate.priors import FIXED_PRIORS
-from surveydust.simulate.run import noise_sigma
-from surveydust.simulate.sed_library import load_sed_library
 
 BANDS = ["F115W", "F150W", "F200W", "F277W", "F356W", "F444W"]
 BORDER = 40
@@ -189,22 +183,3 @@ def test_same_seed_same_files(demo: FieldFiles, tmp_path: Path) -> None:
                    overwrite=True)
     with pytest.raises(ValueError, match="cannot place"):
         simulate_field(tmp_path / "crowded", n_galaxies=500, shape=(256, 256))
-
-
-def test_observe_noise_free_path() -> None:
-    """``observe(noise=False)`` is the noisy image minus exactly the (correlated) noise it would add."""
-    cfg = load_simulation_config(n_galaxies=1)
-    lib = load_sed_library()
-    rng = np.random.default_rng(7)
-    gal = draw_galaxy(rng, cfg, lib)
-    phot = galaxy_photometry(gal, cfg, lib)
-    maps = render_maps(gal, draw_view(rng), cfg.stamp_size,
-                       cfg.pixel_scale_arcsec * kpc_per_arcsec(gal.redshift), cfg.oversample)
-    psfs = PSFSet(np.stack([psf_kernel(b, cfg.pixel_scale_arcsec) for b in cfg.bands]), cfg.stamp_size)
-    sigma = noise_sigma(cfg)
-    noisy = observe(maps, phot, gal, 0.5, cfg, psfs, sigma, np.random.default_rng(1))
-    clean = observe(maps, phot, gal, 0.5, cfg, psfs, sigma, np.random.default_rng(1), noise=False)
-    added = correlated_noise(np.random.default_rng(1), noisy.image.shape, gal.nuisance.noise_correlation_px) \
-        * sigma[:, None, None]
-    np.testing.assert_allclose(noisy.image, clean.image + added, atol=1e-4)
-    assert (noisy.a_v, noisy.ebv) == (clean.a_v, clean.ebv)
