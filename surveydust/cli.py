@@ -488,6 +488,12 @@ def ingest_mosaic_command(out: Path, band_files: tuple[str, ...], err_files: tup
               help="Any detection setting, e.g. --set threshold=2 --set tile_pix=1024.")
 @click.option("--demo", is_flag=True,
               help="Simulate a small six-band demo field with known truth (offline) and run on it.")
+@click.option("--all-sources", is_flag=True,
+              help="Predict dust for every source, also those the z > 6 selection drops (no spectroscopic z and "
+                   "P(z>6) below p_high_z_min): they keep the flag not_high_z.")
+@click.option("--p-high-z-min", type=click.FloatRange(0, 1), default=None,
+              help="P(z>6) from the photometric redshift a source without a spectroscopic z needs for the "
+                   "dust step (default: p_high_z_min of configs/catalogue.yaml).")
 @with_cluster_options
 @click.option("--overwrite", is_flag=True,
               help="Replace the catalogue, its --format table (and the demo's files) of an earlier run; "
@@ -496,8 +502,9 @@ def ingest_mosaic_command(out: Path, band_files: tuple[str, ...], err_files: tup
 @_friendly_errors
 def run_catalogue_command(store: Path | None, out: Path | None, models: tuple[Path, ...], sources: Path | None,
                           redshifts: Path | None, export_format: str | None, config: Path | None,
-                          settings: tuple[str, ...], demo: bool, cluster: str | None, workers: int | None,
-                          jobs: int | None, overwrite: bool, quiet: bool) -> None:
+                          settings: tuple[str, ...], demo: bool, all_sources: bool, p_high_z_min: float | None,
+                          cluster: str | None, workers: int | None, jobs: int | None, overwrite: bool,
+                          quiet: bool) -> None:
     """Detect galaxies on a mosaic STORE (from ingest-mosaic) and predict their dust and sSFR.
 
     Tiles (whole store chunks, about 2048 px, plus a halo) are Dask tasks: detection on the
@@ -505,6 +512,10 @@ def run_catalogue_command(store: Path | None, out: Path | None, models: tuple[Pa
     (nJy), 32x32 stamps, CNN predictions of A_V, E(B-V), R_V [mag] and
     log sSFR [log10 yr^-1] with uncertainties. Finished tiles are kept: an
     interrupted run, re-run, does only the rest.
+
+    Each source gets a photometric redshift (z_phot, its 16/84 percentiles and P(z>6)) from all
+    bands with data; dust only where it has a spectroscopic z (--redshifts, --sources) or P(z>6)
+    >= p_high_z_min, the others NaN and the flag not_high_z (--all-sources: predicted anyway).
     """
     from surveydust.config import load_catalogue_config
     from surveydust.demo import run_demo
@@ -514,7 +525,8 @@ def run_catalogue_command(store: Path | None, out: Path | None, models: tuple[Pa
 
     if demo == (store is not None):
         raise click.UsageError("give a mosaic STORE, or --demo (not both)")
-    settings_cfg = load_catalogue_config(config, **_settings(settings))  # fail before any work
+    selection = {"all_sources": True if all_sources else None, "p_high_z_min": p_high_z_min}
+    settings_cfg = load_catalogue_config(config, **{**_settings(settings), **selection})  # fail before any work
     if store is not None:
         open_mosaic(store)
     if demo:
@@ -534,6 +546,10 @@ def run_catalogue_command(store: Path | None, out: Path | None, models: tuple[Pa
                                 config=settings_cfg, client=client, export_to=export_to, overwrite=overwrite,
                                 progress=not quiet)
     click.echo(f"{cat.sizes['source']} sources; wrote {out}" + (f" and {export_to}" if export_to else ""))
+    from surveydust.infer import selection_counts
+
+    click.echo("dust step: " + ", ".join(f"{v} selected by {k}" if k != "not selected" else f"{v} not selected"
+                                         for k, v in selection_counts(cat).items()))
     if demo:
         m = result.match
         click.echo(f"demo truth: {m['matched']} of {m['matched'] + m['missed']} injected galaxies detected, "

@@ -385,6 +385,10 @@ class CatalogueConfig(_Config):
     sources_per_batch: int = Field(ge=1)
     default_redshift: float = Field(gt=0, le=30)
     redshift_match_arcsec: float = Field(gt=0, le=10)
+    photoz: bool
+    p_high_z_min: float = Field(ge=0, le=1)
+    photoz_draws: int = Field(ge=1, le=64)
+    all_sources: bool
 
     @field_validator("detection_bands")
     @classmethod

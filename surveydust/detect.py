@@ -32,6 +32,9 @@ FLAG_DESCRIPTIONS = {
     "no_redshift": "no redshift given, or an impossible one such as -99 (predicted without one)",
     "no_data": "a band a model needs has no valid pixel in the stamp: no prediction",
     "z_out_of_range": "a redshift outside a model's training range: no prediction",
+    "not_high_z": "not selected as a z > 6 galaxy (no spectroscopic z in a model's range and P(z>6) below "
+                  "p_high_z_min, or a spectroscopic z below 6): no dust prediction (NaN), unless the run "
+                  "predicted every source (--all-sources), when its dust assumes a z > 6 galaxy it likely is not",
 }
 #: flag bits of a catalogue's ``flag`` (meanings: :data:`FLAG_DESCRIPTIONS`)
 FLAGS = {name: 1 << i for i, name in enumerate(FLAG_DESCRIPTIONS)}

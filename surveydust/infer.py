@@ -10,6 +10,17 @@ model bundle once and keeps it for all its tiles. When workers advertise a
 ``GPU`` resource, the two steps are separate tasks (``measure-tile-...`` on any
 worker, ``catalogue-tile-...`` asking for a GPU), so only the predictions wait
 for a GPU worker.
+
+Photometric redshifts and the z > 6 selection (``photoz``, ``p_high_z_min``, ``all_sources`` in
+``configs/catalogue.yaml``): after the aperture photometry, each tile task fits every source's
+photometry in all bands with data (F090W too) with the template fit of
+:func:`surveydust.photoz.fit_photoz` (``z_phot``, ``z_phot_p16``, ``z_phot_p84``, ``p_high_z``;
+the template grid is built once by the driver and sent to the tasks). Dust is then predicted for
+sources with a spectroscopic z, or without one but with P(z > 6) >= ``p_high_z_min``: their
+networks' redshift input takes ``photoz_draws`` stratified draws from p(z) restricted to the
+training range, and the percentiles are those of the mixture of the draws' predictions
+(:func:`mix_percentiles`). Other sources keep photometry and ``z_phot``, NaN dust and the flag
+``not_high_z`` (with ``all_sources`` they are predicted anyway, still flagged).
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +40,49 @@ from surveydust.bundle import Predictor, load_model, read_meta, richest_bundle, 
 from surveydust.cluster import open_client, worker_resources
 from surveydust.config import CatalogueConfig, load_catalogue_config
 from surveydust.detect import Tile, aperture_photometry, cut_stamps, detect, make_tiles
+from surveydust.photoz import HIGH_Z, SYS_ERR, TemplateGrid, fit_photoz, pz_quantiles, template_grid
+from surveydust.posterior import LEVEL_NAMES, LEVELS, NOMINAL_Z, from_network, to_network
 from surveydust.provenance import VERSION
 from surveydust.runs import ResumableRun
 from surveydust.sources import match_redshifts, redshift_table, source_positions
-from surveydust.stores.catalogue import FLAG_DESCRIPTIONS, FLAGS, assemble, check_outputs, column_suffix, export, write_catalogue
+from surveydust.stores.catalogue import (
+    FLAG_DESCRIPTIONS,
+    FLAGS,
+    assemble,
+    check_outputs,
+    column_suffix,
+    export,
+    write_catalogue,
+)
 from surveydust.uvslope import meurer_av, uv_slopes
 
 logger = logging.getLogger(__name__)
+
+#: redshift grid of the catalogue's photometric redshifts: 0-15 in steps of 0.02 (0.003 in
+#: (1 + z) at z = 6, a tenth of the fit's scatter; half the cost of photoz's default 0.01)
+PHOTOZ_Z_STEP = 0.02
+PHOTOZ_Z_MAX = 15.0
+#: a band bluer than this one (pivot) is needed to see the Lyman break of z = 6-8 galaxies
+BREAK_BAND = "F150W"
+#: quantile-function samples per p(z) draw when the draws' predictions are mixed
+MIX_SAMPLES = 100
+
+
+@dataclass(frozen=True)
+class PhotoZSetup:
+    """What a tile task needs for photometric redshifts and the z > 6 selection.
+
+    Attributes
+    ----------
+    templates : the template fluxes of the bands with data (None in predict-only tasks).
+    z_grid : the redshift grid of p(z).
+    select : whether P(z > 6) selects sources for the dust step (False where no band with data is
+        bluer than :data:`BREAK_BAND`: the photometry cannot see the break).
+    """
+
+    templates: TemplateGrid | None
+    z_grid: np.ndarray
+    select: bool
 
 
 def run_catalogue(
@@ -73,8 +121,16 @@ def run_catalogue(
         without a ``z`` takes the redshift of the nearest entry within
         ``redshift_match_arcsec`` (for the UV-slope bands, the networks and SED fits);
         rows without usable RA/Dec or redshift are counted and left out.
-    config : detection settings (``configs/catalogue.yaml``), ``overrides`` on top.
+    config : detection settings (``configs/catalogue.yaml``), ``overrides`` on top (e.g.
+        ``all_sources=True``, ``p_high_z_min=0.8``, ``photoz=False``).
     export_to : also write a ``.fits`` or ``.ecsv`` table.
+
+    With ``photoz`` (the default) every source gets ``z_phot``, ``z_phot_p16``, ``z_phot_p84`` and
+    ``p_high_z`` (P(z > 6)), and dust only where it has a spectroscopic z (from ``sources`` or
+    ``redshifts``) or ``p_high_z >= p_high_z_min``; the others get NaN dust and the flag
+    ``not_high_z`` (``all_sources``: predicted anyway, still flagged). A mosaic without a band
+    bluer than F150W cannot see the Lyman break of z = 6-8 galaxies: there the dust step needs
+    ``sources`` or ``redshifts`` (or ``all_sources``), else this is a ValueError.
 
     A source whose redshift lies outside a model's training range, or whose stamp has a
     model band without a valid pixel, gets NaN from that model and the flag
@@ -94,6 +150,7 @@ def run_catalogue(
     _check_bands(mosaic, metas, labels, cfg, detecting=sources is None)
     if sources is None:
         cfg = _detection_bands(cfg, data_bands)
+    photoz = _photoz_setup(cfg, data_bands, spectroscopic=sources is not None or redshifts is not None)
     positions, z_table, checks = _read_tables(sources, redshifts, mosaic_wcs(mosaic), mosaic.sel(band=data_bands))
     shape = (mosaic.sizes["y"], mosaic.sizes["x"])
     tile_size = cfg.tile_pix or block_pix(store_chunk(mosaic))
@@ -111,22 +168,54 @@ def run_catalogue(
         if todo:
             with open_client(client, profile=cluster, workers=workers) as c:
                 futures = _submit_tiles(c, todo, str(store), halo, crop, [str(p) for p in bundles], cfg, positions,
-                                        z_table, token)
+                                        z_table, token, photoz)
                 run.collect(futures, _tile_progress() if progress else None)
         columns = run.results()
         if not len(columns.get("x", ())):
             logger.warning("no sources detected: the catalogue is empty")
         ds = assemble(columns, list(mosaic["band"].values), labels,
-                      _provenance(mosaic, bundles, metas, labels, cfg, sources, redshifts, checks))
+                      _provenance(mosaic, bundles, metas, labels, cfg, sources, redshifts, checks, photoz))
         if z_table is not None:
             add_redshifts(ds, z_table, cfg.redshift_match_arcsec, Path(redshifts).name)
         add_uv_slopes(ds, cfg.default_redshift)
+        _describe_photoz(ds)
         _log_summary(ds, checks, dict(zip(labels, map(training_redshift_range, metas))))
         if out_path is not None:
             write_catalogue(ds, out_path, overwrite=overwrite)
         if export_to is not None:
             export(ds, export_to, overwrite=overwrite)
     return ds
+
+
+def sees_break(bands: list[str]) -> bool:
+    """Whether photometry in ``bands`` can see the Lyman break of z = 6-8 galaxies: a band bluer
+    (by pivot wavelength) than :data:`BREAK_BAND` (F090W, F115W; a LW-only mosaic cannot)."""
+    from surveydust.photoz import _pivot_aa
+
+    return any(_pivot_aa(b) < _pivot_aa(BREAK_BAND) for b in bands)
+
+
+def _photoz_setup(cfg: CatalogueConfig, data_bands: list[str], spectroscopic: bool) -> PhotoZSetup | None:
+    """The photo-z templates of the bands with data (built here once, sent to the tile tasks), or
+    None without ``cfg.photoz``; a one-line error (or warning) where the selection cannot work."""
+    see = sees_break(data_bands)
+    if not see and not spectroscopic and not cfg.all_sources:
+        raise ValueError(f"the mosaic's bands with data ({', '.join(data_bands)}) cannot see the Lyman break of "
+                         f"z = 6-8 galaxies (none bluer than {BREAK_BAND}), so P(z>6) cannot select them: give "
+                         "--redshifts or --sources with redshifts for the dust step, or --all-sources to predict "
+                         "every source anyway (flagged not_high_z)")
+    if not see:
+        logger.warning("the mosaic's bands (%s) cannot see the Lyman break of z = 6-8 galaxies (none bluer than %s): "
+                       "no selection by P(z>6); dust for sources with a spectroscopic z%s", ", ".join(data_bands),
+                       BREAK_BAND, " and, flagged not_high_z, every other source (all_sources)" if cfg.all_sources
+                       else " only")
+    elif not cfg.photoz and not spectroscopic and not cfg.all_sources:
+        logger.warning("photoz is off and no redshifts are given: no source is selected for the dust step "
+                       "(give --redshifts or --sources, or --all-sources)")
+    if not cfg.photoz:
+        return None
+    z_grid = np.round(np.arange(0.0, PHOTOZ_Z_MAX + 0.5 * PHOTOZ_Z_STEP, PHOTOZ_Z_STEP), 6)
+    return PhotoZSetup(template_grid(data_bands, z_grid), z_grid, select=see)
 
 
 def _read_tables(sources: Path | str | None, redshifts: Path | str | None, wcs: Any,
@@ -216,10 +305,14 @@ def _detection_bands(cfg: CatalogueConfig, data_bands: list[str]) -> CatalogueCo
 
 def _submit_tiles(client: Any, todo: list[Tile], store: str, halo: int, size: int, bundles: list[str],
                   cfg: CatalogueConfig, positions: dict[str, np.ndarray] | None,
-                  z_table: dict[str, np.ndarray] | None, token: str) -> dict[int, Any]:
+                  z_table: dict[str, np.ndarray] | None, token: str,
+                  photoz: PhotoZSetup | None = None) -> dict[int, Any]:
     """One future per tile to do (tile index -> future of its columns); with ``positions``,
     tiles holding none of them are skipped."""
     gpu = any("GPU" in r for r in worker_resources(client).values())
+    # the templates (a few MB) go to the workers once, not inside every tile task
+    setup = client.scatter(photoz, broadcast=True, hash=False) if photoz is not None and todo else photoz
+    light = None if photoz is None else replace(photoz, templates=None)  # predictions need p(z) only
     futures = {}
     for tile in todo:
         mine = None
@@ -230,16 +323,18 @@ def _submit_tiles(client: Any, todo: list[Tile], store: str, halo: int, size: in
             mine = {k: v[own] for k, v in positions.items()}
         key = f"catalogue-tile-{token[:8]}-{tile.index}"
         if gpu:
-            futures[tile.index] = _submit_gpu_tile(client, key, store, tile, halo, size, bundles, cfg, mine, z_table)
+            futures[tile.index] = _submit_gpu_tile(client, key, store, tile, halo, size, bundles, cfg, mine, z_table,
+                                                   setup, light)
         else:  # one task: the stamps never leave the worker
             futures[tile.index] = client.submit(catalogue_tile, store, tile, halo, bundles, cfg, mine, z_table,
-                                                key=key, pure=False)
+                                                setup, key=key, pure=False)
     return futures
 
 
 def _submit_gpu_tile(client: Any, key: str, store: str, tile: Tile, halo: int, size: int, bundles: list[str],
                      cfg: CatalogueConfig, positions: dict[str, np.ndarray] | None,
-                     z_table: dict[str, np.ndarray] | None) -> Any:
+                     z_table: dict[str, np.ndarray] | None, photoz: Any = None,
+                     light: PhotoZSetup | None = None) -> Any:
     """The future of one tile's columns on workers with GPUs: detection and stamps on any worker's CPU
     (``measure-tile-...``), then only the predictions ask for a GPU (``catalogue-tile-...``). Given
     positions go ``cfg.sources_per_batch`` at a time, row by row (each batch reads only its strip of
@@ -250,9 +345,9 @@ def _submit_gpu_tile(client: Any, key: str, store: str, tile: Tile, halo: int, s
     parts = []
     for i, batch in enumerate(batches):
         suffix = "" if len(batches) == 1 else f".{i}"
-        measured = client.submit(measure_tile, store, tile, halo, size, cfg, batch, z_table,
+        measured = client.submit(measure_tile, store, tile, halo, size, cfg, batch, z_table, photoz,
                                  key=key.replace("catalogue-tile-", "measure-tile-") + suffix, pure=False)
-        parts.append(client.submit(predict_tile, measured, bundles, cfg, key=key + suffix, pure=False,
+        parts.append(client.submit(predict_tile, measured, bundles, cfg, light, key=key + suffix, pure=False,
                                    resources={"GPU": 1}))
     return parts[0] if len(parts) == 1 else client.submit(concat_columns, parts, key=key, pure=False)
 
@@ -289,7 +384,8 @@ def _predictor(path: str) -> Predictor:
 
 def catalogue_tile(store: str, tile: Tile, halo: int, bundles: list[str], cfg: CatalogueConfig,
                    positions: dict[str, np.ndarray] | None,
-                   z_table: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                   z_table: dict[str, np.ndarray] | None = None,
+                   photoz: PhotoZSetup | None = None) -> dict[str, np.ndarray]:
     """Sources, photometry and predictions of one tile (a Dask task on a CPU worker): the tile is
     read and its sources found once, then ``cfg.sources_per_batch`` sources at a time are
     measured (:func:`measure_tile`'s steps) and predicted (:func:`predict_tile`), so the memory
@@ -302,16 +398,18 @@ def catalogue_tile(store: str, tile: Tile, halo: int, bundles: list[str], cfg: C
     sci, err = mosaic.read(*box)
     found = _tile_sources(sci, err, box, tile, cfg, positions, mosaic.bands)
     parts = [predict_tile(_measure(mosaic, sci, err, box, tile, size, cfg, {k: v[b] for k, v in found.items()},
-                                   z_table), bundles, cfg)
+                                   z_table, photoz), bundles, cfg, photoz)
              for b in _batches(len(found["x"]), cfg.sources_per_batch)]
     return concat_columns(parts)
 
 
 def measure_tile(store: str, tile: Tile, halo: int, size: int, cfg: CatalogueConfig,
                  positions: dict[str, np.ndarray] | None,
-                 z_table: dict[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                 z_table: dict[str, np.ndarray] | None = None,
+                 photoz: PhotoZSetup | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Sources of one tile (detected, or the given ``positions`` in its core), their
-    aperture photometry [nJy], geometry flags, sky positions and redshifts, and their
+    aperture photometry [nJy], geometry flags, sky positions and redshifts, photometric
+    redshifts (with ``photoz``: :func:`add_photoz`), and their
     ``size`` x ``size`` stamps ``(source, band, y, x)`` [nJy]; pure CPU work.
 
     A source's ``z`` comes from ``positions``, else the nearest entry of ``z_table``
@@ -325,7 +423,7 @@ def measure_tile(store: str, tile: Tile, halo: int, size: int, cfg: CatalogueCon
                min(box[1], int(np.ceil(positions["y"].max())) + halo + 1), box[2], box[3])
     sci, err = mosaic.read(*box)
     found = _tile_sources(sci, err, box, tile, cfg, positions, mosaic.bands)
-    return _measure(mosaic, sci, err, box, tile, size, cfg, found, z_table)
+    return _measure(mosaic, sci, err, box, tile, size, cfg, found, z_table, photoz)
 
 
 #: columns of a sources table that a catalogue keeps (besides the positions)
@@ -350,7 +448,8 @@ def _tile_sources(sci: np.ndarray, err: np.ndarray, box: tuple[int, int, int, in
 
 def _measure(mosaic: Any, sci: np.ndarray, err: np.ndarray, box: tuple[int, int, int, int], tile: Tile, size: int,
              cfg: CatalogueConfig, found: dict[str, np.ndarray],
-             z_table: dict[str, np.ndarray] | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+             z_table: dict[str, np.ndarray] | None,
+             photoz: PhotoZSetup | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Columns and stamps (see :func:`measure_tile`) of the sources ``found`` (:func:`_tile_sources`)."""
     columns = {k: v for k, v in found.items() if k in INPUT_COLUMNS}
     x, y, x0, y0 = found["x"], found["y"], box[2], box[0]
@@ -366,20 +465,78 @@ def _measure(mosaic: Any, sci: np.ndarray, err: np.ndarray, box: tuple[int, int,
         z = np.where(np.isfinite(z), z, match_redshifts(ra, dec, z_table, cfg.redshift_match_arcsec)["z"])
     columns.update(ra=ra, dec=dec, x=x, y=y, tile=np.full(x.size, tile.index), flux=flux, flux_err=flux_err,
                    snr=snr, flag=flag.astype(np.uint16), band=np.array(mosaic.bands), model_z=z)
+    if photoz is not None:
+        columns.update(add_photoz(flux, flux_err, list(mosaic.bands), photoz))
     return columns, stamps
 
 
+#: the photometric-redshift columns of a catalogue: name -> description (all dimensionless)
+PHOTOZ_COLUMNS = {
+    "z_phot": "photometric redshift: the peak of p(z) of the template fit (surveydust.photoz.fit_photoz)",
+    "z_phot_p16": "16th percentile of p(z)",
+    "z_phot_p84": "84th percentile of p(z)",
+    "p_high_z": "P(z > 6) from p(z)",
+}
+
+
+def add_photoz(flux: np.ndarray, flux_err: np.ndarray, bands: list[str], photoz: PhotoZSetup) -> dict[str, np.ndarray]:
+    """Photometric-redshift columns (:data:`PHOTOZ_COLUMNS`) of aperture fluxes and errors [nJy]
+    ``(source, band)`` in ``bands``, fitted in the template bands (those with data), and the p(z)
+    ``_pz`` ``(source, z)`` on ``photoz.z_grid`` (float32) for the predictions; not in the catalogue."""
+    grid = photoz.templates
+    assert grid is not None, "photometric redshifts need the templates"
+    if not len(flux):
+        return {**{k: np.zeros(0, np.float32) for k in PHOTOZ_COLUMNS},
+                "_pz": np.zeros((0, len(photoz.z_grid)), np.float32)}
+    cols = [bands.index(b) for b in grid.bands]
+    f, e = flux[:, cols], flux_err[:, cols]
+    bad = ~(np.isfinite(e) & (e > 0))
+    fit = fit_photoz(np.where(bad, np.nan, f), np.where(bad, np.inf, e), grid.bands, templates=grid)
+    return {"z_phot": fit.z_phot.astype(np.float32), "z_phot_p16": fit.z16.astype(np.float32),
+            "z_phot_p84": fit.z84.astype(np.float32), "p_high_z": fit.p_high_z.astype(np.float32),
+            "_pz": fit.pz.astype(np.float32)}
+
+
 def predict_tile(measured: tuple[dict[str, np.ndarray], np.ndarray], bundles: list[str],
-                 cfg: CatalogueConfig) -> dict[str, np.ndarray]:
+                 cfg: CatalogueConfig, photoz: PhotoZSetup | None = None) -> dict[str, np.ndarray]:
     """A tile's columns (from :func:`measure_tile`: ``(columns, stamps)``) with every model's
     predictions ``(source, model)`` and flags added; a Dask task of its own on GPU workers
-    (each worker process loads a model once and keeps it)."""
+    (each worker process loads a model once and keeps it). Only sources the selection keeps
+    (:func:`select_sources`) are predicted (every source with ``cfg.all_sources``); those without
+    a spectroscopic z through the mixture of ``cfg.photoz_draws`` draws from their p(z)."""
     columns, stamps = dict(measured[0]), measured[1]
     bands, z = list(columns.pop("band")), columns.pop("model_z")
-    preds, model_flags = _predict_all([_predictor(p) for p in bundles], stamps, columns["snr"], bands, cfg, z)
+    pz = columns.pop("_pz", None)
+    predict, not_high, by = select_sources(z, columns.get("p_high_z"), cfg,
+                                           photoz is not None and photoz.select and pz is not None)
+    draws = (pz, photoz.z_grid) if photoz is not None and pz is not None else None
+    preds, model_flags = _predict_all([_predictor(p) for p in bundles], stamps, columns["snr"], bands, cfg, z,
+                                      predict, draws)
     columns.update(preds)
-    columns["flag"] = (columns["flag"] | model_flags).astype(np.uint16)
+    columns["selected_by"] = by
+    columns["flag"] = (columns["flag"] | model_flags | np.where(not_high, FLAGS["not_high_z"], 0)).astype(np.uint16)
     return columns
+
+
+def select_sources(z: np.ndarray, p_high_z: np.ndarray | None, cfg: CatalogueConfig,
+                   use_p_high_z: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The z > 6 selection before the dust step, per source: whether to predict, whether to flag
+    ``not_high_z``, and why it was selected (``selected_by``: ``"spec_z"``, ``"p_high_z"`` or ``""``).
+
+    A source with a spectroscopic ``z`` is predicted (a model flags a z outside its training range,
+    and one below 6 is also ``not_high_z``); one without is predicted when ``use_p_high_z`` and its
+    ``p_high_z >= cfg.p_high_z_min``, else flagged ``not_high_z`` and predicted only with
+    ``cfg.all_sources``."""
+    spec = np.isfinite(z)
+    if use_p_high_z and p_high_z is not None:
+        by_phot = ~spec & (np.nan_to_num(p_high_z, nan=0.0) >= cfg.p_high_z_min)
+    else:
+        by_phot = np.zeros(len(z), bool)
+    with np.errstate(invalid="ignore"):
+        not_high = (~spec & ~by_phot) | (spec & (z < HIGH_Z))
+    predict = spec | by_phot | cfg.all_sources
+    by = np.where(spec, "spec_z", np.where(by_phot, "p_high_z", "")).astype("U8")
+    return predict, not_high, by
 
 
 def _geometry_flags(x: np.ndarray, y: np.ndarray, size: int, shape: tuple[int, int],
@@ -393,25 +550,120 @@ def _geometry_flags(x: np.ndarray, y: np.ndarray, size: int, shape: tuple[int, i
 
 
 def _predict_all(predictors: list[Predictor], stamps: np.ndarray, snr: np.ndarray, bands: list[str],
-                 cfg: CatalogueConfig, redshift: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                 cfg: CatalogueConfig, redshift: np.ndarray, predict: np.ndarray | None = None,
+                 draws: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Predictions and OOD scores ``(source, model)``, and flags (low SNR for the first
     model's selection, out of distribution for any model; no data and z out of range, with
-    NaN predictions, where a model cannot predict: :meth:`Predictor.predict`)."""
+    NaN predictions, where a model cannot predict: :meth:`Predictor.predict`).
+
+    Only the sources in ``predict`` (all when None) are predicted, the others get NaN; with
+    ``draws`` (p(z) ``(source, z)`` and its grid) those without a ``redshift`` are predicted at
+    ``cfg.photoz_draws`` redshifts drawn from p(z) in each model's training range and the
+    predictions mixed (:func:`predict_over_pz`)."""
     out: dict[str, list[np.ndarray]] = {}
     flag = np.zeros(len(stamps), dtype=np.uint16)
+    predict = np.ones(len(stamps), bool) if predict is None else predict
     for i, p in enumerate(predictors):
         images = stamps[:, [bands.index(b) for b in p.bands]]
-        result = p.predict(images, redshift, batch_size=cfg.batch_size)
-        for name in result.data_vars:
-            out.setdefault(name, []).append(result[name].values)
-        flag |= result["flag"].values
+        result = predict_over_pz(p, images, redshift, predict, draws, cfg.photoz_draws, cfg.batch_size)
+        for name in result:
+            if name != "flag":
+                out.setdefault(name, []).append(result[name])
+        flag |= result["flag"]
         with np.errstate(invalid="ignore"):
-            flag |= np.where(result["ood"].values > cfg.ood_threshold, FLAGS["out_of_distribution"], 0
+            flag |= np.where(result["ood"] > cfg.ood_threshold, FLAGS["out_of_distribution"], 0
                              ).astype(np.uint16)
         if i == 0 and p.snr_band in bands:
             low = ~(snr[:, bands.index(p.snr_band)] >= p.snr_min)
             flag |= np.where(low, FLAGS["low_snr"], 0).astype(np.uint16)
     return {k: np.stack(v, axis=1) for k, v in out.items()}, flag
+
+
+def predict_over_pz(p: Predictor, images: np.ndarray, redshift: np.ndarray, predict: np.ndarray,
+                    draws: tuple[np.ndarray, np.ndarray] | None, n_draws: int,
+                    batch_size: int = 1024) -> dict[str, np.ndarray]:
+    """One model's outputs (:meth:`Predictor.predict`'s variables and ``flag``, per source; NaN and
+    flag 0 where not ``predict``): sources with a ``redshift`` at it; without one, when ``draws``
+    (p(z) ``(source, z)`` and its grid) are given and the model takes a redshift, at ``n_draws``
+    stratified draws (the ``(k + 0.5) / n_draws`` quantiles) of p(z) restricted to the model's
+    training range, mixed (:func:`mix_percentiles`), so the intervals carry the redshift's
+    uncertainty; otherwise without a redshift."""
+    n = len(images)
+    spec = np.isfinite(redshift)
+    mixed = predict & ~spec & (draws is not None) & p.uses_redshift
+    fixed = np.flatnonzero(predict & ~mixed)
+    if fixed.size == n:  # every source at its own redshift (or none): no copy of the stamps
+        return _as_columns(p.predict(images, redshift, batch_size=batch_size))
+    parts = [(fixed, _as_columns(p.predict(images[fixed], redshift[fixed], batch_size=batch_size)))]
+    rows = np.flatnonzero(mixed)
+    if rows.size:
+        pz, z_grid = draws  # type: ignore[misc]
+        levels = (np.arange(n_draws) + 0.5) / n_draws
+        zs = pz_quantiles(pz[rows], z_grid, levels, p.redshift_range)
+        sub = images[rows]
+        # several draws in one call where they fit in max(rows, batch_size) stamps: few calls, bounded memory
+        per_call = max(1, min(n_draws, max(batch_size // rows.size, 1)))
+        runs = []
+        for k in range(0, n_draws, per_call):
+            ks = range(k, min(k + per_call, n_draws))
+            res = p.predict(np.concatenate([sub] * len(ks)) if len(ks) > 1 else sub,
+                            np.concatenate([zs[:, j] for j in ks]), batch_size=batch_size)
+            runs += [res.isel(sample=slice(i * rows.size, (i + 1) * rows.size)) for i in range(len(ks))]
+        parts.append((rows, _as_columns(mix_predictions(p, runs))))
+    template = parts[0][1]
+    out = {k: np.full(n, np.nan, dtype=v.dtype) if k != "flag" else np.zeros(n, np.uint16)
+           for k, v in template.items()}
+    for idx, cols in parts:
+        for k, v in cols.items():
+            out[k][idx] = v
+    return out
+
+
+def _as_columns(result: Any) -> dict[str, np.ndarray]:
+    cols = {name: result[name].values for name in result.data_vars}
+    cols["flag"] = result["flag"].values.astype(np.uint16)
+    return cols
+
+
+def mix_predictions(p: Predictor, runs: list[Any]) -> Any:
+    """The mixture of one model's predictions of the same sources at several redshifts (each a
+    :meth:`Predictor.predict` Dataset): per target the percentiles of the equal-weight mixture
+    (:func:`mix_percentiles`), the median as the value, ``*_err`` and ``R_V`` from them as in
+    ``Predictor.predict``, the mean OOD score, the first run's flags."""
+    median, pct = {}, {}
+    for t in p.targets:
+        v = np.stack([np.stack([r[t if name == "p50" else f"{t}_{name}"].values.astype(np.float64)
+                                for name in LEVEL_NAMES], axis=1) for r in runs], axis=1)
+        if np.isfinite(v).any():
+            pct[t] = mix_percentiles(v, t, p.offsets)
+            median[t] = pct[t][:, LEVELS.index(0.5)]
+        else:  # a model without percentiles: the mean of the values
+            pct[t] = np.full(v[:, 0].shape, np.nan)
+            median[t] = np.mean([r[t].values for r in runs], axis=0)
+    ood = np.mean([r["ood"].values for r in runs], axis=0)
+    return p._dataset(median, pct, runs[0]["flag"].values, ood)
+
+
+def mix_percentiles(values: np.ndarray, target: str, offsets: dict[str, float]) -> np.ndarray:
+    """Percentiles at :data:`surveydust.posterior.LEVELS` of an equal-weight mixture of
+    distributions, each given by its percentiles at those levels.
+
+    ``values`` ``(n, k, level)``: ``k`` distributions per source. Each distribution's quantile
+    function is taken as piecewise linear in the network's space of ``target``
+    (:func:`surveydust.posterior.to_network`: ``ln(x + c)`` for dust) against the normal score of
+    the level (exact for the network's Gaussians; linear beyond the outer levels), sampled at
+    :data:`MIX_SAMPLES` evenly spaced levels; the pooled samples' quantiles (Hazen positions, so
+    one distribution returns its own percentiles) are the mixture's. Returns ``(n, level)``."""
+    from scipy.special import ndtri
+
+    x = to_network(target, values, offsets)
+    s = np.asarray(NOMINAL_Z)
+    u = ndtri((np.arange(MIX_SAMPLES) + 0.5) / MIX_SAMPLES)
+    j = np.clip(np.searchsorted(s, u) - 1, 0, len(s) - 2)
+    w = (u - s[j]) / (s[j + 1] - s[j])
+    samples = x[..., j] + w * (x[..., j + 1] - x[..., j])
+    mixed = np.quantile(samples.reshape(len(x), -1), LEVELS, axis=1, method="hazen").T
+    return from_network(target, mixed, offsets)
 
 
 def add_redshifts(ds: Any, table: dict[str, np.ndarray], radius_arcsec: float, name: str) -> None:
@@ -467,8 +719,15 @@ def add_uv_slopes(ds: Any, default_redshift: float) -> None:
 
 def _provenance(mosaic: Any, bundles: list[Path], metas: list[dict[str, Any]], labels: list[str],
                 cfg: CatalogueConfig, sources: Path | str | None, redshifts: Path | str | None,
-                checks: dict[str, dict[str, int]]) -> dict[str, Any]:
+                checks: dict[str, dict[str, int]], photoz: PhotoZSetup | None = None) -> dict[str, Any]:
     return {
+        "photoz": {} if photoz is None else {
+            "method": "template fit (surveydust.photoz.fit_photoz): templates of the package's stellar-population "
+                      "library through the NIRCam throughputs, luminosity prior",
+            "bands": list(photoz.templates.bands) if photoz.templates is not None else [],
+            "z_grid": [float(photoz.z_grid[0]), float(photoz.z_grid[-1]), float(photoz.z_grid[1] - photoz.z_grid[0])],
+            "sys_err": SYS_ERR, "high_z": HIGH_Z, "selects": bool(photoz.select),
+            "pz": "not stored: fit_photoz(flux, flux_err, bands) on the catalogue's photometry gives it again"},
         "surveydust_version": VERSION,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "mosaic_store_id": mosaic.attrs.get("store_id", ""),
@@ -485,12 +744,37 @@ def _provenance(mosaic: Any, bundles: list[Path], metas: list[dict[str, Any]], l
     }
 
 
+def _describe_photoz(ds: Any) -> None:
+    """Units and descriptions of the photo-z and selection columns, in place."""
+    for name, text in PHOTOZ_COLUMNS.items():
+        if name in ds:
+            ds[name].attrs.update(units="", long_name=text)
+    if "selected_by" in ds:
+        ds["selected_by"].attrs["long_name"] = ("why dust was predicted: spec_z (a spectroscopic z), p_high_z "
+                                                "(P(z>6) >= p_high_z_min) or empty (not selected)")
+
+
+def selection_counts(ds: Any) -> dict[str, int]:
+    """Sources selected for the dust step by a spectroscopic z, by P(z>6), and not selected."""
+    by = ds["selected_by"].values if "selected_by" in ds else np.full(ds.sizes["source"], "", dtype=object)
+    return {"spectroscopic z": int((by == "spec_z").sum()), "P(z>6)": int((by == "p_high_z").sum()),
+            "not selected": int((by == "").sum())}
+
+
 def _log_summary(ds: Any, checks: dict[str, dict[str, int]], ranges: dict[str, tuple[float, float]]) -> None:
-    """The run summary: sources and each flag's count, each input table's rows left out or read as
-    missing per reason, and a warning for sources the models could not predict."""
+    """The run summary: sources and each flag's count, the z > 6 selection's counts, each input
+    table's rows left out or read as missing per reason, and a warning for sources the models could
+    not predict."""
     flags = ds["flag"].values
     n = {name: int(((flags & bit) > 0).sum()) for name, bit in FLAGS.items()}
     logger.info("catalogue: %d sources (flags: %s)", ds.sizes["source"], ", ".join(f"{k} {v}" for k, v in n.items()))
+    counts = selection_counts(ds)
+    predicted = ("predicted anyway (all_sources), flagged not_high_z"
+                 if ds.attrs.get("catalogue_config", {}).get("all_sources") else "NaN dust, flag not_high_z")
+    logger.info("z > 6 selection for the dust step: %d by spectroscopic z, %d by P(z>6) >= %g, %d not selected (%s)",
+                counts["spectroscopic z"], counts["P(z>6)"],
+                ds.attrs.get("catalogue_config", {}).get("p_high_z_min", float("nan")), counts["not selected"],
+                predicted)
     for table, counts in checks.items():
         logger.info("%s table: %s", table, ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))
     if n["no_data"]:
@@ -502,5 +786,6 @@ def _log_summary(ds: Any, checks: dict[str, dict[str, int]], ranges: dict[str, t
                        "(NaN, flag z_out_of_range)", n["z_out_of_range"], trained)
 
 
-__all__ = ["add_redshifts", "add_uv_slopes", "bands_with_data", "catalogue_tile", "concat_columns", "measure_tile",
-           "model_labels", "predict_tile", "run_catalogue"]
+__all__ = ["PHOTOZ_COLUMNS", "PhotoZSetup", "add_photoz", "add_redshifts", "add_uv_slopes", "bands_with_data",
+           "catalogue_tile", "concat_columns", "measure_tile", "mix_percentiles", "mix_predictions", "model_labels",
+           "predict_over_pz", "predict_tile", "run_catalogue", "sees_break", "select_sources", "selection_counts"]

@@ -90,8 +90,10 @@ def test_catalogue_recovers_injected_galaxies_once(field, reference) -> None:
     has_beta = np.isfinite(reference["beta"].values)
     assert has_beta.mean() > 0.8 and set(reference["beta_bands"].values[has_beta]) == {"F115W+F150W+F200W"}
     assert (reference["A_V_meurer"].values[has_beta] >= 0).all()
-    ood = reference["ood"].values
-    assert np.isfinite(ood).all() and np.median(ood) < 3.0  # the demo field looks like the training set
+    ood = reference["ood"].values[:, 0]
+    selected = (reference["flag"].values & 256) == 0  # not flagged not_high_z: predicted (P(z>6) >= p_high_z_min)
+    assert selected.sum() >= 10 and np.isnan(ood[~selected]).all()
+    assert np.isfinite(ood[selected]).all() and np.median(ood[selected]) < 3.0  # looks like the training set
 
 
 def test_export_opens_in_astropy(reference, tmp_path: Path) -> None:

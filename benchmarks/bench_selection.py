@@ -1,0 +1,129 @@
+"""Run-time cost of photometric redshifts and the z > 6 selection in ``run_catalogue``, and the
+selection's counts, on one simulated field with the sky's mix, all in one run.
+
+1. A ``--size`` x ``--size`` px field (0.03"/px) in ``--bands`` (default the seven bands F090W +
+   the six wide bands; ``--bands six`` drops F090W) at CEERS depth with ``--galaxies`` z > 6
+   galaxies and the sky's foreground at its configured densities (``foreground=True``:
+   ~600 arcmin^-2 ordinary galaxies to AB 29.5, dusty, Balmer-break galaxies, brown dwarfs;
+   ``configs/simulation.yaml``), ingested in ``--chunk`` px chunks (the tiles).
+2. On a ``LocalCluster`` of ``--workers`` one-thread workers (start-up not timed), after one
+   untimed warm-up call of each variant (workers import, load the model, trace TensorFlow), the
+   two variants are timed alternately ``--repeats`` times (so both see the same machine load):
+
+   - *today*: ``photoz=False, all_sources=True``: every source predicted once, without a redshift,
+     exactly the pipeline before photometric redshifts existed;
+   - *photo-z*: the defaults: template photo-z per source from every band, the z > 6 selection
+     (``p_high_z_min``), p(z)-mixed predictions (``photoz_draws`` draws) of the selected sources.
+
+   - *photo-z, all*: the same with ``all_sources=True``: every source through the p(z) draws, the
+     worst case (a field where every source is selected).
+
+   Printed: the wall seconds of each call, the median ratio photo-z / today (goal <= 1.3) and the
+   driver's one-time template build (cached after the first call, in the warm-up).
+3. The selection's counts on the field (matched to the truth within 0.15"): sources detected,
+   selected by P(z>6), of those truly z > 6, true z > 6 detected and selected (completeness),
+   purity on this field (its own share of z > 6 galaxies, not re-weighted).
+
+Run:  nice -n 15 .venv/bin/python benchmarks/bench_selection.py [--size 2048] [--galaxies 40]
+      [--bands seven|six] [--workers 1] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+
+SEVEN = ["F090W", "F115W", "F150W", "F200W", "F277W", "F356W", "F444W"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--galaxies", type=int, default=40)
+    parser.add_argument("--bands", choices=["seven", "six"], default="seven")
+    parser.add_argument("--chunk", type=int, default=1024)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--tmp", type=Path, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    from surveydust.cluster import get_client
+    from surveydust.infer import run_catalogue, selection_counts
+    from surveydust.simulate import simulate_field
+    from surveydust.stores.mosaic import ingest_mosaic
+
+    bands = SEVEN if args.bands == "seven" else SEVEN[1:]
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        t0 = time.perf_counter()
+        files = simulate_field(Path(tmp) / "fits", n_galaxies=args.galaxies, shape=(args.size, args.size),
+                               bands=bands, seed=args.seed, foreground=True)
+        truth = Table.read(files.truth)
+        kinds = {str(k): int((truth["kind"] == k).sum()) for k in np.unique(truth["kind"])}
+        print(f"# field {args.size} x {args.size} px ({(args.size * 0.03 / 60) ** 2:.2f} arcmin^2), bands "
+              f"{','.join(bands)}, CEERS depth, injected {kinds}; simulated in {time.perf_counter() - t0:.0f} s")
+        store = Path(tmp) / "field.zarr"
+        with get_client("local", workers=args.workers) as client:
+            ingest_mosaic(store, {b: str(p) for b, p in files.bands.items()}, field="bench", chunk=args.chunk,
+                          client=client, progress=False)
+            variants = {"today": {"photoz": False, "all_sources": True}, "photo-z": {},
+                        "photo-z, all": {"all_sources": True}}
+            cats = {}
+            for name, kw in variants.items():  # warm-up: imports, model, TensorFlow traces, template grid
+                t = time.perf_counter()
+                cats[name] = run_catalogue(store, client=client, progress=False, **kw)
+                print(f"# warm-up {name}: {time.perf_counter() - t:.1f} s")
+            times: dict[str, list[float]] = {k: [] for k in variants}
+            for _ in range(args.repeats):
+                for name, kw in variants.items():
+                    t = time.perf_counter()
+                    run_catalogue(store, client=client, progress=False, **kw)
+                    times[name].append(time.perf_counter() - t)
+        ratios = [p / t for p, t in zip(times["photo-z"], times["today"])]
+        worst = [p / t for p, t in zip(times["photo-z, all"], times["today"])]
+        n = cats["today"].sizes["source"]
+        print(f"\n{'variant':14s} {'wall s (each call)':34s} {'median':>7s} {'ms/source':>10s}")
+        for name, ts in times.items():
+            med = statistics.median(ts)
+            print(f"{name:14s} {' '.join(f'{t:6.2f}' for t in ts):34s} {med:7.2f} {1e3 * med / max(n, 1):10.2f}")
+        print(f"ratio photo-z / today: median {statistics.median(ratios):.2f} "
+              f"(calls: {', '.join(f'{r:.2f}' for r in ratios)}); goal <= 1.3")
+        draws = cats["photo-z"].attrs["catalogue_config"]["photoz_draws"]
+        print(f"ratio photo-z with all_sources (every source through {draws} p(z) draws: the worst case, a field "
+              f"of z > 6 galaxies only) / today: median {statistics.median(worst):.2f}")
+
+        cat = cats["photo-z"]
+        counts = selection_counts(cat)
+        ra, dec = cat["ra"].values[:, None], cat["dec"].values[:, None]
+        sep = np.hypot((ra - np.asarray(truth["ra_centroid"])[None]) * np.cos(np.deg2rad(dec)),
+                       dec - np.asarray(truth["dec_centroid"])[None]) * 3600
+        matched = sep.min(axis=1) < 0.15
+        z_true = np.where(matched, np.asarray(truth["redshift"])[sep.argmin(axis=1)], np.nan)
+        high = matched & (z_true > 6)
+        sel = cat["selected_by"].values == "p_high_z"
+        snr = cat["snr"].sel(band="F277W").values
+        print(f"\n# selection (p_high_z_min {cat.attrs['catalogue_config']['p_high_z_min']}): {n} sources detected, "
+              f"{int(matched.sum())} matched to the truth; {counts}")
+        print(f"{'SNR(F277W)':>10s} {'detected':>9s} {'true z>6':>9s} {'selected':>9s} {'sel & z>6':>10s} "
+              f"{'completeness':>13s} {'purity':>7s}")
+        for cut in (0.0, 5.0, 10.0):
+            s = snr >= cut
+            tp, ns, nh = int((sel & high & s).sum()), int((sel & s).sum()), int((high & s).sum())
+            print(f"{'>= ' + format(cut, 'g'):>10s} {int(s.sum()):9d} {nh:9d} {ns:9d} {tp:10d} "
+                  f"{tp / nh if nh else float('nan'):13.2f} {tp / ns if ns else float('nan'):7.2f}")
+
+
+if __name__ == "__main__":
+    main()
