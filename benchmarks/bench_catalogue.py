@@ -74,6 +74,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # workers inherit it: no TensorFlow start-up chatter
 
 import argparse
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -265,11 +266,10 @@ def timed_catalogue(client, store: Path, sources: Path | None, warmup: str, warm
 
     def sample() -> None:
         while not done.is_set():
-            try:
+            # a worker going away mid-call (CommClosedError): keep sampling the others
+            with contextlib.suppress(Exception):
                 for addr, rss in client.run(_rss).items():
                     peak[addr] = max(peak.get(addr, 0), rss)
-            except Exception:  # a worker going away mid-call (CommClosedError): keep sampling the others
-                pass
             done.wait(SAMPLE_S)
 
     sampler = threading.Thread(target=sample, daemon=True)

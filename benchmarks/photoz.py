@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from surveydust.instrument import DEPTH_PRESETS, DEPTH_APERTURE_RADIUS_ARCSEC
+from surveydust.instrument import DEPTH_APERTURE_RADIUS_ARCSEC, DEPTH_PRESETS
 from surveydust.photoz import LearnedPhotoZ, dropout_selection, fit_photoz, photoz_metrics
 from surveydust.physics import ab_to_njy
 from surveydust.simulate.foreground import SkyMix, draw_sky_mix

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +71,8 @@ def main() -> None:
             deep = {k: open_training_store(deep_twin(p, Path(tmp) / f"{k}.zarr", n_gal[k], args.deep_mag, client))
                     for k, p in (("train", args.train_store), ("test", args.test_store))}
         idx = {}
-        for k in noisy:
-            noisy[k] = noisy[k].isel(sample=slice(0, deep[k].sizes["sample"]))
+        for k, ds in noisy.items():
+            noisy[k] = ds.isel(sample=slice(0, deep[k].sizes["sample"]))
             for t in TARGETS:  # the same galaxies and labels: only the noise differs
                 np.testing.assert_array_equal(noisy[k][t].values, deep[k][t].values)
             idx[k] = select_samples(noisy[k], cfg)
@@ -90,7 +91,7 @@ def main() -> None:
           f"{cfg.snr_min:g}); noiseless twins at {args.deep_mag:g} AB\n")
     print(f"{'target':<9}{'SNR bin':<10}{'N':>6}{'const MAE':>10}{'noisy MAE':>10}{'rho':>6}"
           f"{'noiseless MAE':>14}{'rho':>6}{'MAE ratio':>10}")
-    edges = list(zip(SNR_BINS[:-1], SNR_BINS[1:], strict=True))
+    edges = list(pairwise(SNR_BINS))
     for t in TARGETS:
         for lo, hi in [(SNR_BINS[0], np.inf), *edges]:
             m = (snr >= lo) & (snr < hi)

@@ -31,7 +31,7 @@ if "__mp_main__" in sys.modules and sys.argv and os.path.basename(sys.argv[0]) =
 
     ignore_interrupts_in_worker_process()
 
-from surveydust.provenance import VERSION as __version__  # noqa: E402 (after the check above: it is slow)
+from surveydust.provenance import VERSION as __version__  # after the check above: it is slow
 
 #: public name -> module that defines it (imported on first use, so ``import surveydust``
 #: and ``surveydust --help`` stay fast)
@@ -102,6 +102,8 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_API])
 
 
-__all__ = ["__version__", *sorted(_API)]
+#: the names of :data:`_API`, written out for static tools (tests/test_runs_api.py checks they agree)
+__all__ = ["__version__", "evaluate", "get_client", "ingest_mosaic", "ingest_skirt", "load_model", "open_catalogue",
+           "open_mosaic", "open_training_store", "run_catalogue", "run_demo", "simulate", "train", "tune"]
 
 sys.modules[__name__].__class__ = _Package

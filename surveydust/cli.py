@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import click
 import yaml
@@ -125,10 +125,10 @@ class _LazyClient:
             self._client = get_client(cluster, workers=workers, jobs=jobs)
         return getattr(self._client, name)
 
-    def __enter__(self) -> _LazyClient:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._client is not None:
             self._client.close()
 

@@ -249,7 +249,7 @@ def visible_gpus() -> list[str]:
         return []
     try:
         out = subprocess.run([nvidia_smi, "--query-gpu=index", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30)
+                             capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return []
     return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
@@ -576,8 +576,8 @@ def get_client(
     return client
 
 
-CONNECT_GRACE_S = 5.0
-DRAIN_TIMEOUT_S = 30.0  # longest wait for the running tasks of a failed computation  # beyond the profile's timeout, before a silent scheduler address is given up
+CONNECT_GRACE_S = 5.0  # beyond the profile's timeout, before a silent scheduler address is given up
+DRAIN_TIMEOUT_S = 30.0  # longest wait for the running tasks of a failed computation
 
 
 class QuietWorkerLogs(WorkerPlugin):

@@ -1,5 +1,7 @@
-"""Deep ensembles: networks trained on the same split from different initial weights and
-batch orders (``fit_seed``), combined into one bundle.
+"""Deep ensembles: combine networks trained on one split into one calibrated bundle.
+
+The members are trained on the same split from different initial weights and
+batch orders (``fit_seed``).
 
 The bundle's model feeds the same inputs to every member and returns, per target,
 one Gaussian with the mean and variance of the equal-weight mixture of the

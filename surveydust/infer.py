@@ -729,7 +729,7 @@ def _provenance(mosaic: Any, bundles: list[Path], metas: list[dict[str, Any]], l
             "sys_err": SYS_ERR, "high_z": HIGH_Z, "selects": bool(photoz.select),
             "pz": "not stored: fit_photoz(flux, flux_err, bands) on the catalogue's photometry gives it again"},
         "surveydust_version": VERSION,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "mosaic_store_id": mosaic.attrs.get("store_id", ""),
         "field": mosaic.attrs.get("field", ""),
         "models": [{"name": label, "path": str(p.resolve()), "sha256": m["checksums"],

@@ -1,5 +1,7 @@
-"""Out-of-distribution scores: how unlike a network's training set a stamp is, in the network's own
-learned features and in colour space, given each stamp's own noise.
+"""Out-of-distribution scores of stamps against a network's training set.
+
+How unlike the training set a stamp is, in the network's own learned features and in colour
+space, given each stamp's own noise.
 
 Two distances are measured for each stamp:
 
@@ -42,6 +44,8 @@ KINDS = ("features+colours", KIND)
 FLAG_SHARE = 0.05
 #: percentile of the reference distances that scales each space's distance to ~1
 SPACE_SCALE_PERCENTILE = 99.0
+#: smallest scale of a space and smallest threshold (constant features would give 0 and NaN scores)
+MIN_SCALE = 1e-9
 #: ridge added to each covariance, relative to its mean variance (ReLU features are often constant)
 RIDGE = 1e-3
 #: pixels farther than this from the stamp centre measure its noise [pixels]
@@ -59,7 +63,7 @@ _CORRELATION_GRID_PX = np.linspace(0.0, 3.0, 31)
 def feature_layer(model: Any) -> str | None:
     """Name of the network's last hidden (dense) layer, or None when it has none (an ensemble)."""
     names = [layer.name for layer in model.layers if layer.name.startswith("dense")]
-    return sorted(names, key=lambda n: int(n.removeprefix("dense") or 0))[-1] if names else None
+    return max(names, key=lambda n: int(n.removeprefix("dense") or 0)) if names else None
 
 
 def colours(images: np.ndarray, crop: int) -> np.ndarray:
@@ -156,7 +160,7 @@ def _colour_space(values: dict[str, np.ndarray], redshift: np.ndarray) -> dict[s
     space = {}
     for key, z in (("with_redshift", redshift), ("without_redshift", None)):
         fit = _deconvolved(values["colours"], values["noise"], _redshift_basis(z, len(values["colours"])))
-        fit["scale"] = float(np.percentile(_chi(values, fit, z), SPACE_SCALE_PERCENTILE))
+        fit["scale"] = _scale(_chi(values, fit, z))
         space[key] = fit
     return space
 
@@ -172,13 +176,19 @@ def _colour_distance(values: dict[str, np.ndarray], space: dict[str, Any], redsh
     return out
 
 
+def _scale(distances: np.ndarray) -> float:
+    """The :data:`SPACE_SCALE_PERCENTILE` of in-domain distances; :data:`MIN_SCALE` when they are all
+    ~0 (a network whose features are constant: no spread to scale by)."""
+    return max(float(np.percentile(distances, SPACE_SCALE_PERCENTILE)), MIN_SCALE)
+
+
 def _space(reference: np.ndarray) -> dict[str, Any]:
     x = np.asarray(reference, dtype=np.float64)
     mean = x.mean(axis=0)
     cov = np.atleast_2d(np.cov(x, rowvar=False))
     cov += np.eye(len(cov)) * RIDGE * max(float(np.trace(cov)) / len(cov), 1e-12)
     space = {"mean": mean.tolist(), "precision": np.linalg.inv(cov).tolist(), "scale": 1.0}
-    space["scale"] = float(np.percentile(_distance(x, space), SPACE_SCALE_PERCENTILE))
+    space["scale"] = _scale(_distance(x, space))
     return space
 
 
@@ -222,10 +232,11 @@ def fit_ood(reference: dict[str, Any], calibration: dict[str, Any], reference_re
         space = _fitted_space(name, values, np.asarray(reference_redshift, dtype=np.float64))
         if space is not None:
             spaces[name] = space
-    threshold = float(np.quantile(_combined(spaces, calibration, calibration_redshift), 1.0 - flag_share))
+    threshold = max(float(np.quantile(_combined(spaces, calibration, calibration_redshift), 1.0 - flag_share)),
+                    MIN_SCALE)
     n_ref = len(reference["features"]) if "features" in reference else len(reference_redshift)
     return {"kind": KIND, "spaces": spaces, "threshold": threshold, "flag_share": flag_share,
-            "layer": layer, "n_reference": int(n_ref), "n_calibration": int(len(calibration_redshift))}
+            "layer": layer, "n_reference": n_ref, "n_calibration": len(calibration_redshift)}
 
 
 def photometric_values(images: np.ndarray, crop: int, stats: dict[str, Any]) -> dict[str, Any]:

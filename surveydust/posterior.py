@@ -1,6 +1,7 @@
-"""Posteriors of the predicted quantities: the network's target space, its
-transforms back to physical units, and percentiles calibrated on galaxies that
-training never saw.
+"""Posteriors of the predicted quantities: from the network's Gaussians to calibrated percentiles.
+
+The network's target space, its transforms back to physical units, and
+percentiles calibrated on galaxies that training never saw.
 
 The network predicts, per target, a Gaussian (mean, sigma) in a transformed
 and standardised space. Dust is non-negative, so A_V and E(B-V) are modelled

@@ -1,6 +1,7 @@
-"""Selection, galaxy-level splits and the per-image normalisation shared by training
-and inference (one implementation, so a bundle sees at inference exactly what
-it saw in training).
+"""Prepare samples for a network the same way in training and inference.
+
+Selection, galaxy-level splits and the per-image normalisation, in one
+implementation, so a bundle sees at inference exactly what it saw in training.
 
 Normalisation: every sample is divided by one number, the flux [nJy] summed
 over all its bands inside a central 0.24" (8 pixel) radius aperture (floored
@@ -138,9 +139,9 @@ def split_by_galaxy(galaxy_id: np.ndarray, selected: np.ndarray, cfg: TrainingCo
     gids = np.unique(galaxy_id[selected])
     rng = np.random.default_rng([cfg.seed, 1])
     order = rng.permutation(gids)
-    n_test = int(round(cfg.test_fraction * gids.size))
-    n_val = int(round(cfg.validation_fraction * (gids.size - n_test)))
-    n_cal = int(round(cfg.calibration_fraction * (gids.size - n_test)))
+    n_test = round(cfg.test_fraction * gids.size)
+    n_val = round(cfg.validation_fraction * (gids.size - n_test))
+    n_cal = round(cfg.calibration_fraction * (gids.size - n_test))
     if min(n_test, n_val, n_cal, gids.size - n_test - n_val - n_cal) < MIN_GALAXIES_PER_SPLIT:
         raise ValueError(f"only {gids.size} galaxies pass the selection: too few for a "
                          f"{cfg.test_fraction:.0%} test / {cfg.validation_fraction:.0%} validation / "

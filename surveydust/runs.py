@@ -1,5 +1,7 @@
-"""Resumable runs: work split into numbered parts (tiles, sources), each part's result
-saved when its Dask task finishes, so a re-run with the same inputs and settings
+"""Resumable runs: a run's work in numbered parts, each kept when its task finishes.
+
+Work is split into numbered parts (tiles, sources), each part's result saved
+when its Dask task finishes, so a re-run with the same inputs and settings
 does only the rest; the output is locked while a run writes it.
 
 While a run goes on, each finished part is ``part-NNNNNN.npz`` in a hidden
@@ -19,7 +21,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -55,7 +57,7 @@ class OutputLock:
         self.path = out.with_name(f".{out.name}.lock")
         self.held = False
 
-    def __enter__(self) -> OutputLock:
+    def __enter__(self) -> Self:
         me = {"pid": os.getpid(), "host": socket.gethostname()}
         for _ in range(2):
             try:
@@ -83,7 +85,7 @@ class OutputLock:
             return None
         return holder if may_be_alive(pid, host) else None
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
@@ -144,9 +146,10 @@ class ResumableRun:
     """One resumable run writing ``out`` (None: a scratch folder, removed at the end).
 
     On entry the output is locked (:class:`OutputLock`) and its parts folder
-    (beside ``out``; ``parts_suffix`` added to its name) opened for ``token``: ``done`` holds the parts a killed or failed run with the same token
-    finished. :meth:`collect` saves each result as its task finishes; after a clean
-    exit the parts are removed (after a failure they stay, for the next run).
+    (beside ``out``; ``parts_suffix`` added to its name) opened for ``token``:
+    ``done`` holds the parts a killed or failed run with the same token finished.
+    :meth:`collect` saves each result as its task finishes; after a clean exit the
+    parts are removed (after a failure they stay, for the next run).
     """
 
     def __init__(self, out: Path | None, token: str, *, scratch_prefix: str = "surveydust-run-",
@@ -159,7 +162,7 @@ class ResumableRun:
         self.parts: Parts | None = None
         self.done: set[int] = set()
 
-    def __enter__(self) -> ResumableRun:
+    def __enter__(self) -> Self:
         try:
             self._lock.__enter__()
             self.parts = Parts(self._parts_of, self.token)

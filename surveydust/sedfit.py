@@ -349,7 +349,7 @@ def fit_sed(
                             _fit_progress() if progress else None)
         ds = _merge(cat, run.results(), {**settings, "bagpipes_version": _version("bagpipes"),
                                          "surveydust_version": VERSION,
-                                         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+                                         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
         if out_path is not None:
             write_catalogue(ds, out_path, overwrite=True if out is None else overwrite)
             logger.info("wrote %s", out_path)

@@ -116,7 +116,7 @@ def read_table(path: Path | str, what: str) -> Any:
         raise FileNotFoundError(f"{what} file {path} does not exist")
     try:
         return Table.read(path, format="ascii.csv" if path.suffix.lower() == ".csv" else None)
-    except Exception as exc:  # astropy raises many types for unreadable tables
+    except Exception as exc:  # noqa: BLE001 (astropy raises many types for unreadable tables)
         raise ValueError(f"cannot read {what} file {path}: {exc}".splitlines()[0]) from None
 
 

@@ -1,7 +1,8 @@
-"""Train a CNN on a training store: select, split, augment on Dask, fit on a Dask
-worker (a GPU worker when the cluster has one) with batches streamed from the
-augmented Zarr store, calibrate the percentiles on galaxies training never
-saw, write a bundle.
+"""Train a CNN on a training store and write it as a calibrated model bundle.
+
+Select, split, augment on Dask, fit on a Dask worker (a GPU worker when the
+cluster has one) with batches streamed from the augmented Zarr store,
+calibrate the percentiles on galaxies training never saw, write a bundle.
 
 Two protocols (``split``): ``galaxy`` (the default) holds out whole galaxies
 for test, validation and calibration before augmenting, so no rotated or
@@ -43,8 +44,8 @@ from surveydust.config import AugmentConfig, TrainingConfig, load_training_confi
 from surveydust.posterior import MIN_CALIBRATION_SAMPLES, calibrate, describe, log_offsets, to_network
 from surveydust.preprocess import Split, crop_centre, network_inputs, select_samples, split_by_galaxy
 from surveydust.provenance import VERSION
-from surveydust.stores.base import check_output_path, replace_atomically
 from surveydust.simulate.priors import store_priors
+from surveydust.stores.base import check_output_path, replace_atomically
 from surveydust.stores.training import open_training_store
 from surveydust.transforms import allowed_transforms, apply_transform, extra_noise_sigma
 
@@ -129,7 +130,7 @@ def prepare_training(store: Path | str, cfg: TrainingConfig) -> tuple[Split, dic
                          f"{MIN_CALIBRATION_SAMPLES}; raise calibration_fraction or simulate more galaxies")
     meta = {
         "surveydust_version": VERSION,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "bands": list(cfg.bands), "targets": list(cfg.targets), "crop": cfg.crop, "loss": cfg.loss,
         "uses_redshift": cfg.use_redshift, "posterior": describe(log_offsets(cfg.dust_offset_mag)),
         "training_config": cfg.model_dump(mode="json"),
@@ -169,7 +170,7 @@ def _parts(store: str, augmented: Path, split: Split, cfg: TrainingConfig, meta:
     if cfg.split == "galaxy":
         return {"train": Part(str(augmented), np.arange(ds.sizes["sample"])), **held_out}, meta
     order = np.random.default_rng([cfg.seed, 2]).permutation(ds.sizes["sample"])
-    n_test = int(round(cfg.test_fraction * order.size))
+    n_test = round(cfg.test_fraction * order.size)
     test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
     pairs = np.column_stack([ds["source_sample"].values[test], ds["transform"].values[test]])
     split_meta = {**meta["split"], "test_galaxies": [], "paper_test": pairs,

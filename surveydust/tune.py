@@ -298,7 +298,8 @@ class _TrialRunner:
         meta = {**self.meta, "training_config": cfg.model_dump(mode="json"),
                 "tuning": {"study": str(self.out.resolve()), "trial": trial.number}}
         future = self.client.submit(
-            run_trial, str(self.out), trial._trial_id, cfg, self.tuning, self.parts, meta, key=f"tune-trial-{trial.number}-{uuid.uuid4().hex[:8]}", pure=False,
+            run_trial, str(self.out), trial._trial_id, cfg, self.tuning, self.parts, meta,
+            key=f"tune-trial-{trial.number}-{uuid.uuid4().hex[:8]}", pure=False,
             resources={"GPU": 1} if gpu else None, workers=[worker] if worker else None,
             allow_other_workers=worker is not None)  # Dask refuses it without workers= (no idle one)
         self.running[future] = (trial, worker)
@@ -350,7 +351,7 @@ def _seconds(start: str, end: str) -> float:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def run_trial(out: str, trial_id: int, cfg: TrainingConfig, tuning: TuningConfig, parts: dict[str, Part],

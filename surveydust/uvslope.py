@@ -15,7 +15,7 @@ floored at 0 (beta bluer than -2.23 means no dust on this relation).
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -29,7 +29,7 @@ MEURER_A1600 = (4.43, 1.99)  # A_1600 = a + b beta
 A1600_OVER_AV = float(attenuation_curve(np.array([1600.0]))[0])
 
 
-@lru_cache(maxsize=None)
+@cache
 def band_geometry(band: str) -> tuple[float, float]:
     """Pivot wavelength and blue 50%-transmission edge of a band [Angstrom]."""
     wave, trans = bandpass(band)

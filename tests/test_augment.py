@@ -140,7 +140,7 @@ def test_balance_copies_rules() -> None:
 
 def test_same_seed_same_store_whatever_the_tasks(store, client, tmp_path) -> None:
     picks = np.array([30, 2, 5, 6, 7, 11, 12, 20, 21, 29, 31, 32])
-    kw = dict(noise=0.5, balance=True, hog=False)
+    kw = {"noise": 0.5, "balance": True, "hog": False}
     a = open_training_store(_augment(store, tmp_path / "a.zarr", client, picks, samples_per_task=7, **kw))
     b = open_training_store(_augment(store, tmp_path / "b.zarr", client, picks, samples_per_task=1000, **kw))
     assert a["image"].chunks[0][0] == 7 and b.sizes["sample"] == a.sizes["sample"]
@@ -183,7 +183,7 @@ def test_store_without_noise_sigma_warns(source, client, tmp_path) -> None:
     (np.arange(3), {"targets": ["A_V", "nope"]}, "nope"),
 ])
 def test_bad_inputs(store, client, tmp_path, samples, kw, match) -> None:
-    args = dict(config=cfg(), bands=BANDS, targets=TARGETS, seed=0, client=client, progress=False)
+    args = {"config": cfg(), "bands": BANDS, "targets": TARGETS, "seed": 0, "client": client, "progress": False}
     args.update(kw)
     with pytest.raises(ValueError, match=match) as info:
         augment_store(store, tmp_path / "x.zarr", samples, **args)

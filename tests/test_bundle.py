@@ -4,10 +4,7 @@ redshifts), the shipped bundles by band set, and a second Keras backend."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,13 +61,6 @@ def z_bundle(tmp_path_factory) -> Path:
     return _save(tmp_path_factory.mktemp("b") / "zbundle", uses_redshift=True, calibration=cal)
 
 
-def images(n: int = 50, bands: int = 3) -> np.ndarray:
-    rng = np.random.default_rng(1)
-    img = rng.normal(0, 0.5, size=(n, bands, 32, 32)).astype(np.float32)
-    img[:, :, 14:18, 14:18] += rng.uniform(5, 50, size=(n, bands, 1, 1))
-    return img
-
-
 def _check_posterior(ds, targets=TARGETS) -> None:
     """Medians inside ordered percentiles, err = half the 68% width, dust never negative."""
     for t in targets:
@@ -85,11 +75,11 @@ def _check_posterior(ds, targets=TARGETS) -> None:
                 assert (ds[f"{t}{n}"].values >= 0).all(), t + n
 
 
-def test_predict_dataset(bundle: Path) -> None:
+def test_predict_dataset(bundle: Path, stamps) -> None:
     predictor = load_model(bundle)
     assert predictor.bands == BANDS and not predictor.uses_redshift
     assert predictor.name == "F277W+F356W+F444W"
-    ds = predictor.predict(images(), batch_size=16)  # batched internally
+    ds = predictor.predict(stamps(), batch_size=16)  # batched internally
     expected = {f"{t}{s}" for t in TARGETS for s in ("", "_err", "_p025", "_p16", "_p84", "_p975")}
     assert set(ds.data_vars) == expected | {"R_V", "R_V_err", "ood"}
     for name in ds.data_vars:
@@ -104,13 +94,13 @@ def test_predict_dataset(bundle: Path) -> None:
     assert np.isnan(ds["R_V"].values[~ok]).all()
     assert ds.attrs["bands"] == list(BANDS) and ds.attrs["uses_redshift"] == 0
     assert ds.attrs["model_id"] == predictor.model_id == read_meta(bundle)["checksums"][MODEL_FILE][:12]
-    np.testing.assert_allclose(predictor.predict(images(), batch_size=1024)["A_V"], ds["A_V"], rtol=1e-5)
-    assert predictor.predict(images()[:0]).sizes["sample"] == 0
+    np.testing.assert_allclose(predictor.predict(stamps(), batch_size=1024)["A_V"], ds["A_V"], rtol=1e-5)
+    assert predictor.predict(stamps()[:0]).sizes["sample"] == 0
     with pytest.raises(ValueError, match="expected images"):
-        predictor.predict(images()[:, :2])
+        predictor.predict(stamps()[:, :2])
 
 
-def test_predictions_follow_the_network_outputs(z_bundle: Path) -> None:
+def test_predictions_follow_the_network_outputs(z_bundle: Path, stamps) -> None:
     """Independent of Predictor: medians and percentiles from the raw outputs, the scaling and
     the calibrated offsets (with-z offsets for sources with a redshift, without-z for the rest)."""
     import keras
@@ -119,7 +109,7 @@ def test_predictions_follow_the_network_outputs(z_bundle: Path) -> None:
     from surveydust.preprocess import network_inputs
 
     p = load_model(z_bundle)
-    img = images(20)
+    img = stamps(20)
     z = np.where(np.arange(20) % 2 == 0, 7.3, np.nan)
     ds = p.predict(img, z)
     raw = np.asarray(p.model.predict_on_batch(network_inputs(img, 32, z, p.colour_inputs)), np.float64)
@@ -134,8 +124,8 @@ def test_predictions_follow_the_network_outputs(z_bundle: Path) -> None:
             np.testing.assert_allclose(ds[f"{t}_p975"].values[rows], want[:, 4], rtol=1e-4, atol=1e-6)
 
 
-def test_calibration_widens_the_intervals_not_the_median(bundle: Path, z_bundle: Path) -> None:
-    plain, calibrated = load_model(bundle).predict(images()), load_model(z_bundle).predict(images())
+def test_calibration_widens_the_intervals_not_the_median(bundle: Path, z_bundle: Path, stamps) -> None:
+    plain, calibrated = load_model(bundle).predict(stamps()), load_model(z_bundle).predict(stamps())
     for t in TARGETS:
         np.testing.assert_allclose(calibrated[t], plain[t], rtol=1e-5, atol=1e-7)  # no z: same network input
         assert (calibrated[f"{t}_p84"] - calibrated[f"{t}_p16"] > plain[f"{t}_p84"] - plain[f"{t}_p16"]).all()
@@ -143,8 +133,8 @@ def test_calibration_widens_the_intervals_not_the_median(bundle: Path, z_bundle:
     _check_posterior(calibrated)
 
 
-def test_redshift_is_used_only_by_models_that_take_it(bundle: Path, z_bundle: Path) -> None:
-    img = images(10)
+def test_redshift_is_used_only_by_models_that_take_it(bundle: Path, z_bundle: Path, stamps) -> None:
+    img = stamps(10)
     plain = load_model(bundle)
     np.testing.assert_array_equal(plain.predict(img, 7.0)["A_V"], plain.predict(img)["A_V"])
     zp = load_model(z_bundle)
@@ -157,9 +147,9 @@ def test_redshift_is_used_only_by_models_that_take_it(bundle: Path, z_bundle: Pa
     _check_posterior(with_z)
 
 
-def test_mape_bundle_gives_non_negative_means_without_percentiles(tmp_path: Path) -> None:
+def test_mape_bundle_gives_non_negative_means_without_percentiles(tmp_path: Path, stamps) -> None:
     p = load_model(_save(tmp_path / "mape", loss="mape", target_scaling={t: [0.0, 1.0] for t in TARGETS}))
-    ds = p.predict(images(10))
+    ds = p.predict(stamps(10))
     assert (ds["A_V"] >= 0).all() and (ds["EBV"] >= 0).all() and np.isfinite(ds["log_ssfr"]).all()
     assert np.isnan(ds["A_V_p16"]).all() and np.isnan(ds["log_ssfr_err"]).all()
 
@@ -171,7 +161,7 @@ def _copy_with_meta(bundle: Path, dest: Path, edit) -> Path:
     return dest
 
 
-def test_a_format_2_bundle_is_read_with_its_levels_as_offsets(z_bundle: Path, tmp_path: Path) -> None:
+def test_a_format_2_bundle_is_read_with_its_levels_as_offsets(z_bundle: Path, tmp_path: Path, stamps) -> None:
     """Format 2 stored calibrated Gaussian levels in (0, 1): read, they give the same percentiles."""
     from scipy.special import ndtr
 
@@ -185,7 +175,7 @@ def test_a_format_2_bundle_is_read_with_its_levels_as_offsets(z_bundle: Path, tm
     assert json.loads((old / META_FILE).read_text())["calibration"]["without_redshift"]["A_V"][0] < 0.01
     assert read_meta(old)["format_version"] == FORMAT_VERSION
     np.testing.assert_allclose(read_meta(old)["calibration"]["without_redshift"]["A_V"], WIDE, atol=1e-9)
-    img, z = images(10), np.where(np.arange(10) % 2 == 0, 7.3, np.nan)
+    img, z = stamps(10), np.where(np.arange(10) % 2 == 0, 7.3, np.nan)
     new, was = load_model(z_bundle).predict(img, z), load_model(old).predict(img, z)
     for name in ("A_V_p025", "EBV_p975", "log_ssfr_p16"):
         np.testing.assert_allclose(was[name], new[name], rtol=1e-6)
@@ -231,11 +221,11 @@ def test_saved_metadata_carries_version_and_both_checksums(bundle: Path) -> None
     assert meta["target_scaling"] == SCALING
 
 
-def test_reformatted_metadata_still_loads(bundle: Path, tmp_path: Path) -> None:
+def test_reformatted_metadata_still_loads(bundle: Path, tmp_path: Path, stamps) -> None:
     """The metadata checksum is over the content, not the layout of bundle.json."""
     same = _copy_with_meta(bundle, tmp_path / "same", lambda m: dict(reversed(list(m.items()))))
-    np.testing.assert_allclose(load_model(same).predict(images(5))["A_V"],
-                               load_model(bundle).predict(images(5))["A_V"], rtol=1e-6)
+    np.testing.assert_allclose(load_model(same).predict(stamps(5))["A_V"],
+                               load_model(bundle).predict(stamps(5))["A_V"], rtol=1e-6)
 
 
 @pytest.mark.parametrize("edit", [
@@ -262,31 +252,11 @@ def test_checksums_of_the_wrong_type_are_a_value_error(bundle: Path, tmp_path: P
     _one_line_error(_copy_with_meta(bundle, tmp_path / "sums2", lambda m: {**m, "checksums": {}}), "checksum")
 
 
-VARIABLES = ("A_V", "EBV", "log_ssfr", "A_V_err", "EBV_p975")
-
-
-def predict_on_backend(bundle: Path | None, backend: str, tmp_path: Path, n_bands: int) -> np.ndarray:
-    """Predictions of ``bundle`` (None: the shipped default) in a fresh process on ``backend``."""
-    np.save(tmp_path / "img.npy", images(bands=n_bands))
-    code = (f"import numpy as np, keras; from surveydust.bundle import load_model; "
-            f"assert keras.backend.backend() == {backend!r}; "
-            f"ds = load_model({str(bundle) if bundle else None!r}).predict(np.load({str(tmp_path / 'img.npy')!r}), 7.0); "
-            f"np.save({str(tmp_path / 'out.npy')!r}, np.stack([ds[v].values for v in {VARIABLES!r}]))")
-    env = {**os.environ, "KERAS_BACKEND": backend}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return np.load(tmp_path / "out.npy")
-
-
 @pytest.mark.parametrize("shipped", [False, True], ids=["new-bundle", "shipped-bundle"])
-def test_loads_on_jax_backend(z_bundle: Path, tmp_path: Path, shipped: bool) -> None:
+def test_loads_on_jax_backend(z_bundle: Path, tmp_path: Path, shipped: bool, backend_predictions) -> None:
     pytest.importorskip("jax")
-    path = None if shipped else z_bundle
-    predictor = load_model(path)
-    expected = predictor.predict(images(bands=len(predictor.bands)), 7.0)
-    want = np.stack([expected[v].values for v in VARIABLES])
+    want, got = backend_predictions(None if shipped else z_bundle, "jax", tmp_path)
     assert np.isfinite(want).all()
-    got = predict_on_backend(path, "jax", tmp_path, len(predictor.bands))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -302,7 +272,7 @@ def _shipped(bands: tuple[str, ...]) -> Path:
 
 
 @pytest.mark.parametrize("name", list(SHIPPED_SETS))
-def test_shipped_bundle(name: str) -> None:
+def test_shipped_bundle(name: str, stamps) -> None:
     bands = SHIPPED_SETS[name]
     path = _shipped(bands)
     assert path.name == name
@@ -310,7 +280,7 @@ def test_shipped_bundle(name: str) -> None:
     assert predictor.path == path and predictor.bands == bands
     assert predictor.meta["loss"] == "gaussian_nll" and "calibration" in predictor.meta
     assert sum(f.stat().st_size for f in predictor.path.iterdir()) < 5 * 2**20
-    img = images(bands=len(bands))
+    img = stamps(bands=len(bands))
     for z in (None, 7.0):
         ds = predictor.predict(img, z)
         # 0 where the whole 16-84% interval is clipped at A_V = 0 (a confidently dust-free stamp)

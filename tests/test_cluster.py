@@ -146,9 +146,9 @@ def test_profile_without_kind_or_with_unknown_kind() -> None:
         message = r"profile 'nokind' has no 'kind' \(one of: local, local-gpu, address, slurm, pbs\)"
         with pytest.raises(ValueError, match=message):
             get_client("nokind")
-    with dask.config.set({"surveydust.cluster.profiles.odd": {"kind": "kubernetes"}}):
-        with pytest.raises(ValueError, match=r"profile 'odd' has unknown kind 'kubernetes'"):
-            make_cluster("odd")
+    with dask.config.set({"surveydust.cluster.profiles.odd": {"kind": "kubernetes"}}), \
+            pytest.raises(ValueError, match=r"profile 'odd' has unknown kind 'kubernetes'"):
+        make_cluster("odd")
 
 
 def test_unreachable_scheduler_fails_within_timeout() -> None:

@@ -8,14 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_train import TINY, _check_bundle_predictions, tiny_store
-
-ONE_EPOCH = {**TINY, "max_epochs": 1}
 
 
 @pytest.fixture(scope="module")
-def store(client, tmp_path_factory) -> Path:
-    return tiny_store(client, tmp_path_factory)
+def store(training_store: Path) -> Path:
+    return training_store
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tiny_training: dict) -> dict:
+    """The tiny training of tests/conftest.py, stopped after one epoch."""
+    return {**tiny_training, "max_epochs": 1}
 
 
 def _softplus_sigma(raw: np.ndarray) -> np.ndarray:
@@ -53,11 +56,12 @@ def _raw(predictor, store: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(predictor.model.predict_on_batch(x), np.float64), x
 
 
-def test_train_with_ensemble_trains_members_with_their_own_seeds(store: Path, client, tmp_path: Path) -> None:
+def test_train_with_ensemble_trains_members_with_their_own_seeds(store: Path, client, tmp_path: Path, one_epoch: dict,
+                                                                 check_bundle_predictions, backend_predictions) -> None:
     from surveydust.bundle import load_model
     from surveydust.train import train
 
-    bundle = train(store, tmp_path / "ens", client=client, progress=False, ensemble=2, **ONE_EPOCH)
+    bundle = train(store, tmp_path / "ens", client=client, progress=False, ensemble=2, **one_epoch)
     p = load_model(bundle)
     members = p.meta["ensemble"]["members"]
     assert [m["fit_seed"] for m in members] == [0, 1] and members[0]["model_id"] != members[1]["model_id"]
@@ -67,23 +71,20 @@ def test_train_with_ensemble_trains_members_with_their_own_seeds(store: Path, cl
     means = np.stack([np.asarray(n.predict_on_batch(x))[:, :3] for n in nets])
     assert np.abs(means[0] - means[1]).max() > 1e-3  # different networks
     np.testing.assert_allclose(raw[:, :3], means.mean(axis=0), atol=1e-5)
-    _check_bundle_predictions(bundle, store)
+    check_bundle_predictions(bundle, store)
     if importlib.util.find_spec("jax") is not None:  # the mixture layer on another backend, same numbers
-        from test_bundle import VARIABLES, images, predict_on_backend
-
-        expected = p.predict(images(bands=len(p.bands)), 7.0)
-        want = np.stack([expected[v].values for v in VARIABLES])
-        got = predict_on_backend(bundle, "jax", tmp_path, len(p.bands))
+        want, got = backend_predictions(bundle, "jax", tmp_path)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_combine_bundles_of_separate_runs_and_refuse_other_splits(store: Path, client, tmp_path: Path) -> None:
+def test_combine_bundles_of_separate_runs_and_refuse_other_splits(store: Path, client, tmp_path: Path, one_epoch: dict,
+                                                                  check_bundle_predictions) -> None:
     from surveydust.bundle import load_model, read_meta
     from surveydust.ensemble import combine_bundles
     from surveydust.train import train
 
-    a = train(store, tmp_path / "a", client=client, progress=False, **ONE_EPOCH)
-    b = train(store, tmp_path / "b", client=client, progress=False, fit_seed=7, **ONE_EPOCH)
+    a = train(store, tmp_path / "a", client=client, progress=False, **one_epoch)
+    b = train(store, tmp_path / "b", client=client, progress=False, fit_seed=7, **one_epoch)
     out = combine_bundles([a, b], tmp_path / "ab")
     meta = read_meta(out)
     assert [m["model_id"] for m in meta["ensemble"]["members"]] == [load_model(a).model_id, load_model(b).model_id]
@@ -91,9 +92,9 @@ def test_combine_bundles_of_separate_runs_and_refuse_other_splits(store: Path, c
     assert meta["calibration"]["n_samples"] == read_meta(a)["calibration"]["n_samples"]
     raw = {k: _raw(load_model(p), store)[0] for k, p in (("a", a), ("b", b), ("ab", out))}
     np.testing.assert_allclose(raw["ab"][:, :3], (raw["a"][:, :3] + raw["b"][:, :3]) / 2, atol=1e-5)
-    _check_bundle_predictions(out, store)
+    check_bundle_predictions(out, store)
 
-    other = train(store, tmp_path / "c", client=client, progress=False, seed=3, **ONE_EPOCH)
+    other = train(store, tmp_path / "c", client=client, progress=False, seed=3, **one_epoch)
     with pytest.raises(ValueError, match="differ in .*split seed"):
         combine_bundles([a, other], tmp_path / "ac")
     with pytest.raises(ValueError, match="at least 2"):
@@ -103,13 +104,11 @@ def test_combine_bundles_of_separate_runs_and_refuse_other_splits(store: Path, c
     assert not (tmp_path / "ac").exists()
 
 
-def test_cli_ensemble_bad_members_are_one_line_errors(tmp_path: Path) -> None:
-    from test_cli import run
-
+def test_cli_ensemble_bad_members_are_one_line_errors(tmp_path: Path, console_script) -> None:
     from surveydust.bundle import default_bundle_path
 
     six, three = default_bundle_path(), default_bundle_path(["F277W", "F356W", "F444W"])
     for members, message in (([six], "at least 2 bundles"), ([six, three], "differ in bands")):
-        r = run("ensemble", *map(str, members), "--out", str(tmp_path / "e"))
+        r = console_script("ensemble", *map(str, members), "--out", str(tmp_path / "e"))
         assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "e").exists()

@@ -247,13 +247,10 @@ def test_evaluate_refuses_a_users_files_before_any_work(tmp_path, field, cli) ->
 
 
 @pytest.mark.slow
-def test_evaluate_replaces_only_its_own_files_and_only_with_overwrite(tmp_path, client, cli) -> None:
+def test_evaluate_replaces_only_its_own_files_and_only_with_overwrite(tmp_path, one_band_store, cli) -> None:
     """A folder evaluate wrote: refused without --overwrite, replaced with it (the CSV known by
     the ECSV's mark)."""
-    from surveydust.simulate import simulate
-
-    store = simulate(tmp_path / "s.zarr", client=client, progress=False, n_galaxies=4, views_per_galaxy=1,
-                     bands=["F277W"], seed=3)
+    store = one_band_store
     ev = tmp_path / "eval"
     result = cli("evaluate", SHIPPED_ONE_BAND, store, "--out", ev, "--no-baseline")
     assert result.exit_code == 0, result.output
@@ -293,9 +290,10 @@ def bands(tmp_path) -> dict[str, Path]:
 def test_a_second_ingest_on_one_output_is_refused(tmp_path, bands, cli) -> None:
     """Another process (alive) holds the output's lock, as a running ingest does: one Error line."""
     out = tmp_path / "m.zarr"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; "
-                               "from surveydust.runs import OutputLock\n"
-                               f"with OutputLock(Path({str(out)!r})):\n print('held', flush=True); sys.stdin.read()"],
+    holder = subprocess.Popen([sys.executable, "-c", ("import sys; from pathlib import Path; "
+                                                      "from surveydust.runs import OutputLock\n"
+                                                      f"with OutputLock(Path({str(out)!r})):\n"
+                                                      " print('held', flush=True); sys.stdin.read()")],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"

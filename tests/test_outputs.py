@@ -77,10 +77,10 @@ def test_a_second_run_on_the_same_output_is_refused(tmp_path) -> None:
     from surveydust.runs import OutputLock
 
     out = tmp_path / "cat.zarr"
-    with OutputLock(out):
-        with pytest.raises(ValueError, match=r"another surveydust run \(pid \d+ on .*\) is writing cat.zarr"):
-            with OutputLock(out):
-                pass
+    with OutputLock(out), \
+            pytest.raises(ValueError, match=r"another surveydust run \(pid \d+ on .*\) is writing cat.zarr"), \
+            OutputLock(out):
+        pass
     with OutputLock(out):  # released on exit: the next run may start
         pass
     assert not (tmp_path / ".cat.zarr.lock").exists()

@@ -136,7 +136,8 @@ def test_crps_by_hand() -> None:
     # a point mass at the truth scores 0; any spread or offset scores more
     truth = np.array([0.7])
     assert crps_from_percentiles(truth, np.full((1, 5), 0.7))[0] == 0.0
-    assert crps_from_percentiles(truth, np.full((1, 5), 0.9))[0] == pytest.approx(2 * np.mean(1 - np.array(LEVELS)) * 0.2)
+    spread = 2 * np.mean(1 - np.array(LEVELS)) * 0.2
+    assert crps_from_percentiles(truth, np.full((1, 5), 0.9))[0] == pytest.approx(spread)
 
 
 def test_crps_prefers_a_sharp_right_posterior_and_a_calibrated_one() -> None:

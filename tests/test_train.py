@@ -18,24 +18,12 @@ from surveydust.preprocess import network_inputs, select_samples
 from surveydust.stores.training import open_training_store
 from surveydust.train import Part, StoreBatches, target_values
 
-BANDS = ["F277W", "F356W", "F444W"]
-CHUNK_GALAXIES = 2  # galaxies per simulation task: 2 x 11 = 22 samples per Zarr chunk
-TINY = {"snr_min": 0.0, "max_epochs": 2, "batch_size": 8, "bands": BANDS, "calibration_fraction": 0.3,
-        "model": {"conv_filters": [4, 8], "dense_units": [8]},
-        "augment": {"samples_per_task": 128}}  # several chunks to stream
-
-
-def tiny_store(client, tmp_path_factory) -> Path:
-    """14 galaxies x 1 view x 11 dust-to-metal ratios in 7 chunks of 22 samples."""
-    from surveydust.simulate import simulate
-
-    return simulate(tmp_path_factory.mktemp("train") / "s.zarr", client=client, progress=False, n_galaxies=14,
-                    views_per_galaxy=1, bands=BANDS, galaxies_per_task=CHUNK_GALAXIES)
+BANDS = ["F277W", "F356W", "F444W"]  # the bands of the session's training_store (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
-def store(client, tmp_path_factory) -> Path:
-    return tiny_store(client, tmp_path_factory)
+def store(training_store: Path) -> Path:
+    return training_store
 
 
 def _epoch(batches: StoreBatches, reference: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -226,33 +214,14 @@ def test_use_all_cores_sets_the_thread_variables() -> None:
 # ---------------------------------------------------------------- tiny real training runs
 
 
-def _check_bundle_predictions(bundle: Path, store: Path) -> None:
-    from surveydust.bundle import load_model
-
-    p = load_model(bundle)
-    ds = open_training_store(store)
-    test = np.flatnonzero(np.isin(ds["galaxy_id"].values, p.meta["split"]["test_galaxies"])) \
-        if p.meta["split"]["test_galaxies"] else np.arange(30)
-    images = ds["image"].sel(band=list(p.bands)).values[test]
-    for z in (ds["redshift"].values[test], None):
-        pred = p.predict(images, z)
-        for t in ("A_V", "EBV"):
-            assert (pred[t].values >= 0).all() and (pred[f"{t}_p025"].values >= 0).all(), t
-        for t in p.targets:
-            cols = np.column_stack([pred[f"{t}_p025"], pred[f"{t}_p16"], pred[t], pred[f"{t}_p84"],
-                                    pred[f"{t}_p975"]])
-            assert np.isfinite(cols).all(), t
-            assert (np.diff(cols, axis=1) >= 0).all(), t  # p025 <= p16 <= median <= p84 <= p975
-
-
 @pytest.fixture(scope="module")
-def galaxy_bundle(store: Path, client, tmp_path_factory) -> Path:
+def galaxy_bundle(store: Path, client, tmp_path_factory, tiny_training: dict) -> Path:
     from surveydust.train import train
 
-    return train(store, tmp_path_factory.mktemp("train") / "bundle", client=client, progress=False, **TINY)
+    return train(store, tmp_path_factory.mktemp("train") / "bundle", client=client, progress=False, **tiny_training)
 
 
-def test_tiny_train_makes_a_calibrated_bundle(galaxy_bundle: Path, store: Path) -> None:
+def test_tiny_train_makes_a_calibrated_bundle(galaxy_bundle: Path, store: Path, check_bundle_predictions) -> None:
     from surveydust.bundle import read_meta
 
     meta = read_meta(galaxy_bundle)
@@ -278,7 +247,7 @@ def test_tiny_train_makes_a_calibrated_bundle(galaxy_bundle: Path, store: Path) 
         assert meta["constant_guess"][t] == pytest.approx(float(np.median(ds[t].values[train])), rel=1e-5)
     assert meta["training_threads"] == len(os.sched_getaffinity(0))
     assert len(meta["history"]["loss"]) == 2 and np.isfinite(meta["history"]["val_loss"]).all()
-    _check_bundle_predictions(galaxy_bundle, store)
+    check_bundle_predictions(galaxy_bundle, store)
 
 
 def test_bundle_flags_its_stated_share_of_calibration_galaxies(galaxy_bundle: Path, store: Path) -> None:
@@ -301,8 +270,8 @@ def test_bundle_flags_its_stated_share_of_calibration_galaxies(galaxy_bundle: Pa
     assert np.mean(score > 1.0) == pytest.approx(ood["flag_share"], abs=1.5 / len(cal) + 0.01)
 
 
-def test_refit_ood_copies_the_network_with_fresh_statistics(galaxy_bundle: Path, store: Path, client,
-                                                          tmp_path_factory, tmp_path: Path) -> None:
+def test_refit_ood_copies_the_network_with_fresh_statistics(galaxy_bundle: Path, store: Path, make_training_store,
+                                                          tmp_path: Path) -> None:
     """``refit_ood`` gives a bundle the statistics training would give it today, from its own
     training store only, and changes nothing else; the input bundle is untouched."""
     from surveydust.bundle import META_FILE, MODEL_FILE, read_meta
@@ -317,17 +286,18 @@ def test_refit_ood_copies_the_network_with_fresh_statistics(galaxy_bundle: Path,
         {k: v for k, v in old.items() if k not in ("ood", "checksums")}
     assert new["ood"]["threshold"] == pytest.approx(old["ood"]["threshold"], rel=1e-6)
     with pytest.raises(ValueError, match="not the training store"):
-        refit_ood(galaxy_bundle, tmp_path / "other", tiny_store(client, tmp_path_factory))
+        refit_ood(galaxy_bundle, tmp_path / "other", make_training_store())
     with pytest.raises(FileExistsError):
         refit_ood(galaxy_bundle, out, store)
 
 
-def test_tiny_train_paper_protocol(store: Path, client, tmp_path: Path) -> None:
+def test_tiny_train_paper_protocol(store: Path, client, tmp_path: Path, tiny_training: dict,
+                                   check_bundle_predictions) -> None:
     from surveydust.bundle import read_meta
     from surveydust.train import train
 
     bundle = train(store, tmp_path / "paper", client=client, progress=False, split="paper",
-                   **{**TINY, "max_epochs": 1})
+                   **{**tiny_training, "max_epochs": 1})
     meta = read_meta(bundle)
     split = meta["split"]
     assert split["protocol"] == "paper" and split["test_galaxies"] == []
@@ -340,17 +310,17 @@ def test_tiny_train_paper_protocol(store: Path, client, tmp_path: Path) -> None:
     held = set(split["validation_galaxies"]) | set(split["calibration_galaxies"])
     assert not set(ds["galaxy_id"].values[pairs[:, 0]].tolist()) & held  # never a validation/calibration one
     assert len({tuple(p) for p in pairs.tolist()}) == len(pairs)
-    _check_bundle_predictions(bundle, store)
+    check_bundle_predictions(bundle, store)
 
 
-def test_averaged_weights_stay_near_the_start_of_a_short_fit() -> None:
+def test_averaged_weights_stay_near_the_start_of_a_short_fit(tiny_training: dict) -> None:
     """What ``fit_bundle`` does with ``ema_momentum``: an average over the last ~1,000 steps of
     an 8-step fit stays near the initial weights; the raw weights move away."""
     import keras
 
     from surveydust.model import build_model, compile_model
 
-    cfg = load_training_config(**TINY)
+    cfg = load_training_config(**tiny_training)
     rng = np.random.default_rng(0)
     x = {"image": rng.random((64, cfg.crop, cfg.crop, len(BANDS)), np.float32),
          "aux": rng.random((64, 3 + len(BANDS)), np.float32)}
@@ -367,11 +337,12 @@ def test_averaged_weights_stay_near_the_start_of_a_short_fit() -> None:
     assert moved[0.999] < 0.2 * moved[0.0], moved
 
 
-def test_tiny_train_with_averaged_weights(store: Path, client, tmp_path: Path) -> None:
+def test_tiny_train_with_averaged_weights(store: Path, client, tmp_path: Path, tiny_training: dict,
+                                          check_bundle_predictions) -> None:
     from surveydust.bundle import read_meta
     from surveydust.train import train
 
     bundle = train(store, tmp_path / "ema", client=client, progress=False, ema_momentum=0.9,
-                   **{**TINY, "max_epochs": 1})
+                   **{**tiny_training, "max_epochs": 1})
     assert read_meta(bundle)["training_config"]["ema_momentum"] == 0.9
-    _check_bundle_predictions(bundle, store)
+    check_bundle_predictions(bundle, store)

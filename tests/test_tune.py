@@ -13,7 +13,6 @@ import numpy as np
 import optuna
 import pytest
 from astropy.table import Table
-from conftest import kill_worker_running
 
 from surveydust.config import load_training_config, load_tuning_config
 from surveydust.tune import JOURNAL_FILE, STUDY_NAME, suggest_training, tune
@@ -22,8 +21,8 @@ from surveydust.tune import JOURNAL_FILE, STUDY_NAME, suggest_training, tune
 SPACE = {"conv_layers": {"low": 1, "high": 2}, "conv_filters": {"low": 4, "high": 8},
          "dense_units": {"low": 4, "high": 8},
          "learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}, "batch_size": {"low": 32, "high": 64}}
-BANDS = ["F277W", "F356W", "F444W"]  # the store's (the training default is the six wide bands)
-# 3 of the 10 non-test galaxies calibrate the percentiles: >= 20 samples (the minimum)
+BANDS = ["F277W", "F356W", "F444W"]  # training_store's (the training default is the six wide bands)
+# 4 of the 12 non-test galaxies calibrate the percentiles: >= 20 samples (the minimum)
 TRAINING = {"snr_min": 0, "bands": BANDS, "calibration_fraction": 0.3, "model": {"dense_units": [8, 8]}}
 SPACE_YAML = """tuning:
   startup_trials: 2
@@ -37,11 +36,8 @@ SPACE_YAML = """tuning:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, client) -> Path:
-    from surveydust.simulate import simulate
-
-    return simulate(tmp_path_factory.mktemp("tune") / "s.zarr", client=client, progress=False,
-                    n_galaxies=12, views_per_galaxy=1, bands=BANDS)
+def store(training_store: Path) -> Path:
+    return training_store
 
 
 def _tune(store: Path, out: Path, client, trials: int, **overrides):
@@ -172,11 +168,11 @@ def test_killed_run_resumes_without_lost_or_repeated_trials(store: Path, tmp_pat
     assert "queued again" in output
 
 
-def test_trial_whose_worker_dies_is_rerun(store: Path, tmp_path: Path) -> None:
+def test_trial_whose_worker_dies_is_rerun(store: Path, tmp_path: Path, kill_worker) -> None:
     from surveydust.cluster import get_client
 
     with get_client("local", workers=2) as c:
-        killer = kill_worker_running(c, "tune-trial-", delay_s=3.0)
+        killer = kill_worker(c, "tune-trial-", delay_s=3.0)
         table = _tune(store, tmp_path / "study", c, trials=3, pruner="none")
         assert killer.result(timeout=60)  # a trial's worker was killed mid-trial
     assert len(table) == 3 and set(table["state"]) <= {"complete", "fail"}

@@ -146,7 +146,7 @@ def _place(n: int, allowed: np.ndarray, tile_pix: int, n_straddle: int,
                 axis, at = lines[int(rng.integers(len(lines)))]
                 offset = rng.uniform(-STRADDLE_HALF_WIDTH_PIX, STRADDLE_HALF_WIDTH_PIX)
                 x, y = (at + offset, y) if axis == 0 else (x, at + offset)
-            if not allowed[int(round(y)), int(round(x))]:
+            if not allowed[round(y), round(x)]:  # x, y: Python floats
                 continue
             if xy and np.min(np.hypot(*(np.asarray(xy) - (x, y)).T)) < MIN_SEPARATION_PIX:
                 continue
@@ -171,7 +171,7 @@ def _place_more(n: int, allowed: np.ndarray, taken: np.ndarray,
     for i in range(n):
         for _ in range(MAX_PLACEMENT_TRIES):
             x, y = rng.uniform(-0.5, nx - 0.5), rng.uniform(-0.5, ny - 0.5)
-            if not allowed[int(round(y)), int(round(x))]:
+            if not allowed[round(y), round(x)]:  # x, y: Python floats
                 continue
             if xy and np.min(np.hypot(*(np.asarray(xy) - (x, y)).T)) < MIN_SEPARATION_PIX:
                 continue
@@ -451,7 +451,7 @@ def write_field(rendered: RenderedField, out_dir: Path | str, *, field: str, cfg
     out_dir.mkdir(parents=True, exist_ok=True)
     for i, band in enumerate(cfg.bands):
         hdul = _band_hdul(rendered, i, band, header, primary, pixar, cfg.pixel_scale_arcsec)
-        write_atomically(paths[band], lambda tmp: hdul.writeto(tmp))
+        write_atomically(paths[band], hdul.writeto)
     truth = _truth_table(rendered, field=field, cfg=cfg, valid_cfg=valid_cfg, fg=fg, layout=layout,
                          n_galaxies=n_galaxies)
     write_atomically(truth_path, lambda tmp: truth.write(tmp, format="ascii.ecsv"))

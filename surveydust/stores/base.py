@@ -1,5 +1,7 @@
-"""What every surveydust output shares: the codec, the output-path rule, the atomic
-writers and the opener that refuses foreign or incomplete stores.
+"""The rules every surveydust output follows: where it may be written, and written whole.
+
+The codec, the output-path rule, the atomic writers and the opener that
+refuses foreign or incomplete stores.
 
 A store is written to a hidden temporary sibling directory and moved into
 place only when complete (attrs ``complete = True``, ``store_kind``,
@@ -308,7 +310,7 @@ def open_complete_store(path: Path | str, store_kind: str, what: str, **open_kwa
         with warnings.catch_warnings():  # stores not consolidated are refused below anyway
             warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
             ds = xr.open_zarr(path, **open_kwargs)
-    except Exception as exc:  # zarr raises several types for non-stores
+    except Exception as exc:  # noqa: BLE001 (zarr raises several types for non-stores)
         raise ValueError(f"{path} is not a readable Zarr store ({type(exc).__name__})") from None
     if ds.attrs.get("store_kind") != store_kind:
         raise ValueError(f"{path} is not a surveydust {what} (store_kind={ds.attrs.get('store_kind')!r})")

@@ -1,6 +1,6 @@
 """Catalogue store: one row per source, assembled from the finished tiles of a run.
 
-Layout (DESIGN section 3; an xarray Dataset with dim ``source``, in Zarr)::
+Layout (an xarray Dataset with dim ``source``, in Zarr)::
 
     source_id, ra, dec [deg, ICRS], x, y [0-based pixels], tile     (source)
     flux, flux_err [nJy], snr                                         (source, band)
@@ -148,5 +148,16 @@ def export(ds: xr.Dataset, path: Path | str, overwrite: bool = False) -> Path:
     return write_output_table(table, path, STORE_KIND)
 
 
-__all__ = ["EXPORT_SUFFIXES", "FLAG_DESCRIPTIONS", "FLAGS", "STORE_KIND", "assemble", "check_outputs", "column_suffix", "export",
-           "open_catalogue", "to_table", "write_catalogue"]
+__all__ = [
+    "EXPORT_SUFFIXES",
+    "FLAGS",
+    "FLAG_DESCRIPTIONS",
+    "STORE_KIND",
+    "assemble",
+    "check_outputs",
+    "column_suffix",
+    "export",
+    "open_catalogue",
+    "to_table",
+    "write_catalogue",
+]

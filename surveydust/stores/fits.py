@@ -380,7 +380,7 @@ def _celestial_wcs(band: str, loc: _Located) -> WCS | None:
         warnings.simplefilter("ignore", FITSFixedWarning)
         try:
             wcs = WCS(loc.header, naxis=2)
-        except Exception as exc:  # astropy/wcslib raise many types for bad headers
+        except Exception as exc:  # noqa: BLE001 (astropy/wcslib raise many types for bad headers)
             raise ValueError(f"{band}: unreadable WCS in {loc.path.name} ({exc})") from None
     if not wcs.has_celestial or wcs.wcs.lng != 0 or wcs.wcs.lat != 1:
         return None
@@ -409,7 +409,7 @@ def grid_offset_pix(ref: WCS, other: WCS, shape: Sequence[int]) -> float:
         try:
             lon, lat = other.all_pix2world(px, py, 0)
             bx, by = ref.all_world2pix(lon, lat, 0)
-        except Exception:  # no convergence: not the same grid
+        except Exception:  # noqa: BLE001 (no convergence: not the same grid)
             return math.inf
         dist = np.hypot(bx - px, by - py)
     return float(np.max(dist)) if np.all(np.isfinite(dist)) else math.inf

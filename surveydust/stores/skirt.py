@@ -281,7 +281,7 @@ def _read_properties(path: Path) -> Table:
     fmt = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv"}.get(path.suffix.lower())
     try:
         table = Table.read(path, format=fmt) if fmt else Table.read(path)
-    except Exception as exc:  # astropy raises many types for unreadable tables
+    except Exception as exc:  # noqa: BLE001 (astropy raises many types for unreadable tables)
         raise ValueError(f"property table {path.name} is unreadable ({type(exc).__name__}: {exc})") from None
     keys = ["file"] if "file" in table.colnames else ["target", "inclination", "azimuth"]
     missing = [c for c in (*keys, *REQUIRED_LABELS) if c not in table.colnames]

@@ -1,6 +1,6 @@
 """Training store: labelled galaxy images as an xarray Dataset in Zarr.
 
-Layout (DESIGN section 3)::
+Layout::
 
     image(sample, band, y, x)   float32, flux per pixel [nJy]
     A_V, EBV, R_V, log_ssfr, redshift, dtm, log_mstar, log_sfr (sample)

@@ -17,8 +17,8 @@ from surveydust.physics import mjy_per_sr_to_njy, njy_to_ab
 from surveydust.simulate import simulate_field
 from surveydust.simulate.foreground import (
     KINDS,
-    brown_dwarf_sed,
     band_fluxes,
+    brown_dwarf_sed,
     draw_sky_mix,
     expected_counts,
     extended_library,

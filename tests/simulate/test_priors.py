@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from surveydust.config import load_simulation_config
+from surveydust.instrument import aperture_noise_factor, circular_aperture
 from surveydust.physics import attenuation_curve
 from surveydust.simulate.imaging import (
     correlated_noise,
@@ -21,7 +22,6 @@ from surveydust.simulate.population import draw_galaxy
 from surveydust.simulate.priors import DUST_LAWS, RECORDED, draw_nuisance, store_priors
 from surveydust.simulate.run import simulate_galaxies
 from surveydust.simulate.sed_library import load_sed_library
-from surveydust.instrument import aperture_noise_factor, circular_aperture
 
 
 def test_draws_stay_in_their_ranges() -> None:

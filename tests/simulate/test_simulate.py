@@ -85,7 +85,7 @@ def test_same_seed_same_store_whatever_the_workers(store: Path, tmp_path: Path) 
 
 
 def test_labels_physically_sane(physics_sample) -> None:
-    a_v, ebv, dtm = physics_sample["A_V"], physics_sample["EBV"], physics_sample["dtm"]
+    a_v, ebv = physics_sample["A_V"], physics_sample["EBV"]
     assert (a_v >= 0).all() and (ebv >= 0).all()
     assert np.abs(a_v[:, 0]).max() < 1e-5 and np.abs(ebv[:, 0]).max() < 1e-5  # DTM = 0: no dust
     assert (np.diff(a_v, axis=1) > 0).all()  # A_V rises with DTM for every galaxy and view

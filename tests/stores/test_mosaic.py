@@ -14,7 +14,6 @@ import zarr
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 from click.testing import CliRunner
-from test_cli import run  # tests/ is on sys.path (rootdir-less test modules)
 
 import surveydust
 from surveydust.cli import main
@@ -270,10 +269,11 @@ def test_cli_ingest_mosaic(tmp_path, images, client, monkeypatch) -> None:
     assert "nJy" in help_text and "MJy/sr" in help_text
 
 
-def test_console_script_bad_input_is_one_line_error(tmp_path, images) -> None:
+def test_console_script_bad_input_is_one_line_error(tmp_path, images, console_script) -> None:
     sci = write_image(tmp_path / "sci.fits", images["sci"])
     bad = write_image(tmp_path / "bad.fits", images["sci"], bunit="DN/s")
-    result = run("ingest-mosaic", str(tmp_path / "bad.zarr"), "--band", f"F277W={sci}", "--band", f"F444W={bad}")
+    result = console_script("ingest-mosaic", str(tmp_path / "bad.zarr"), "--band", f"F277W={sci}",
+                            "--band", f"F444W={bad}")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("Error:") and "F444W: BUNIT 'DN/s' of bad.fits is not supported" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

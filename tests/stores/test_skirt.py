@@ -100,7 +100,8 @@ def test_rebin_matrix_conserves_flux() -> None:
 
 def test_band_selection_and_pad(client, tmp_path: Path) -> None:
     longs = [p for p in CUBES if "long" in p.name]
-    out = ingest_skirt(longs, PROPS, tmp_path / "s.zarr", bands=["F444W", "F277W"], stamp_size=64, client=client, progress=False)
+    out = ingest_skirt(longs, PROPS, tmp_path / "s.zarr", bands=["F444W", "F277W"], stamp_size=64, client=client,
+                       progress=False)
     ds = open_training_store(out)
     assert list(ds.band.values) == ["F444W", "F277W"] and ds.sizes["x"] == 64
     # 21 px * 0.063" = 1.32" < 64 * 0.03": zero-padded border, flux fully kept

@@ -77,7 +77,7 @@ def _install() -> None:
     for commands in ([install], [[apt, "update", "-qq"], install]):  # stale package lists: update once
         try:
             for command in commands:
-                result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+                result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240, check=False)
                 if result.returncode != 0:
                     break
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -97,7 +97,7 @@ def _free_port() -> int:
 
 def _node_line() -> tuple[str, int, int]:
     """``slurmd -C``'s hardware (CPUs, topology, RealMemory) as a NodeName=localhost line."""
-    out = subprocess.run([_which("slurmd"), "-C"], capture_output=True, text=True, timeout=30).stdout
+    out = subprocess.run([_which("slurmd"), "-C"], capture_output=True, text=True, timeout=30, check=False).stdout
     fields = dict(f.split("=", 1) for f in out.split("\n", 1)[0].split() if "=" in f)
     try:
         cpus, memory = int(fields["CPUs"]), int(fields["RealMemory"])
@@ -153,7 +153,7 @@ def _wait(check, timeout: float, interval: float = 0.25) -> bool:
 def _ok(command: list[str], env: dict[str, str]) -> str | None:
     """stdout of ``command`` when it succeeds, else None."""
     try:
-        out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=15)
+        out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=15, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout if out.returncode == 0 else None
@@ -214,7 +214,7 @@ def slurm(tmp_path_factory) -> Iterator[SimpleNamespace]:
         as_munge = {"user": "munge", "group": "munge", "extra_groups": []}
         key, sock = munge_dir / "munge.key", munge_dir / "munge.socket"
         made = subprocess.run([_which("mungekey"), "--create", f"--keyfile={key}"], capture_output=True,
-                              text=True, timeout=30, **as_munge)
+                              text=True, timeout=30, **as_munge, check=False)
         if made.returncode != 0:
             pytest.skip(f"mungekey failed: {made.stderr.strip()}")
         log = munge_dir / "munged.log"
@@ -267,11 +267,10 @@ def _slurm_profile(work: Path, memory_mb: int) -> dict:
 
 def test_override_profile_job_script(tmp_path: Path) -> None:
     """The DASK_CONFIG overrides the real-SLURM test uses give the job script it relies on (no SLURM)."""
-    with dask.config.set({"surveydust.cluster.profiles.slurm": {
-            **dask.config.get("surveydust.cluster.profiles.slurm"), **_slurm_profile(tmp_path, 20000)}}):
-        with make_cluster("slurm") as cluster:
-            script = cluster.job_script()
-            assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+    profile = {**dask.config.get("surveydust.cluster.profiles.slurm"), **_slurm_profile(tmp_path, 20000)}
+    with dask.config.set({"surveydust.cluster.profiles.slurm": profile}), make_cluster("slurm") as cluster:
+        script = cluster.job_script()
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
     for line in ("#SBATCH --cpus-per-task=1", "#SBATCH --mem=4G", "#SBATCH -t 00:15:00",
                  f"#SBATCH -e {tmp_path / 'jobs'}/", "--interface lo", f"--local-directory {tmp_path / 'scratch'}",
                  "--nthreads 1"):
@@ -331,7 +330,8 @@ def test_a_job_the_batch_system_refuses_is_one_error_line(slurm, tmp_path: Path)
     start = time.monotonic()
     done = subprocess.run([str(exe), "run-catalogue", "--demo", "--out", str(tmp_path / "demo" / "cat.zarr"),
                            "--cluster", "slurm", "--jobs", "1", "--quiet"], capture_output=True, text=True,
-                          env={**slurm.env, "DASK_CONFIG": str(tmp_path / "dask")}, cwd=tmp_path, timeout=300)
+                          env={**slurm.env, "DASK_CONFIG": str(tmp_path / "dask")}, cwd=tmp_path, timeout=300,
+                          check=False)
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
