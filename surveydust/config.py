@@ -405,6 +405,12 @@ def _default_yaml(name: str) -> dict[str, Any]:
 
 
 def _read_user_yaml(path: Path | str, section: str) -> dict[str, Any]:
+    data = _read_yaml_mapping(path)
+    return data.get(section, data)
+
+
+def _read_yaml_mapping(path: Path | str) -> dict[str, Any]:
+    """A user's YAML file, which must exist and hold a mapping (one-line errors otherwise)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist")
@@ -414,7 +420,7 @@ def _read_user_yaml(path: Path | str, section: str) -> dict[str, Any]:
         raise ValueError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping")
-    return data.get(section, data)
+    return data
 
 
 def _format_error(exc: ValidationError, section: str) -> str:
@@ -472,16 +478,9 @@ def load_foreground_config(source: ForegroundConfig | Path | str | None = None,
     if isinstance(source, ForegroundConfig):
         _deep_update(merged, source.model_dump(mode="json"))
     elif source is not None:
-        path = Path(source)
-        if not path.is_file():
-            raise ValueError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
-        section = data.get("foreground") if isinstance(data, dict) else None
+        section = _read_yaml_mapping(source).get("foreground")
         if section is not None and not isinstance(section, dict):
-            raise ValueError(f"config file {path}: foreground must be a mapping")
+            raise ValueError(f"config file {source}: foreground must be a mapping")
         _deep_update(merged, section or {})
     _deep_update(merged, {k: v for k, v in overrides.items() if v is not None})
     try:
