@@ -48,6 +48,7 @@ import xarray as xr
 
 from surveydust.cluster import open_client, run_with_progress
 from surveydust.config import AugmentConfig
+from surveydust.errors import InputError
 from surveydust.stores.base import check_output_path
 from surveydust.stores.training import open_training_store, write_training_store
 from surveydust.transforms import (
@@ -93,18 +94,18 @@ def balance_copies(
     ``rng`` state. A sample with a non-finite value of any target gets 0 copies.
     """
     if not targets:
-        raise ValueError("balance_copies needs at least one target")
+        raise InputError("balance_copies needs at least one target")
     if bins < 1:
-        raise ValueError(f"bins must be >= 1, got {bins}")
+        raise InputError(f"bins must be >= 1, got {bins}")
     if max_copies < 0:
-        raise ValueError(f"max_copies must be >= 0, got {max_copies}")
+        raise InputError(f"max_copies must be >= 0, got {max_copies}")
     missing = [t for t in targets if t not in labels]
     if missing:
-        raise ValueError(f"no labels for target(s) {missing}")
+        raise InputError(f"no labels for target(s) {missing}")
     values = [np.asarray(labels[t], dtype=np.float64) for t in targets]
     n = values[0].shape[0]
     if any(v.shape != (n,) for v in values):
-        raise ValueError("labels of all targets must be 1-D arrays of the same length")
+        raise InputError("labels of all targets must be 1-D arrays of the same length")
     weight = np.ones(n)
     bad = np.zeros(n, dtype=bool)
     for v in values:
@@ -208,30 +209,30 @@ def _check_inputs(ds: xr.Dataset, samples: Any, bands: Sequence[str],
     """Validate samples/bands/targets against the store; one-line ValueErrors."""
     arr = np.asarray(samples)
     if arr.ndim != 1:
-        raise ValueError(f"samples must be a 1-D array of indices, got shape {arr.shape}")
+        raise InputError(f"samples must be a 1-D array of indices, got shape {arr.shape}")
     if arr.size == 0:
-        raise ValueError("no samples to augment (samples is empty)")
+        raise InputError("no samples to augment (samples is empty)")
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"samples must be integer indices (not a mask), got dtype {arr.dtype}")
+        raise InputError(f"samples must be integer indices (not a mask), got dtype {arr.dtype}")
     n = ds.sizes["sample"]
     bad = arr[(arr < 0) | (arr >= n)]
     if bad.size:
-        raise ValueError(f"sample indices out of range 0..{n - 1}: {bad[:5].tolist()}"
+        raise InputError(f"sample indices out of range 0..{n - 1}: {bad[:5].tolist()}"
                          f"{' ...' if bad.size > 5 else ''}")
     if not bands:
-        raise ValueError("no bands given")
+        raise InputError("no bands given")
     store_bands = [str(b) for b in ds["band"].values]
     wanted = [str(b).upper() for b in bands]
     missing = [b for b in wanted if b not in store_bands]
     if missing:
-        raise ValueError(f"band(s) {missing} not in the store (it has {', '.join(store_bands)})")
+        raise InputError(f"band(s) {missing} not in the store (it has {', '.join(store_bands)})")
     if len(set(wanted)) != len(wanted):
-        raise ValueError(f"bands listed twice: {wanted}")
+        raise InputError(f"bands listed twice: {wanted}")
     if not targets:
-        raise ValueError("no targets given")
+        raise InputError("no targets given")
     missing = [t for t in targets if t not in ds.data_vars or ds[t].dims != ("sample",)]
     if missing:
-        raise ValueError(f"target(s) {missing} not in the store")
+        raise InputError(f"target(s) {missing} not in the store")
     band_index = np.array([store_bands.index(b) for b in wanted], dtype=np.int64)
     return arr.astype(np.int64), wanted, band_index
 
@@ -278,7 +279,7 @@ def augment_store(
     out = check_output_path(out, overwrite, "training")
     store = Path(store)
     if store.exists() and out.resolve() == store.resolve():
-        raise ValueError(f"output {out} is the input store; write the augmented store elsewhere")
+        raise InputError(f"output {out} is the input store; write the augmented store elsewhere")
     ds = open_training_store(store)
     samples, bands, band_index = _check_inputs(ds, samples, bands, targets)
 

@@ -32,6 +32,7 @@ import xarray as xr
 from surveydust.backend import keras_module
 from surveydust.config import load_training_config
 from surveydust.detect import FLAGS
+from surveydust.errors import InputError
 from surveydust.ood import KINDS as OOD_KINDS
 from surveydust.ood import ood_scores, photometric_values
 from surveydust.posterior import LEVEL_NAMES, LEVELS, LOG_OFFSETS, percentiles, z_from_levels
@@ -109,7 +110,7 @@ def default_bundle_path(bands: Sequence[str] | None = None) -> Path:
     for have, path in shipped.items():
         if set(have) == want:
             return path
-    raise ValueError(f"no shipped bundle for bands {sorted(want)}; shipped: "
+    raise InputError(f"no shipped bundle for bands {sorted(want)}; shipped: "
                      + "; ".join("+".join(b) for b in shipped))
 
 
@@ -118,7 +119,7 @@ def richest_bundle(available: Sequence[str]) -> Path:
     have = {b.upper() for b in available}
     usable = {bands: p for bands, p in shipped_bundles().items() if set(bands) <= have}
     if not usable:
-        raise ValueError(f"no shipped bundle can run on bands {sorted(have)}: every one needs "
+        raise InputError(f"no shipped bundle can run on bands {sorted(have)}: every one needs "
                          + " or ".join("+".join(b) for b in shipped_bundles()))
     return usable[max(usable, key=len)]
 
@@ -151,23 +152,23 @@ def read_meta(path: Path) -> dict[str, Any]:
     meta_file, model_file = path / META_FILE, path / MODEL_FILE
     for f in (meta_file, model_file):
         if not f.is_file():
-            raise ValueError(f"{path} is not a complete model bundle: {f.name} is missing")
+            raise InputError(f"{path} is not a complete model bundle: {f.name} is missing")
     try:
         meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError:
-        raise ValueError(f"{meta_file} is not valid JSON") from None
+        raise InputError(f"{meta_file} is not valid JSON") from None
     if not isinstance(meta, dict) or meta.get("format_version") not in (FORMAT_VERSION, *UPGRADABLE_VERSIONS):
         version = meta.get("format_version") if isinstance(meta, dict) else None
-        raise ValueError(f"bundle {path} has format version {version}; "
+        raise InputError(f"bundle {path} has format version {version}; "
                          f"this surveydust reads version {FORMAT_VERSION}: retrain or upgrade")
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
-        raise ValueError(f"{meta_file} lacks {', '.join(missing)}: not a complete bundle")
+        raise InputError(f"{meta_file} lacks {', '.join(missing)}: not a complete bundle")
     sums = meta["checksums"]
     if not isinstance(sums, dict) or sha256(model_file) != sums.get(MODEL_FILE):
-        raise ValueError(f"{model_file} does not match its checksum in {META_FILE} (modified or corrupt)")
+        raise InputError(f"{model_file} does not match its checksum in {META_FILE} (modified or corrupt)")
     if meta_checksum(meta) != sums.get(META_FILE):
-        raise ValueError(f"{meta_file} does not match its checksum (edited or corrupt): retrain, "
+        raise InputError(f"{meta_file} does not match its checksum (edited or corrupt): retrain, "
                          "or restore the bundle")
     return _upgraded(meta)
 
@@ -187,18 +188,18 @@ def _upgraded(meta: dict[str, Any]) -> dict[str, Any]:
 def check_ensemble_members(members: Sequence[Path]) -> list[dict[str, Any]]:
     """Read the members' metadata; raise ValueError unless they can be combined."""
     if len(members) < 2:
-        raise ValueError(f"an ensemble needs at least 2 bundles, got {len(members)}")
+        raise InputError(f"an ensemble needs at least 2 bundles, got {len(members)}")
     metas = [read_meta(m) for m in members]
     first = metas[0]
     if first["loss"] != "gaussian_nll":
-        raise ValueError(f"only gaussian_nll bundles can be combined ({members[0]} has loss {first['loss']})")
+        raise InputError(f"only gaussian_nll bundles can be combined ({members[0]} has loss {first['loss']})")
     for path, meta in zip(members[1:], metas[1:], strict=True):
         differ = [k for k in ENSEMBLE_SHARED_META if meta.get(k) != first.get(k)]
         differ += [f"split {k}" for k in ENSEMBLE_SHARED_SPLIT if meta["split"].get(k) != first["split"].get(k)]
         if meta["training_store"]["store_id"] != first["training_store"]["store_id"]:
             differ.append("training store")
         if differ:
-            raise ValueError(f"{path} cannot join {members[0]} in an ensemble: they differ in "
+            raise InputError(f"{path} cannot join {members[0]} in an ensemble: they differ in "
                              f"{', '.join(differ)} (train members with the same store, bands and seed, "
                              "and different fit_seed)")
     return metas
@@ -264,7 +265,7 @@ class Predictor:
         """
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[1] != len(self.bands):
-            raise ValueError(f"expected images (n, {len(self.bands)} bands {list(self.bands)}, y, x), "
+            raise InputError(f"expected images (n, {len(self.bands)} bands {list(self.bands)}, y, x), "
                              f"got shape {images.shape}")
         z = check_redshifts(redshift, len(images))
         flag = self.input_flags(images, z, PREPROCESS_BATCHES * batch_size)
@@ -385,7 +386,7 @@ def load_model(path: Path | str | None = None, bands: Sequence[str] | None = Non
     """Load a model bundle: ``path``, or the shipped bundle for ``bands`` (None and None:
     the shipped bundle with the most bands)."""
     if path is not None and bands is not None:
-        raise ValueError("give a bundle path or bands, not both")
+        raise InputError("give a bundle path or bands, not both")
     path = default_bundle_path(bands) if path is None else Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model bundle {path} does not exist")

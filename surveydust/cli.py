@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
@@ -18,6 +19,8 @@ import click
 import yaml
 
 from surveydust.backend import VERBOSE_ENV, verbose
+from surveydust.errors import InputError
+from surveydust.provenance import VERSION
 
 EXIT_INTERRUPTED = 130
 #: what an interrupted run of a resumable command keeps (its re-run does only the rest)
@@ -34,26 +37,29 @@ def _interrupted_message() -> str:
 
 
 def _friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Report expected failures as ``Error: <one line>`` (exit 1), not a traceback; an interrupt
-    (Ctrl-C, SIGTERM) as one ``interrupted: ...`` line (exit 130)."""
+    """Report what the user can act on (:class:`~surveydust.errors.InputError`, a file that exists,
+    is missing or cannot be written) as ``Error: <one line>`` (exit 1), an interrupt (Ctrl-C,
+    SIGTERM) as one ``interrupted: ...`` line (exit 130), and anything else, a bug, with its
+    traceback and a line asking for a report (exit 1)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (ValueError, FileExistsError, FileNotFoundError) as exc:
-            raise click.ClickException(str(exc).splitlines()[0]) from None
+        except (InputError, OSError) as exc:
+            raise click.ClickException((str(exc).splitlines() or [type(exc).__name__])[0]) from None
         except KeyboardInterrupt:
             click.echo(_interrupted_message(), err=True)
             sys.exit(EXIT_INTERRUPTED)
         except (click.ClickException, click.exceptions.Abort, click.exceptions.Exit):
             raise
-        except Exception as exc:  # e.g. a task that failed on a Dask worker
+        except Exception:
             if verbose():
                 raise
-            first = (str(exc).splitlines() or [""])[0]
-            raise click.ClickException(f"{type(exc).__name__}: {first} (surveydust -v shows the traceback)") \
-                from None
+            traceback.print_exc()
+            click.echo(f"surveydust {VERSION} failed unexpectedly: this is a bug, please report it with the "
+                       "traceback above and the command you ran.", err=True)
+            sys.exit(1)
 
     return wrapper
 

@@ -68,6 +68,7 @@ from distributed.deploy.cluster import Cluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from surveydust.backend import ignore_interrupts_in_worker_process, verbose
+from surveydust.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class ClusterClient(Client):
 def _positive_int(value: Any, what: str) -> int:
     """Return ``value`` as an int >= 1, or raise a one-line ValueError."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
+        raise InputError(f"{what} must be an integer >= 1, got {value!r}")
     return value
 
 
@@ -142,17 +143,17 @@ def profile_settings(profile: str | None = None, **overrides: Any) -> tuple[str,
     key = _find_profile(str(name), profiles)
     if key is None:
         known = ", ".join(sorted(profiles)) or "none"
-        raise ValueError(f"unknown cluster profile {name!r}; known profiles: {known}")
+        raise InputError(f"unknown cluster profile {name!r}; known profiles: {known}")
     raw = profiles[key]
     if not isinstance(raw, Mapping):
-        raise ValueError(f"cluster profile {name!r} must be a mapping of settings, got {raw!r}")
+        raise InputError(f"cluster profile {name!r} must be a mapping of settings, got {raw!r}")
     settings = {k.replace("-", "_"): copy.deepcopy(v) for k, v in raw.items()}
     settings.update({k.replace("-", "_"): v for k, v in overrides.items() if v is not None})
     kind = settings.get("kind")
     if kind is None:
-        raise ValueError(f"cluster profile {name!r} has no 'kind' (one of: {', '.join(KINDS)})")
+        raise InputError(f"cluster profile {name!r} has no 'kind' (one of: {', '.join(KINDS)})")
     if kind not in KINDS:
-        raise ValueError(
+        raise InputError(
             f"cluster profile {name!r} has unknown kind {kind!r} (one of: {', '.join(KINDS)})"
         )
     return name, settings
@@ -166,7 +167,7 @@ def _check_keys(name: str, settings: Mapping[str, Any], *targets: Callable[..., 
         accepted |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     unknown = sorted(set(settings) - accepted)
     if unknown:
-        raise ValueError(f"cluster profile {name!r}: unknown setting(s) {', '.join(unknown)}")
+        raise InputError(f"cluster profile {name!r}: unknown setting(s) {', '.join(unknown)}")
 
 
 def _local_cluster(name: str, settings: dict[str, Any]) -> LocalCluster:
@@ -265,7 +266,7 @@ def _local_gpu_cluster(name: str, settings: dict[str, Any]) -> Cluster:
         return _local_cluster(name, {**settings, "n_workers": wanted})
     if wanted is not None:
         if _positive_int(wanted, "workers") > len(gpus):
-            raise ValueError(f"cluster profile {name!r}: {wanted} GPU workers asked for, but only "
+            raise InputError(f"cluster profile {name!r}: {wanted} GPU workers asked for, but only "
                              f"{len(gpus)} GPU(s) are visible ({','.join(gpus)})")
         gpus = gpus[:wanted]
     _check_keys(name, settings, LocalCluster, Nanny, Worker, Server)
@@ -287,7 +288,7 @@ def _local_gpu_cluster(name: str, settings: dict[str, Any]) -> Cluster:
 def _resources_arg(name: str, spec: Any) -> str:
     """``{GPU: 1, MEM: 1e9}`` -> ``"GPU=1,MEM=1000000000.0"`` for ``dask worker --resources``."""
     if not isinstance(spec, Mapping):
-        raise ValueError(
+        raise InputError(
             f"cluster profile {name!r}: worker_resources must be a mapping like {{GPU: 1}}, "
             f"got {spec!r}"
         )
@@ -321,7 +322,7 @@ def _check_submit_command(name: str, kind: str) -> None:
     """
     command = shlex.split(_jobqueue_class(kind).job_cls.submit_command)[0]
     if shutil.which(command) is None:
-        raise ValueError(f"cluster profile {name!r} submits {kind.upper()} jobs with {command}, which is not "
+        raise InputError(f"cluster profile {name!r} submits {kind.upper()} jobs with {command}, which is not "
                          "on PATH (run on a login node of the cluster, or use --cluster local)")
 
 
@@ -353,7 +354,7 @@ def _construct_cluster(name: str, kind: str, settings: dict[str, Any], submit: b
             return _local_gpu_cluster(name, settings)
         return _jobqueue_cluster(name, kind, settings, submit)
     except TypeError as exc:
-        raise ValueError(f"cluster profile {name!r}: {exc}") from exc
+        raise InputError(f"cluster profile {name!r}: {exc}") from exc
 
 
 _HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -404,7 +405,7 @@ def make_cluster(profile: str | None = None, **overrides: Any) -> Cluster:
     name, settings = profile_settings(profile, **overrides)
     kind = settings.pop("kind")
     if kind == "address":
-        raise ValueError(
+        raise InputError(
             f"cluster profile {name!r} connects to a running scheduler; use get_client()"
         )
     return _build_cluster(name, kind, settings)
@@ -414,7 +415,7 @@ def _connect(name: str, settings: dict[str, Any]) -> Client:
     """Connect to the scheduler of an ``address`` profile, failing within its timeout."""
     address = settings.pop("address", None)
     if not address:
-        raise ValueError(
+        raise InputError(
             f"cluster profile {name!r} needs an 'address' such as tcp://host:8786 "
             f"(pass address=... or set surveydust.cluster.profiles.{name}.address)"
         )
@@ -434,12 +435,12 @@ def _connect(name: str, settings: dict[str, Any]) -> Client:
     thread.start()
     thread.join(seconds + CONNECT_GRACE_S)
     if thread.is_alive():
-        raise ValueError(f"no Dask scheduler answered at {address} within {seconds:g}s")
+        raise InputError(f"no Dask scheduler answered at {address} within {seconds:g}s")
     if "error" in outcome:
         exc = outcome["error"]
         if isinstance(exc, (OSError, TimeoutError)):
-            raise ValueError(f"could not reach a Dask scheduler at {address} within {seconds:g}s") from None
-        raise ValueError(f"{address} did not answer as a Dask scheduler ({type(exc).__name__})") from None
+            raise InputError(f"could not reach a Dask scheduler at {address} within {seconds:g}s") from None
+        raise InputError(f"{address} did not answer as a Dask scheduler ({type(exc).__name__})") from None
     return outcome["client"]
 
 
@@ -450,15 +451,15 @@ def _check_scaling(name: str, kind: str, workers: int | None, jobs: int | None) 
     if jobs is not None:
         _positive_int(jobs, "jobs")
     if kind == "address" and (workers is not None or jobs is not None):
-        raise ValueError(
+        raise InputError(
             f"cluster profile {name!r} connects to a running scheduler; workers=/jobs= do not apply"
         )
     if kind in ("local", "local-gpu") and jobs is not None:
-        raise ValueError(
+        raise InputError(
             f"jobs= applies to slurm/pbs profiles; profile {name!r} is local (use workers=)"
         )
     if workers is not None and jobs is not None:
-        raise ValueError("give workers= or jobs=, not both")
+        raise InputError("give workers= or jobs=, not both")
 
 
 SUBMIT_TIMEOUT_S = 60.0  # longest wait for the batch system to accept (not start) the jobs
@@ -487,7 +488,7 @@ def _scale(
                         job.status = Status.failed
                 reason = refusals.messages[0] if refusals.messages else \
                     f"no job was accepted within {SUBMIT_TIMEOUT_S:g} s"
-                raise ValueError(f"cluster profile {name!r}: the batch system refused the job: {reason}")
+                raise InputError(f"cluster profile {name!r}: the batch system refused the job: {reason}")
             time.sleep(0.1)
     finally:
         log.removeFilter(refusals)
@@ -566,7 +567,7 @@ def get_client(
     name, settings = profile_settings(profile, **overrides)
     kind = settings.pop("kind")
     if address is not None and kind != "address":
-        raise ValueError(f"address= needs an address profile; profile {name!r} is {kind}")
+        raise InputError(f"address= needs an address profile; profile {name!r} is {kind}")
     _check_scaling(name, kind, workers, jobs)
     if kind == "address":
         client = _connect(name, settings)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from surveydust.errors import InputError
 from surveydust.evaluation.metrics import residual_metrics
 from surveydust.quantities import LABELS, PREDICTED
 from surveydust.sources import TRUTH_MATCH_ARCSEC, nearest, read_table
@@ -101,7 +102,7 @@ def compare(catalogue: Path | str | xr.Dataset, out: Path | str, truth: Path | s
     rows = [{"quantity": quantity, "method_a": a, "method_b": b, **pair_metrics(est[a], est[b])}
             for quantity, est in estimates.items() for a, b in combinations(est, 2)]
     if not rows:
-        raise ValueError("the catalogue has fewer than two estimates to compare")
+        raise InputError("the catalogue has fewer than two estimates to compare")
     figures = {q: f"compare_{q}.png" for q, est in estimates.items() if len(est) >= 2}
     inputs = [None if isinstance(catalogue, xr.Dataset) else catalogue, truth]
     out = check_output_folder(out, [TABLE, *figures.values()], overwrite, OUTPUT_KIND, inputs=inputs)

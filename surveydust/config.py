@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from surveydust.errors import InputError
 from surveydust.instrument import DEPTH_PRESETS, KNOWN_BANDS, check_bands
 from surveydust.quantities import PREDICTED
 
@@ -29,7 +30,7 @@ class _Config(BaseModel):
 
 def _check_range(v: tuple[float, float], name: str) -> tuple[float, float]:
     if not v[0] <= v[1]:
-        raise ValueError(f"{name} must be [low, high] with low <= high, got {list(v)}")
+        raise InputError(f"{name} must be [low, high] with low <= high, got {list(v)}")
     return v
 
 
@@ -75,13 +76,13 @@ class PriorConfig(_Config):
                     "psf_fwhm_scale": self.psf_fwhm_scale}
         for name, (lo, _) in positive.items():
             if lo <= 0:
-                raise ValueError(f"priors.{name} must be > 0, got low = {lo}")
+                raise InputError(f"priors.{name} must be > 0, got low = {lo}")
         for name, (lo, hi) in {"screen_fraction": self.screen_fraction,
                                "igm_transmission": self.igm_transmission}.items():
             if lo < 0 or hi > 1:
-                raise ValueError(f"priors.{name} must lie in [0, 1], got {[lo, hi]}")
+                raise InputError(f"priors.{name} must lie in [0, 1], got {[lo, hi]}")
         if self.clumps_mean[0] < 0 or self.noise_correlation_px[0] < 0 or self.burst_sigma[0] < 0:
-            raise ValueError("priors.clumps_mean, noise_correlation_px and burst_sigma must be >= 0")
+            raise InputError("priors.clumps_mean, noise_correlation_px and burst_sigma must be >= 0")
         return self
 
 
@@ -111,7 +112,7 @@ class SimulationConfig(_Config):
     def _dtm_in_unit_interval(cls, v: tuple[float, ...]) -> tuple[float, ...]:
         bad = [x for x in v if not 0.0 <= x <= 1.0]
         if bad:
-            raise ValueError(f"dust-to-metal ratios must lie in [0, 1], got {bad}")
+            raise InputError(f"dust-to-metal ratios must lie in [0, 1], got {bad}")
         return v
 
     @field_validator("bands")
@@ -129,15 +130,15 @@ class SimulationConfig(_Config):
         from surveydust.instrument import check_redshift_coverage
 
         if isinstance(self.depth, str) and self.depth not in DEPTH_PRESETS:
-            raise ValueError(f"unknown depth preset {self.depth!r}; known: {', '.join(DEPTH_PRESETS)}")
+            raise InputError(f"unknown depth preset {self.depth!r}; known: {', '.join(DEPTH_PRESETS)}")
         if isinstance(self.depth, dict):
             missing = [b for b in self.bands if b not in self.depth]
             if missing:
-                raise ValueError(f"depth gives no 5-sigma magnitude for band(s) {missing}")
+                raise InputError(f"depth gives no 5-sigma magnitude for band(s) {missing}")
         if self.psf == "fits" and (self.psf_dir is None or not Path(self.psf_dir).is_dir()):
-            raise ValueError(f"psf: fits needs psf_dir to be an existing folder, got {self.psf_dir}")
+            raise InputError(f"psf: fits needs psf_dir to be an existing folder, got {self.psf_dir}")
         if self.gas_to_stellar_mass[0] < 0:
-            raise ValueError("gas_to_stellar_mass must be >= 0")
+            raise InputError("gas_to_stellar_mass must be >= 0")
         check_redshift_coverage(self.bands, self.redshift_range)
         return self
 
@@ -167,7 +168,7 @@ class ForegroundKindConfig(_Config):
     @classmethod
     def _ordered(cls, v: tuple[float, float], info: Any) -> tuple[float, float]:
         if v[0] < 0:
-            raise ValueError(f"{info.field_name} must be >= 0, got {list(v)}")
+            raise InputError(f"{info.field_name} must be >= 0, got {list(v)}")
         return _check_range(v, info.field_name)
 
 
@@ -203,15 +204,15 @@ class ForegroundConfig(_Config):
     def _physical(self) -> ForegroundConfig:
         unknown = sorted(set(self.kinds) - set(FOREGROUND_KINDS))
         if unknown:
-            raise ValueError(f"unknown kind(s) {unknown} in kinds; known: {', '.join(FOREGROUND_KINDS)}")
+            raise InputError(f"unknown kind(s) {unknown} in kinds; known: {', '.join(FOREGROUND_KINDS)}")
         if self.sersic_n[0] <= 0:
-            raise ValueError(f"sersic_n must be > 0, got {list(self.sersic_n)}")
+            raise InputError(f"sersic_n must be > 0, got {list(self.sersic_n)}")
         for name, kind in self.kinds.items():
             if name != "brown_dwarf" and (kind.redshift_range[0] <= 0 or kind.redshift_range[1] > 15):
-                raise ValueError(f"kinds.{name}.redshift_range must lie in (0, 15], "
+                raise InputError(f"kinds.{name}.redshift_range must lie in (0, 15], "
                                  f"got {list(kind.redshift_range)}")
             if name == "brown_dwarf" and not 300 <= kind.teff_range[0] <= kind.teff_range[1] <= 2500:
-                raise ValueError(f"kinds.brown_dwarf.teff_range must lie in [300, 2500] K, "
+                raise InputError(f"kinds.brown_dwarf.teff_range must lie in [300, 2500] K, "
                                  f"got {list(kind.teff_range)}")
         return self
 
@@ -247,7 +248,7 @@ class ModelConfig(_Config):
     @classmethod
     def _positive(cls, v: tuple[int, ...], info: Any) -> tuple[int, ...]:
         if any(x < 1 for x in v):
-            raise ValueError(f"{info.field_name} must be positive, got {list(v)}")
+            raise InputError(f"{info.field_name} must be positive, got {list(v)}")
         return v
 
 
@@ -296,28 +297,28 @@ class TrainingConfig(_Config):
     def _known_targets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         unknown = [t for t in v if t not in TARGETS]
         if unknown:
-            raise ValueError(f"unknown target(s) {unknown}; known: {', '.join(TARGETS)}")
+            raise InputError(f"unknown target(s) {unknown}; known: {', '.join(TARGETS)}")
         return v
 
     @field_validator("snr_band")
     @classmethod
     def _upper(cls, v: str) -> str:
         if v.upper() not in KNOWN_BANDS:
-            raise ValueError(f"unknown band {v!r}; known: {', '.join(KNOWN_BANDS)}")
+            raise InputError(f"unknown band {v!r}; known: {', '.join(KNOWN_BANDS)}")
         return v.upper()
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingConfig:
         if self.split == "galaxy" and self.augment.per_batch and (self.augment.hog or self.augment.balance):
-            raise ValueError("augment.hog and augment.balance make stored copies: set augment.per_batch=false "
+            raise InputError("augment.hog and augment.balance make stored copies: set augment.per_batch=false "
                              "to use them")
         if self.ensemble > 1 and self.loss != "gaussian_nll":
-            raise ValueError("an ensemble (ensemble > 1) combines Gaussian posteriors: use loss gaussian_nll")
+            raise InputError("an ensemble (ensemble > 1) combines Gaussian posteriors: use loss gaussian_nll")
         if self.validation_fraction + self.calibration_fraction >= 1:
-            raise ValueError("validation_fraction + calibration_fraction must be < 1")
+            raise InputError("validation_fraction + calibration_fraction must be < 1")
         pools = len(self.model.conv_filters) - (self.model.architecture == "fusion")
         if self.crop % 2 ** pools:
-            raise ValueError(f"crop {self.crop} must be divisible by 2**{pools} "
+            raise InputError(f"crop {self.crop} must be divisible by 2**{pools} "
                              "(one 2x2 max-pool per conv block)")
         return self
 
@@ -354,17 +355,17 @@ class TuningConfig(_Config):
     def _check_space(cls, v: dict[str, SearchRange]) -> dict[str, SearchRange]:
         unknown = sorted(set(v) - set(SEARCH_PARAMETERS))
         if unknown:
-            raise ValueError(f"unknown parameter(s) {unknown}; known: {', '.join(SEARCH_PARAMETERS)}")
+            raise InputError(f"unknown parameter(s) {unknown}; known: {', '.join(SEARCH_PARAMETERS)}")
         for name, r in v.items():
             kind, lowest, highest = SEARCH_PARAMETERS[name]
             if not r.low < r.high:
-                raise ValueError(f"{name}: empty or inverted range [{r.low:g}, {r.high:g}] (need low < high)")
+                raise InputError(f"{name}: empty or inverted range [{r.low:g}, {r.high:g}] (need low < high)")
             if r.low < lowest or r.high > highest:
-                raise ValueError(f"{name}: range [{r.low:g}, {r.high:g}] outside [{lowest:g}, {highest:g}]")
+                raise InputError(f"{name}: range [{r.low:g}, {r.high:g}] outside [{lowest:g}, {highest:g}]")
             if r.log and r.low <= 0:
-                raise ValueError(f"{name}: a log range needs low > 0")
+                raise InputError(f"{name}: a log range needs low > 0")
             if kind is int and (r.low != int(r.low) or r.high != int(r.high)):
-                raise ValueError(f"{name}: integer parameter needs integer bounds")
+                raise InputError(f"{name}: integer parameter needs integer bounds")
         return v
 
 
@@ -413,13 +414,13 @@ def _read_yaml_mapping(path: Path | str) -> dict[str, Any]:
     """A user's YAML file, which must exist and hold a mapping (one-line errors otherwise)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"config file {path} does not exist")
+        raise InputError(f"config file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ValueError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+        raise InputError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping")
+        raise InputError(f"config file {path} must hold a mapping")
     return data
 
 
@@ -449,7 +450,7 @@ def _load(cls: type[_C], section: str, source: _C | Path | str | None, overrides
     try:
         return cls.model_validate(merged)
     except ValidationError as exc:
-        raise ValueError(_format_error(exc, section)) from None
+        raise InputError(_format_error(exc, section)) from None
 
 
 def load_simulation_config(source: SimulationConfig | Path | str | None = None,
@@ -480,13 +481,13 @@ def load_foreground_config(source: ForegroundConfig | Path | str | None = None,
     elif source is not None:
         section = _read_yaml_mapping(source).get("foreground")
         if section is not None and not isinstance(section, dict):
-            raise ValueError(f"config file {source}: foreground must be a mapping")
+            raise InputError(f"config file {source}: foreground must be a mapping")
         _deep_update(merged, section or {})
     _deep_update(merged, {k: v for k, v in overrides.items() if v is not None})
     try:
         return ForegroundConfig.model_validate(merged)
     except ValidationError as exc:
-        raise ValueError(_format_error(exc, "foreground")) from None
+        raise InputError(_format_error(exc, "foreground")) from None
 
 
 def simulation_config_from_json(text: str) -> SimulationConfig:

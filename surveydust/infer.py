@@ -40,6 +40,7 @@ from surveydust.bundle import Predictor, load_model, read_meta, richest_bundle, 
 from surveydust.cluster import open_client, worker_resources
 from surveydust.config import CatalogueConfig, load_catalogue_config
 from surveydust.detect import Tile, aperture_photometry, cut_stamps, detect, make_tiles
+from surveydust.errors import InputError
 from surveydust.photoz import HIGH_Z, SYS_ERR, TemplateGrid, fit_photoz, pz_quantiles, template_grid
 from surveydust.posterior import LEVEL_NAMES, LEVELS, NOMINAL_Z, from_network, to_network
 from surveydust.provenance import VERSION
@@ -200,7 +201,7 @@ def _photoz_setup(cfg: CatalogueConfig, data_bands: list[str], spectroscopic: bo
     None without ``cfg.photoz``; a one-line error (or warning) where the selection cannot work."""
     see = sees_break(data_bands)
     if not see and not spectroscopic and not cfg.all_sources:
-        raise ValueError(f"the mosaic's bands with data ({', '.join(data_bands)}) cannot see the Lyman break of "
+        raise InputError(f"the mosaic's bands with data ({', '.join(data_bands)}) cannot see the Lyman break of "
                          f"z = 6-8 galaxies (none bluer than {BREAK_BAND}), so P(z>6) cannot select them: give "
                          "--redshifts or --sources with redshifts for the dust step, or --all-sources to predict "
                          "every source anyway (flagged not_high_z)")
@@ -228,7 +229,7 @@ def _read_tables(sources: Path | str | None, redshifts: Path | str | None, wcs: 
     positions = source_positions(sources, wcs, mosaic, checks.setdefault("sources", {})) \
         if sources is not None else None
     if positions is not None and not len(positions["x"]):
-        raise ValueError("no sources: none of the given positions lies on the mosaic's data")
+        raise InputError("no sources: none of the given positions lies on the mosaic's data")
     z_table = redshift_table(redshifts, checks.setdefault("redshifts", {})) if redshifts is not None else None
     return positions, z_table, checks
 
@@ -279,13 +280,13 @@ def _check_bands(mosaic: Any, metas: list[dict[str, Any]], labels: list[str], cf
     need = {b for m in metas for b in m["bands"]} | (set(cfg.detection_bands) if detecting else set())
     missing = sorted(need - have)
     if missing:
-        raise ValueError(f"the mosaic store has no band(s) {missing} (it has {sorted(have)}); "
+        raise InputError(f"the mosaic store has no band(s) {missing} (it has {sorted(have)}); "
                          "they are needed by the model(s) or the detection image")
     data = set(bands_with_data(mosaic))
     for label, meta in zip(labels, metas):
         empty = sorted(set(meta["bands"]) - data)
         if empty:
-            raise ValueError(f"band(s) {empty} of the mosaic store hold no data (no valid pixel): model {label} "
+            raise InputError(f"band(s) {empty} of the mosaic store hold no data (no valid pixel): model {label} "
                              "needs them; give a model without them, or none (the richest whose bands hold data)")
 
 
@@ -296,7 +297,7 @@ def _detection_bands(cfg: CatalogueConfig, data_bands: list[str]) -> CatalogueCo
         return cfg
     kept = tuple(b for b in cfg.detection_bands if b in data_bands)
     if not kept:
-        raise ValueError(f"no detection band holds data ({', '.join(empty)} have no valid pixel): set "
+        raise InputError(f"no detection band holds data ({', '.join(empty)} have no valid pixel): set "
                          f"detection_bands to bands with data ({', '.join(data_bands) or 'none'})")
     logger.warning("detection band(s) %s hold no data (no valid pixel): detecting on %s", ", ".join(empty),
                    ", ".join(kept))

@@ -17,6 +17,7 @@ from astropy.io import fits
 from scipy.ndimage import gaussian_filter
 from scipy.signal import fftconvolve
 
+from surveydust.errors import InputError
 from surveydust.physics import ab_to_njy
 
 C_AA_PER_S = 2.99792458e18
@@ -57,9 +58,9 @@ def check_bands(bands: Sequence[Any]) -> tuple[str, ...]:
     names = tuple(str(b).strip().upper() for b in bands)
     unknown = [b for b in names if b not in KNOWN_BANDS]
     if unknown:
-        raise ValueError(f"unknown band(s) {unknown}; known: {', '.join(KNOWN_BANDS)}")
+        raise InputError(f"unknown band(s) {unknown}; known: {', '.join(KNOWN_BANDS)}")
     if len(set(names)) != len(names):
-        raise ValueError(f"bands listed twice: {list(names)}")
+        raise InputError(f"bands listed twice: {list(names)}")
     return names
 
 
@@ -98,16 +99,16 @@ def check_redshift_coverage(bands: tuple[str, ...], redshift_range: tuple[float,
     lo, hi = SED_WAVE_RANGE_AA
     zmin, zmax = redshift_range
     if zmin < 0:
-        raise ValueError(f"redshift must be >= 0, got {zmin}")
+        raise InputError(f"redshift must be >= 0, got {zmin}")
     for band in bands:
         bw, bt = bandpass(band)
         inside = bw[bt > 0.01 * bt.max()]
         blue, red = inside.min(), inside.max()
         if red / (1 + zmax) < LYMAN_ALPHA_AA:
-            raise ValueError(
+            raise InputError(
                 f"band {band} lies entirely blueward of Lyman-alpha at z = {zmax}: it would be empty")
         if blue / (1 + zmax) < lo or red / (1 + zmin) > hi:
-            raise ValueError(
+            raise InputError(
                 f"band {band} ({blue / 1e4:.2f}-{red / 1e4:.2f} um) is outside the SED library "
                 f"({lo / 1e4:.2f}-{hi / 1e4:.2f} um rest frame) for redshifts {zmin}-{zmax}")
 
@@ -134,13 +135,13 @@ def fits_psf(path: Path, pixel_scale_arcsec: float, size: int = 41) -> np.ndarra
         data = np.asarray(hdu.data, dtype=np.float64)
         scale = hdu.header.get("PIXELSCL")
     if scale is None:
-        raise ValueError(f"{path}: PSF header has no PIXELSCL (arcsec per pixel)")
+        raise InputError(f"{path}: PSF header has no PIXELSCL (arcsec per pixel)")
     resampled = zoom(data, scale / pixel_scale_arcsec, order=1)
     cy, cx = np.unravel_index(np.argmax(resampled), resampled.shape)
     h = size // 2
     cut = resampled[cy - h:cy + h + 1, cx - h:cx + h + 1]
     if cut.shape != (size, size):
-        raise ValueError(f"{path}: PSF too small for a {size}x{size} kernel")
+        raise InputError(f"{path}: PSF too small for a {size}x{size} kernel")
     return cut / cut.sum()
 
 
@@ -151,7 +152,7 @@ def psf_kernel(band: str, pixel_scale_arcsec: float, psf: str = "moffat",
         return moffat_psf(NIRCAM_BANDS[band][1], pixel_scale_arcsec)
     path = Path(psf_dir) / f"{band.lower()}_psf.fits"
     if not path.is_file():
-        raise ValueError(f"no PSF file for {band}: expected {path}")
+        raise InputError(f"no PSF file for {band}: expected {path}")
     return fits_psf(path, pixel_scale_arcsec)
 
 

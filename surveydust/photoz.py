@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from surveydust.errors import InputError
+
 #: default redshift grid: 0-15 in steps of 0.01
 Z_GRID_STEP = 0.01
 Z_GRID_MAX = 15.0
@@ -108,7 +110,7 @@ class PhotoZResult:
 def default_z_grid(step: float = Z_GRID_STEP, z_max: float = Z_GRID_MAX) -> np.ndarray:
     """Redshift grid 0, step, ..., z_max."""
     if not 0 < step <= z_max:
-        raise ValueError(f"need 0 < step <= z_max, got step={step}, z_max={z_max}")
+        raise InputError(f"need 0 < step <= z_max, got step={step}, z_max={z_max}")
     return np.round(np.arange(0.0, z_max + 0.5 * step, step), 6)
 
 
@@ -158,7 +160,7 @@ def template_grid(bands: tuple[str, ...] | list[str], z_grid: np.ndarray | None 
     in ``bands`` on ``z_grid`` (an evenly spaced grid; default :func:`default_z_grid`). Cached."""
     z = default_z_grid() if z_grid is None else np.asarray(z_grid, float)
     if z.ndim != 1 or len(z) < 2 or z[0] < 0 or not np.allclose(np.diff(z), z[1] - z[0]) or z[1] <= z[0]:
-        raise ValueError("z_grid must be an increasing, evenly spaced 1-D grid of redshifts >= 0")
+        raise InputError("z_grid must be an increasing, evenly spaced 1-D grid of redshifts >= 0")
     return _template_grid_cached(_check_bands(bands), (float(z[0]), float(z[-1]), len(z)))
 
 
@@ -167,11 +169,11 @@ def _check_photometry(flux_njy: Any, err_njy: Any, n_band: int) -> tuple[np.ndar
     flux = np.atleast_2d(np.asarray(flux_njy, dtype=np.float64))
     err = np.atleast_2d(np.asarray(err_njy, dtype=np.float64))
     if flux.ndim != 2 or flux.shape[1] != n_band:
-        raise ValueError(f"flux must have shape (n_sources, {n_band}) for {n_band} bands, got {np.shape(flux_njy)}")
+        raise InputError(f"flux must have shape (n_sources, {n_band}) for {n_band} bands, got {np.shape(flux_njy)}")
     if err.shape != flux.shape:
-        raise ValueError(f"err must have the shape of flux {flux.shape}, got {np.shape(err_njy)}")
+        raise InputError(f"err must have the shape of flux {flux.shape}, got {np.shape(err_njy)}")
     if np.any(err <= 0):
-        raise ValueError("flux errors must be > 0 (use NaN or inf for a band without data)")
+        raise InputError("flux errors must be > 0 (use NaN or inf for a band without data)")
     good = np.isfinite(flux) & np.isfinite(err)
     return np.where(good, flux, 0.0), np.where(good, 1.0 / np.where(good, err, 1.0) ** 2, 0.0)
 
@@ -250,20 +252,20 @@ def fit_photoz(flux_njy: Any, err_njy: Any, bands: tuple[str, ...] | list[str], 
     """
     if templates is not None:
         if tuple(templates.bands) != _check_bands(bands):
-            raise ValueError(f"templates are for bands {list(templates.bands)}, not {list(bands)}")
+            raise InputError(f"templates are for bands {list(templates.bands)}, not {list(bands)}")
         grid, z_grid = templates, templates.z_grid
     else:
         grid = template_grid(bands, z_grid)
     flux, weight = _check_photometry(flux_njy, err_njy, len(grid.bands))
     if not 0 <= sys_err < 1:
-        raise ValueError(f"sys_err must lie in [0, 1), got {sys_err}")
+        raise InputError(f"sys_err must lie in [0, 1), got {sys_err}")
     with np.errstate(divide="ignore"):
         weight = np.where(weight > 0, 1.0 / (1.0 / np.where(weight > 0, weight, 1.0) + (sys_err * flux) ** 2), 0.0)
     z = grid.z_grid if z_grid is None else np.asarray(z_grid, dtype=np.float64)
     if isinstance(prior, str) and prior == "luminosity":
         prior = luminosity_prior(np.where(weight > 0, flux, np.nan), grid.bands, z)
     elif isinstance(prior, str) and prior != "flat":
-        raise ValueError(f"unknown prior {prior!r}; known: luminosity, flat, or an array")
+        raise InputError(f"unknown prior {prior!r}; known: luminosity, flat, or an array")
     prior_arr = _check_prior(None if isinstance(prior, str) else prior, len(flux), len(z))
     n_t = grid.flux.shape[0]
     models = grid.flux.reshape(-1, len(grid.bands)).astype(np.float32)
@@ -297,7 +299,7 @@ def pz_quantiles(pz: Any, z_grid: Any, levels: Any, z_range: tuple[float, float]
     if z_range is not None:
         inside = (z >= z_range[0] - 1e-9) & (z <= z_range[1] + 1e-9)
         if inside.sum() < 2:
-            raise ValueError(f"z_range {z_range} holds fewer than two points of the redshift grid")
+            raise InputError(f"z_range {z_range} holds fewer than two points of the redshift grid")
         p, z = p[:, inside], z[inside]
     cdf = np.concatenate([np.zeros((len(p), 1)), np.cumsum(0.5 * (p[:, 1:] + p[:, :-1]) * np.diff(z), axis=1)],
                          axis=1)
@@ -312,9 +314,9 @@ def _check_prior(prior: np.ndarray | None, n: int, n_z: int) -> np.ndarray:
         return np.ones((n, n_z))
     p = np.asarray(prior, dtype=np.float64)
     if p.shape not in ((n_z,), (n, n_z)):
-        raise ValueError(f"prior must have shape ({n_z},) or ({n}, {n_z}), got {p.shape}")
+        raise InputError(f"prior must have shape ({n_z},) or ({n}, {n_z}), got {p.shape}")
     if np.any(~np.isfinite(p)) or np.any(p < 0) or np.any(p.reshape(-1, n_z).sum(axis=1) <= 0):
-        raise ValueError("prior must be finite, >= 0 and not all zero")
+        raise InputError("prior must be finite, >= 0 and not all zero")
     return np.broadcast_to(p, (n, n_z))
 
 
@@ -481,7 +483,7 @@ class LearnedPhotoZ:
         z = np.asarray(redshift, dtype=np.float64)
         x = colour_features(flux_njy, err_njy)
         if z.shape != (len(x),) or not np.all(np.isfinite(z)) or np.any(z < 0):
-            raise ValueError(f"redshift must be ({len(x)},) finite values >= 0")
+            raise InputError(f"redshift must be ({len(x)},) finite values >= 0")
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=self.n_threads):
@@ -494,7 +496,7 @@ class LearnedPhotoZ:
     def predict(self, flux_njy: Any, err_njy: Any) -> tuple[np.ndarray, np.ndarray]:
         """``(z_phot, P(z > z_threshold))``, each (n,)."""
         if self._reg is None:
-            raise ValueError("LearnedPhotoZ is not trained: call fit first")
+            raise InputError("LearnedPhotoZ is not trained: call fit first")
         _check_photometry(flux_njy, err_njy, len(self.bands))
         from threadpoolctl import threadpool_limits
 
@@ -508,7 +510,7 @@ def photoz_metrics(z_true: Any, z_phot: Any, outlier: float = 0.15) -> dict[str,
     outlier fraction (|dz| > ``outlier``), the bias (median dz) and the count."""
     zt, zp = np.asarray(z_true, float), np.asarray(z_phot, float)
     if zt.shape != zp.shape:
-        raise ValueError(f"z_true and z_phot differ in shape: {zt.shape} vs {zp.shape}")
+        raise InputError(f"z_true and z_phot differ in shape: {zt.shape} vs {zp.shape}")
     if zt.size == 0:
         return {"nmad": float("nan"), "outliers": float("nan"), "bias": float("nan"), "n": 0}
     dz = (zp - zt) / (1.0 + zt)
@@ -521,7 +523,7 @@ def selection_metrics(is_high_z: Any, selected: Any) -> dict[str, float]:
     """Completeness (selected true z > 6 / all true z > 6), purity (true / selected) and counts."""
     truth, sel = np.asarray(is_high_z, bool), np.asarray(selected, bool)
     if truth.shape != sel.shape:
-        raise ValueError(f"is_high_z and selected differ in shape: {truth.shape} vs {sel.shape}")
+        raise InputError(f"is_high_z and selected differ in shape: {truth.shape} vs {sel.shape}")
     hit = int((truth & sel).sum())
     return {"completeness": hit / truth.sum() if truth.any() else float("nan"),
             "purity": hit / sel.sum() if sel.any() else float("nan"),

@@ -11,6 +11,8 @@ from typing import Any
 import extinction
 import numpy as np
 
+from surveydust.errors import InputError
+
 AB_ZEROPOINT_NJY = 3631.0e9
 #: total-to-selective ratio of the local attenuation laws the simulator offers
 #: (salim: the Calzetti value; the slope changes the effective R_V)
@@ -56,7 +58,7 @@ def attenuation_curve(wave_aa: np.ndarray, law: str = "calzetti", delta: float =
         return k(wave) / k(np.array([5500.0]))[0]
     if law == "mw":
         return extinction.fitzpatrick99(wave, 1.0, LAW_R_V["mw"])
-    raise ValueError(f"unknown dust law {law!r}; known: {', '.join(LAW_R_V)}")
+    raise InputError(f"unknown dust law {law!r}; known: {', '.join(LAW_R_V)}")
 
 
 def ab_to_njy(mag: float | np.ndarray) -> float | np.ndarray:

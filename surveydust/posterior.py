@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtri
 
+from surveydust.errors import InputError
+
 #: offset c [mag] of ``ln(x + c)`` for the non-negative targets (about the smallest
 #: A_V, resp. E(B-V), that NIRCam colours of a z ~ 7 galaxy can tell from zero)
 LOG_OFFSETS = {"A_V": 0.05, "EBV": 0.0125}
@@ -75,7 +77,7 @@ def calibrate(truth: Mapping[str, np.ndarray], mean: Mapping[str, np.ndarray],
         r = residual(t, truth[t], mean[t], sigma[t], offsets)
         r = r[np.isfinite(r)]
         if r.size < MIN_CALIBRATION_SAMPLES:
-            raise ValueError(f"only {r.size} calibration samples for {t}: need at least {MIN_CALIBRATION_SAMPLES}")
+            raise InputError(f"only {r.size} calibration samples for {t}: need at least {MIN_CALIBRATION_SAMPLES}")
         out[t] = [float(q) for q in np.quantile(r, LEVELS)]
     return out
 

@@ -22,6 +22,7 @@ import numpy as np
 import xarray as xr
 
 from surveydust.config import TrainingConfig
+from surveydust.errors import InputError
 from surveydust.instrument import circular_aperture
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def crop_centre(images: np.ndarray, crop: int) -> np.ndarray:
     """Centred ``crop`` x ``crop`` cut of ``(..., y, x)`` images."""
     ny, nx = images.shape[-2:]
     if crop > min(ny, nx):
-        raise ValueError(f"crop {crop} is larger than the {ny}x{nx} images")
+        raise InputError(f"crop {crop} is larger than the {ny}x{nx} images")
     y0, x0 = (ny - crop) // 2, (nx - crop) // 2
     return images[..., y0:y0 + crop, x0:x0 + crop]
 
@@ -87,7 +88,7 @@ def aux_features(log_flux: np.ndarray, redshift: np.ndarray | None = None) -> np
     n = log_flux.size
     z = np.full(n, np.nan) if redshift is None else np.asarray(redshift, dtype=np.float64).reshape(-1)
     if z.size != n:
-        raise ValueError(f"got {z.size} redshifts for {n} images")
+        raise InputError(f"got {z.size} redshifts for {n} images")
     known = np.isfinite(z)
     return np.column_stack([log_flux, np.where(known, z - REDSHIFT_CENTRE, 0.0), known]).astype(np.float32)
 
@@ -109,10 +110,10 @@ def select_samples(ds: xr.Dataset, cfg: TrainingConfig) -> np.ndarray:
     """Indices of samples that pass the SNR cut and hold no NaN pixel in the bands."""
     missing = [b for b in (*cfg.bands, cfg.snr_band) if b not in ds["band"].values]
     if missing:
-        raise ValueError(f"store has no band(s) {missing}; it has {[str(b) for b in ds['band'].values]}")
+        raise InputError(f"store has no band(s) {missing}; it has {[str(b) for b in ds['band'].values]}")
     lacking = [t for t in cfg.targets if t not in ds]
     if lacking:
-        raise ValueError(f"store has no label(s) {lacking}")
+        raise InputError(f"store has no label(s) {lacking}")
     snr = ds["snr"].sel(band=cfg.snr_band).values
     labels_ok = np.all([np.isfinite(ds[t].values) for t in cfg.targets], axis=0)
     finite = np.isfinite(ds["image"].sel(band=list(cfg.bands))).all(("band", "y", "x")).values
@@ -143,7 +144,7 @@ def split_by_galaxy(galaxy_id: np.ndarray, selected: np.ndarray, cfg: TrainingCo
     n_val = round(cfg.validation_fraction * (gids.size - n_test))
     n_cal = round(cfg.calibration_fraction * (gids.size - n_test))
     if min(n_test, n_val, n_cal, gids.size - n_test - n_val - n_cal) < MIN_GALAXIES_PER_SPLIT:
-        raise ValueError(f"only {gids.size} galaxies pass the selection: too few for a "
+        raise InputError(f"only {gids.size} galaxies pass the selection: too few for a "
                          f"{cfg.test_fraction:.0%} test / {cfg.validation_fraction:.0%} validation / "
                          f"{cfg.calibration_fraction:.0%} calibration split "
                          f"(need >= {MIN_GALAXIES_PER_SPLIT} galaxies in each part); simulate more galaxies")

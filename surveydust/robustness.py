@@ -18,6 +18,7 @@ import numpy as np
 
 from surveydust.bundle import Predictor
 from surveydust.config import load_catalogue_config
+from surveydust.errors import InputError
 from surveydust.evaluation.heldout import image_blocks
 from surveydust.evaluation.metrics import percentile_array, residual_metrics
 from surveydust.stores.training import open_training_store
@@ -47,11 +48,11 @@ SHIFTS: dict[str, dict[str, Any]] = {
 def shift_settings(name: str, psf_dir: Path | None = None) -> dict[str, Any]:
     """Simulation settings of shift ``name`` (see :data:`SHIFTS`); ``webbpsf`` needs ``psf_dir``."""
     if name not in SHIFTS:
-        raise ValueError(f"unknown shift {name!r}; known: {', '.join(SHIFTS)}")
+        raise InputError(f"unknown shift {name!r}; known: {', '.join(SHIFTS)}")
     settings = dict(SHIFTS[name])
     if settings.get("psf") == "fits":
         if psf_dir is None:
-            raise ValueError(f"shift {name!r} needs the WebbPSF folder (psf_dir)")
+            raise InputError(f"shift {name!r} needs the WebbPSF folder (psf_dir)")
         settings["psf_dir"] = str(psf_dir)
     return settings
 

@@ -25,6 +25,7 @@ from typing import Any, Self
 
 import numpy as np
 
+from surveydust.errors import InputError
 from surveydust.stores.base import write_atomically
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class OutputLock:
             except FileExistsError:
                 holder = self._holder()
                 if holder is not None:
-                    raise ValueError(f"another surveydust run (pid {holder['pid']} on {holder['host']}) is "
+                    raise InputError(f"another surveydust run (pid {holder['pid']} on {holder['host']}) is "
                                      f"writing {self.path.name.removeprefix('.').removesuffix('.lock')}; "
                                      f"wait for it, or delete {self.path} if that run is dead") from None
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
@@ -74,7 +75,7 @@ class OutputLock:
                 json.dump(me, f)
             self.held = True
             return self
-        raise ValueError(f"cannot take the lock {self.path}")
+        raise InputError(f"cannot take the lock {self.path}")
 
     def _holder(self) -> dict[str, Any] | None:
         """The live holder of the lock, or None when the lock is stale or unreadable."""

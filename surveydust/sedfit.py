@@ -70,6 +70,7 @@ import numpy as np
 import xarray as xr
 
 from surveydust.cluster import open_client
+from surveydust.errors import InputError
 from surveydust.instrument import NIRCAM_BANDS, bandpass
 from surveydust.provenance import VERSION
 from surveydust.quantities import UNITS as QUANTITY_UNITS
@@ -157,7 +158,7 @@ def age_of_universe_gyr(redshift: float) -> float:
 def av_prior_setting(name: str) -> tuple[tuple[float, float], str]:
     """The A_V range [mag] and Bagpipes prior kind of ``AV_PRIORS[name]``; a clear error for other names."""
     if name not in AV_PRIORS:
-        raise ValueError(f"av_prior must be one of {', '.join(AV_PRIORS)}, got {name!r}")
+        raise InputError(f"av_prior must be one of {', '.join(AV_PRIORS)}, got {name!r}")
     return AV_PRIORS[name]
 
 
@@ -310,11 +311,11 @@ def fit_sed(
     """
     bagpipes = import_bagpipes()  # once here, before the workers do (they race on the first import)
     if isinstance(n_live, bool) or not isinstance(n_live, int) or n_live < 10:
-        raise ValueError(f"n_live must be an integer >= 10, got {n_live!r}")
+        raise InputError(f"n_live must be an integer >= 10, got {n_live!r}")
     av_prior_setting(av_prior)
     max_z = float(bagpipes.config.max_redshift)
     if not 0 < default_redshift <= max_z:
-        raise ValueError(f"default_redshift must be in (0, {max_z:g}] (Bagpipes' range), got {default_redshift}")
+        raise InputError(f"default_redshift must be in (0, {max_z:g}] (Bagpipes' range), got {default_redshift}")
     if isinstance(catalogue, xr.Dataset):
         cat, source_path = catalogue.copy(), None
     else:
@@ -327,7 +328,7 @@ def fit_sed(
         check_output_path(out_path, overwrite, "catalogue")
     curves = filter_curves([str(b) for b in cat["band"].values])
     if not curves:
-        raise ValueError("no band of the catalogue has a filter curve for Bagpipes")
+        raise InputError("no band of the catalogue has a filter curve for Bagpipes")
     settings = {"n_live": n_live, "default_redshift": default_redshift, "error_floor": ERROR_FLOOR,
                 "av_prior": av_prior, "bands": list(curves),
                 "instructions_at_z7": repr(fit_instructions(7.0, av_prior)),
@@ -371,7 +372,7 @@ def _check_same_settings(old: dict[str, Any], new: dict[str, Any]) -> None:
                if old.get(k) != new[k]]
     if changed:
         was = ", ".join(f"{k} {old.get(k)!r}" for k in changed)
-        raise ValueError(f"the catalogue has SED results made with other settings ({was}); "
+        raise InputError(f"the catalogue has SED results made with other settings ({was}); "
                          "pass overwrite to fit every source again with the new ones")
 
 
@@ -387,7 +388,7 @@ def _selection(cat: xr.Dataset, sources: Any) -> np.ndarray:
         return keep
     index = np.unique(np.atleast_1d(np.asarray(sources)))
     if index.size and (index.dtype.kind not in "iu" or index.min() < 0 or index.max() >= n):
-        raise ValueError(f"sources must be row indices 0..{n - 1} of the catalogue, got {sources!r}")
+        raise InputError(f"sources must be row indices 0..{n - 1} of the catalogue, got {sources!r}")
     return index.astype(int)
 
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from surveydust.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 RA_NAMES = ("ra", "ra_deg", "raj2000", "alpha_j2000")
@@ -80,11 +82,11 @@ def check_redshifts(z: np.ndarray | float | None, n: int) -> np.ndarray:
     try:
         z = np.broadcast_to(np.asarray(z, dtype=np.float64), (n,)).copy()
     except ValueError:
-        raise ValueError(f"got {np.size(z)} redshifts for {n} images") from None
+        raise InputError(f"got {np.size(z)} redshifts for {n} images") from None
     bad = impossible_redshifts(z)
     if bad.any():
         shown = ", ".join(f"{v:g}" for v in np.unique(z[bad])[:5])
-        raise ValueError(f"redshift must be NaN (unknown) or in ({PHYSICAL_Z[0]:g}, {PHYSICAL_Z[1]:g}]; got "
+        raise InputError(f"redshift must be NaN (unknown) or in ({PHYSICAL_Z[0]:g}, {PHYSICAL_Z[1]:g}]; got "
                          f"{shown} ({int(bad.sum())} of {n} values)")
     return z
 
@@ -117,7 +119,7 @@ def read_table(path: Path | str, what: str) -> Any:
     try:
         return Table.read(path, format="ascii.csv" if path.suffix.lower() == ".csv" else None)
     except Exception as exc:  # noqa: BLE001 (astropy raises many types for unreadable tables)
-        raise ValueError(f"cannot read {what} file {path}: {exc}".splitlines()[0]) from None
+        raise InputError(f"cannot read {what} file {path}: {exc}".splitlines()[0]) from None
 
 
 def column_name(table: Any, names: tuple[str, ...], what: str, required: bool = True) -> str | None:
@@ -128,7 +130,7 @@ def column_name(table: Any, names: tuple[str, ...], what: str, required: bool = 
         if name in lower:
             return lower[name]
     if required:
-        raise ValueError(f"the table has no {what} column (looked for {', '.join(names)}; "
+        raise InputError(f"the table has no {what} column (looked for {', '.join(names)}; "
                          f"it has {', '.join(table.colnames[:12])})")
     return None
 
@@ -141,7 +143,7 @@ def float_column(table: Any, names: tuple[str, ...], what: str, required: bool =
     try:
         return np.ma.filled(np.ma.asarray(table[name]).astype(float), np.nan)
     except (TypeError, ValueError):
-        raise ValueError(f"the {what} column {name!r} is not numeric") from None
+        raise InputError(f"the {what} column {name!r} is not numeric") from None
 
 
 def source_positions(sources: Path | str, wcs: Any, mosaic: Any,
@@ -219,7 +221,7 @@ def redshift_table(path: Path | str, counts: dict[str, int] | None = None) -> di
     if counts is not None:
         counts.update(found)
     if not good.any():
-        raise ValueError(f"redshifts file {path} has no row with a finite RA, Dec and redshift (RA in [0, 360), "
+        raise InputError(f"redshifts file {path} has no row with a finite RA, Dec and redshift (RA in [0, 360), "
                          f"|Dec| <= 90 deg, z in ({PHYSICAL_Z[0]:g}, {PHYSICAL_Z[1]:g}])")
     return {k: v[good] for k, v in cols.items()}
 

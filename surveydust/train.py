@@ -41,6 +41,7 @@ from surveydust.bundle import (
 )
 from surveydust.cluster import open_client, worker_resources
 from surveydust.config import AugmentConfig, TrainingConfig, load_training_config
+from surveydust.errors import InputError
 from surveydust.posterior import MIN_CALIBRATION_SAMPLES, calibrate, describe, log_offsets, to_network
 from surveydust.preprocess import Split, crop_centre, network_inputs, select_samples, split_by_galaxy
 from surveydust.provenance import VERSION
@@ -125,7 +126,7 @@ def prepare_training(store: Path | str, cfg: TrainingConfig) -> tuple[Split, dic
     selected = select_samples(ds, cfg)
     split = split_by_galaxy(ds["galaxy_id"].values, selected, cfg)
     if cfg.loss == "gaussian_nll" and split.calibration.size < MIN_CALIBRATION_SAMPLES:
-        raise ValueError(f"only {split.calibration.size} calibration samples ({split.calibration_galaxies.size} "
+        raise InputError(f"only {split.calibration.size} calibration samples ({split.calibration_galaxies.size} "
                          f"galaxies, calibration_fraction {cfg.calibration_fraction:g}): need at least "
                          f"{MIN_CALIBRATION_SAMPLES}; raise calibration_fraction or simulate more galaxies")
     meta = {
@@ -454,10 +455,10 @@ def refit_ood(bundle: Path | str, out: Path | str, store: Path | str | None = No
     bundle = Path(bundle)
     meta = read_meta(bundle)
     if meta.get("ensemble"):
-        raise ValueError(f"{bundle} is an ensemble: its members' features are not outputs of the mixture")
+        raise InputError(f"{bundle} is an ensemble: its members' features are not outputs of the mixture")
     store = Path(store or meta["training_store"]["path"])
     if open_training_store(store).attrs.get("store_id") != meta["training_store"]["store_id"]:
-        raise ValueError(f"{store} is not the training store of {bundle} (store_id differs)")
+        raise InputError(f"{store} is not the training store of {bundle} (store_id differs)")
     out = check_output_path(out, overwrite, "bundle", inputs=[bundle, store])
     cfg = load_training_config(**meta["training_config"])
     split, _ = prepare_training(store, cfg)
@@ -508,10 +509,10 @@ def write_ensemble(members: Sequence[str], store: str | None, out: str) -> str:
     cfg = load_training_config(**first["training_config"])
     split, found = prepare_training(store, cfg)
     if found["training_store"]["store_id"] != first["training_store"]["store_id"]:
-        raise ValueError(f"{store} is not the training store of these bundles (store id "
+        raise InputError(f"{store} is not the training store of these bundles (store id "
                          f"{found['training_store']['store_id']}, theirs {first['training_store']['store_id']})")
     if not np.array_equal(split.calibration_galaxies, first["split"]["calibration_galaxies"]):
-        raise ValueError(f"the split of {store} under these bundles' settings no longer gives their "
+        raise InputError(f"the split of {store} under these bundles' settings no longer gives their "
                          "calibration galaxies (settings changed since they were trained)")
     scaling = first["target_scaling"]
     mean = np.array([scaling[t][0] for t in cfg.targets])

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from surveydust.errors import InputError
+
 __all__ = [
     "HOG_CELL",
     "HOG_ORIENTATIONS",
@@ -91,7 +93,7 @@ def apply_transform(image: np.ndarray, code: int) -> np.ndarray:
         For a code not in :data:`TRANSFORMS`.
     """
     if code not in TRANSFORMS:
-        raise ValueError(f"unknown transform code {code}; known: {sorted(TRANSFORMS)}")
+        raise InputError(f"unknown transform code {code}; known: {sorted(TRANSFORMS)}")
     if code >= 4:
         image = image[..., ::-1]
     return np.rot90(image, code % 4, axes=(-2, -1))

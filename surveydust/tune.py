@@ -56,6 +56,7 @@ from surveydust.config import (
     load_training_config,
     load_tuning_config,
 )
+from surveydust.errors import InputError
 from surveydust.preprocess import Split
 from surveydust.stores.base import replace_atomically
 from surveydust.stores.training import open_training_store
@@ -144,11 +145,11 @@ def _check_study_folder(out: Path, tuning: TuningConfig, cfg: TrainingConfig, st
         for key, what in (("search_space", "search space"), ("training", "training settings"),
                           ("store_id", "training store")):
             if known.get(key) != identity[key]:
-                raise ValueError(f"study folder {out} was made with another {what}; "
+                raise InputError(f"study folder {out} was made with another {what}; "
                                  "use a new --out, or the same settings to resume it")
         return
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out} exists and is not a surveydust study folder; choose another --out")
+        raise InputError(f"{out} exists and is not a surveydust study folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(identity, indent=2))
 

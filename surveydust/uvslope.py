@@ -19,6 +19,7 @@ from functools import cache
 
 import numpy as np
 
+from surveydust.errors import InputError
 from surveydust.instrument import KNOWN_BANDS, LYMAN_ALPHA_AA, bandpass
 from surveydust.physics import attenuation_curve
 from surveydust.sources import PHYSICAL_Z, physical_redshifts
@@ -42,7 +43,7 @@ def uv_bands(bands: list[str], redshift: float) -> list[str]:
     """The bands of ``bands`` that sample the rest-frame UV continuum at ``redshift``; a redshift
     that is not physical (:func:`surveydust.sources.physical_redshifts`) is a ValueError."""
     if not physical_redshifts(redshift):
-        raise ValueError(f"redshift must be finite and in ({PHYSICAL_Z[0]:g}, {PHYSICAL_Z[1]:g}], got {redshift}")
+        raise InputError(f"redshift must be finite and in ({PHYSICAL_Z[0]:g}, {PHYSICAL_Z[1]:g}], got {redshift}")
     out = []
     for band in bands:
         if band not in KNOWN_BANDS:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from surveydust.errors import InputError
+
 if TYPE_CHECKING:
     import xarray as xr
 
@@ -114,7 +116,7 @@ def evaluate(bundles: Sequence[Path | str], store: Path | str, out: Path | str, 
     from surveydust.stores.training import open_training_store
 
     if not bundles:
-        raise ValueError("no model bundles to evaluate")
+        raise InputError("no model bundles to evaluate")
     block_samples = BLOCK_SAMPLES if block_samples is None else block_samples
     inputs = [*bundles, store]
     out = check_output_folder(out, FIXED_OUTPUTS, overwrite, OUTPUT_KIND, inputs=inputs)

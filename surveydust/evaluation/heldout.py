@@ -20,6 +20,7 @@ import xarray as xr
 
 from surveydust.bundle import Predictor
 from surveydust.config import TrainingConfig, load_training_config
+from surveydust.errors import InputError
 from surveydust.posterior import LEVEL_NAMES
 from surveydust.preprocess import select_samples
 from surveydust.quantities import PREDICTED, SCORED, r_v
@@ -94,7 +95,7 @@ def _check_bands(ds: xr.Dataset, p: Predictor, store: Path) -> None:
     have = [str(b) for b in ds["band"].values]
     missing = [b for b in p.bands if b not in have]
     if missing:
-        raise ValueError(f"bundle {p.path} needs band(s) {missing}, which store {store} lacks "
+        raise InputError(f"bundle {p.path} needs band(s) {missing}, which store {store} lacks "
                          f"(it has {have})")
 
 
@@ -175,7 +176,7 @@ def held_out(ds: xr.Dataset, plan: Plan) -> tuple[np.ndarray, np.ndarray | None]
         gid = ds["galaxy_id"].values[plan.selected]
         idx = plan.selected[np.isin(gid, plan.split["test_galaxies"])]
     if idx.size == 0:
-        raise ValueError(f"no held-out samples for {plan.name} ({plan.predictor.path}): none of its "
+        raise InputError(f"no held-out samples for {plan.name} ({plan.predictor.path}): none of its "
                          f"test galaxies pass its selection in this store")
     return idx, transforms
 

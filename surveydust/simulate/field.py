@@ -47,6 +47,7 @@ from astropy.wcs import WCS
 from scipy.ndimage import distance_transform_edt
 
 from surveydust.config import ForegroundConfig, SimulationConfig, load_foreground_config, load_simulation_config
+from surveydust.errors import InputError
 from surveydust.instrument import LYMAN_ALPHA_AA, bandpass, check_bands
 from surveydust.physics import kpc_per_arcsec, mjy_per_sr_to_njy, pixel_area_sr
 from surveydust.provenance import VERSION
@@ -153,7 +154,7 @@ def _place(n: int, allowed: np.ndarray, tile_pix: int, n_straddle: int,
             xy.append((x, y))
             break
         else:
-            raise ValueError(f"cannot place {n} galaxies at least {MIN_SEPARATION_PIX:g} px apart "
+            raise InputError(f"cannot place {n} galaxies at least {MIN_SEPARATION_PIX:g} px apart "
                              f"and {EDGE_MARGIN_PIX:g} px from the data edge of a {nx}x{ny} field; "
                              "ask for fewer galaxies or a larger field")
     placed = np.asarray(xy, float).reshape(-1, 2)
@@ -225,7 +226,7 @@ def _field_configs(config: SimulationConfig | Path | str | None, bands: list[str
     if isinstance(render.depth, dict):
         missing = [b for b in names if b not in render.depth]
         if missing:
-            raise ValueError(f"depth gives no 5-sigma magnitude for band(s) {missing}")
+            raise InputError(f"depth gives no 5-sigma magnitude for band(s) {missing}")
     return cfg, render
 
 
@@ -307,11 +308,11 @@ class FieldLayout:
 
     def __post_init__(self) -> None:
         if self.border_pix < 0 or self.tile_pix < 1 or self.n_straddle < 0:
-            raise ValueError("border_pix and n_straddle must be >= 0 and tile_pix >= 1")
+            raise InputError("border_pix and n_straddle must be >= 0 and tile_pix >= 1")
         if not (0 <= self.noise_variation < 1 and 0 <= self.corner_cut < 1):
-            raise ValueError("noise_variation and corner_cut must lie in [0, 1)")
+            raise InputError("noise_variation and corner_cut must lie in [0, 1)")
         if min(self.shape) <= 2 * self.border_pix + 2 * EDGE_MARGIN_PIX:
-            raise ValueError(f"field shape {self.shape} leaves no room inside a {self.border_pix} px border")
+            raise InputError(f"field shape {self.shape} leaves no room inside a {self.border_pix} px border")
 
 
 @dataclass(frozen=True)

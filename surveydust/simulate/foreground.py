@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from surveydust.config import FOREGROUND_KINDS, ForegroundConfig, SimulationConfig
+from surveydust.errors import InputError
 from surveydust.instrument import band_weights
 from surveydust.physics import ab_to_njy, attenuation_curve
 from surveydust.simulate.imaging import igm_transmission
@@ -352,7 +353,7 @@ def draw_foreground(rng: np.random.Generator, cfg: ForegroundConfig, bands: tupl
     with_mass : derive stellar masses and SFRs (see :func:`draw_source`).
     """
     if area_arcmin2 < 0:
-        raise ValueError(f"area_arcmin2 must be >= 0, got {area_arcmin2}")
+        raise InputError(f"area_arcmin2 must be >= 0, got {area_arcmin2}")
     sources: list[SourceDraw] = []
     for kind, mean in expected_counts(cfg, area_arcmin2).items():
         kcfg = cfg.kinds[kind]
@@ -474,7 +475,7 @@ def draw_sky_mix(n: int, bands: tuple[str, ...] | list[str], *, seed: int = 0,
     from surveydust.config import load_foreground_config, load_simulation_config
 
     if n < 1 or not 0 <= high_z_fraction <= 1:
-        raise ValueError("n must be >= 1 and high_z_fraction in [0, 1]")
+        raise InputError("n must be >= 1 and high_z_fraction in [0, 1]")
     cfg = config if config is not None else load_foreground_config()
     sim = simulation if simulation is not None else load_simulation_config(**sim_overrides)
     bands = tuple(bands)

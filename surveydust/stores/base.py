@@ -35,6 +35,7 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec
 
+from surveydust.errors import InputError
 from surveydust.provenance import VERSION, sha256
 
 logger = logging.getLogger(__name__)
@@ -160,14 +161,14 @@ def _check_location(path: Path, inputs: list[Path]) -> None:
     real = path.resolve()
     for p in inputs:
         if real == p:
-            raise ValueError(f"{path} is an input of this run: a run never writes over its own inputs; "
+            raise InputError(f"{path} is an input of this run: a run never writes over its own inputs; "
                              "choose another output")
         if p in real.parents:
-            raise ValueError(f"{path} lies inside {p}, an input of this run: choose an output outside it")
+            raise InputError(f"{path} lies inside {p}, an input of this run: choose an output outside it")
     for parent in real.parents:
         found = existing_kind(parent)
         if found is not None:
-            raise ValueError(f"{path} lies inside the surveydust {_noun(found, parent)} {parent}: write "
+            raise InputError(f"{path} lies inside the surveydust {_noun(found, parent)} {parent}: write "
                              "outputs outside surveydust stores and bundles")
 
 
@@ -175,7 +176,7 @@ def _make_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ValueError(f"cannot create output folder {folder}: {exc.strerror}") from None
+        raise InputError(f"cannot create output folder {folder}: {exc.strerror}") from None
 
 
 def write_store_atomically(
@@ -311,15 +312,15 @@ def open_complete_store(path: Path | str, store_kind: str, what: str, **open_kwa
             warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
             ds = xr.open_zarr(path, **open_kwargs)
     except Exception as exc:  # noqa: BLE001 (zarr raises several types for non-stores)
-        raise ValueError(f"{path} is not a readable Zarr store ({type(exc).__name__})") from None
+        raise InputError(f"{path} is not a readable Zarr store ({type(exc).__name__})") from None
     if ds.attrs.get("store_kind") != store_kind:
-        raise ValueError(f"{path} is not a surveydust {what} (store_kind={ds.attrs.get('store_kind')!r})")
+        raise InputError(f"{path} is not a surveydust {what} (store_kind={ds.attrs.get('store_kind')!r})")
     if not ds.attrs.get("complete", False):
-        raise ValueError(f"{what} {path} is incomplete (an interrupted write?)")
+        raise InputError(f"{what} {path} is incomplete (an interrupted write?)")
     found = chunk_counts(path)
     for name, n in (ds.attrs.get("chunk_counts") or {}).items():
         if found.get(name, 0) < n:
-            raise ValueError(f"{what} {path} is damaged: array {name!r} has {found.get(name, 0)} of its {n} chunk "
+            raise InputError(f"{what} {path} is damaged: array {name!r} has {found.get(name, 0)} of its {n} chunk "
                              "files (deleted or lost); write it again")
     return ds
 
@@ -358,7 +359,7 @@ def write_output_table(table: Any, path: Path | str, kind: str, *, with_csv: boo
     path = Path(path)
     fmt = _TABLE_FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise ValueError(f"{path.name}: marked tables are .fits or .ecsv files")
+        raise InputError(f"{path.name}: marked tables are .fits or .ecsv files")
     table = table.copy(copy_data=False)
     marks = {FITS_OUTPUT_KEY if fmt == "fits" else OUTPUT_KEY: kind}
     if with_csv:

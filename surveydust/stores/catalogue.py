@@ -26,6 +26,7 @@ import numpy as np
 import xarray as xr
 
 from surveydust.detect import FLAG_DESCRIPTIONS, FLAGS  # the catalogue's ``flag`` bits (re-exported here)
+from surveydust.errors import InputError
 from surveydust.quantities import UNITS as QUANTITY_UNITS
 from surveydust.quantities import quantity
 from surveydust.stores.base import check_output_path, open_complete_store, write_output_table, write_store_atomically
@@ -69,7 +70,7 @@ def check_outputs(out: Path | str | None, export_to: Path | str | None, overwrit
     if export_to is not None:
         export_to = check_output_path(export_to, overwrite, STORE_KIND, inputs=inputs)
         if out is not None and export_to.resolve() == out.resolve():
-            raise ValueError(f"the catalogue store and its export would both be {export_to}: give the store "
+            raise InputError(f"the catalogue store and its export would both be {export_to}: give the store "
                              "a .zarr name")
     return out, export_to
 
@@ -77,7 +78,7 @@ def check_outputs(out: Path | str | None, export_to: Path | str | None, overwrit
 def _export_path(path: Path | str) -> Path:
     path = Path(path)
     if path.suffix.lower() not in EXPORT_SUFFIXES:
-        raise ValueError(f"export format of {path.name}: use a .fits or .ecsv file name")
+        raise InputError(f"export format of {path.name}: use a .fits or .ecsv file name")
     return path
 
 

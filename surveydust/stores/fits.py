@@ -31,6 +31,7 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_area, proj_plane_pixel_scales
 
+from surveydust.errors import InputError
 from surveydust.instrument import KNOWN_BANDS, check_bands
 from surveydust.physics import njy_per_pixel_factor, pixel_area_sr
 
@@ -145,11 +146,11 @@ def flux_to_njy_factor(bunit: Any, area_sr: float, *, file: str, hdu: int | None
     text = "" if bunit is None else str(bunit).strip()
     if not text:
         at = f" (HDU {hdu})" if hdu is not None else ""
-        raise ValueError(f"{where}{file}{at} has no BUNIT; {expected}")
+        raise InputError(f"{where}{file}{at} has no BUNIT; {expected}")
     unit = parse_flux_unit(text)
     factor = njy_per_pixel_factor(unit, area_sr) if unit is not None else None
     if factor is None:
-        raise ValueError(f"{where}BUNIT {text!r} of {file} is not supported: it is neither a surface brightness "
+        raise InputError(f"{where}BUNIT {text!r} of {file} is not supported: it is neither a surface brightness "
                          f"(MJy/sr) nor a flux per pixel (nJy); {expected}")
     return factor
 
@@ -186,7 +187,7 @@ def resolve_bands(bands: Mapping[str, Any]) -> list[BandSource]:
         weight image off the science image's grid, a truncated file; one line each.
     """
     if not isinstance(bands, Mapping) or not bands:
-        raise ValueError("no bands given: pass {band: FITS path} (CLI: --band F277W=file.fits)")
+        raise InputError("no bands given: pass {band: FITS path} (CLI: --band F277W=file.fits)")
     names = dict(zip(check_bands(list(bands)), bands.values(), strict=True))
     sources = [_resolve_band(name, names[name]) for name in KNOWN_BANDS if name in names]
     _refuse_shared_files(sources)
@@ -200,7 +201,7 @@ def _refuse_shared_files(sources: Sequence[BandSource]) -> None:
         st = os.stat(s.sci.path)
         band = owner.setdefault((st.st_dev, st.st_ino), s.band)
         if band != s.band:
-            raise ValueError(f"bands {band} and {s.band} are given the same file {Path(s.sci.path).name}: "
+            raise InputError(f"bands {band} and {s.band} are given the same file {Path(s.sci.path).name}: "
                              "give each band its own mosaic")
 
 
@@ -217,16 +218,16 @@ def _resolve_band(band: str, spec: Any) -> BandSource:
     if isinstance(spec, Mapping):
         unknown = sorted(set(map(str, spec)) - set(ROLES))
         if unknown:
-            raise ValueError(f"{band}: unknown key(s) {', '.join(unknown)}; expected sci, err, wht")
+            raise InputError(f"{band}: unknown key(s) {', '.join(unknown)}; expected sci, err, wht")
         if spec.get("sci") is None:
-            raise ValueError(f"{band}: no sci file given")
+            raise InputError(f"{band}: no sci file given")
         files = {role: _existing(band, role, spec.get(role)) for role in ROLES}
         located = {role: _locate_image(band, role, path) if path else None for role, path in files.items()}
     elif isinstance(spec, (str, os.PathLike)):
         path = _existing(band, "mosaic", spec)
         located = _locate_extensions(band, path)
     else:
-        raise ValueError(f"{band}: expected a FITS path or {{'sci': ..., 'err': ..., 'wht': ...}}, "
+        raise InputError(f"{band}: expected a FITS path or {{'sci': ..., 'err': ..., 'wht': ...}}, "
                          f"got {type(spec).__name__}")
     return _band_source(band, located)
 
@@ -246,7 +247,7 @@ def _open(band: str, path: Path) -> fits.HDUList:
             warnings.filterwarnings("ignore", message="File may have been truncated")
             return fits.open(path, memmap=True, lazy_load_hdus=False)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{band}: {path.name} is not a readable FITS file ({exc})") from None
+        raise InputError(f"{band}: {path.name} is not a readable FITS file ({exc})") from None
 
 
 def _has_image(hdu: Any) -> bool:
@@ -287,10 +288,10 @@ def _locate_extensions(band: str, path: Path) -> dict[str, _Located | None]:
         if found["sci"] is None:
             if found["err"] is not None or found["wht"] is not None:
                 listed = ", ".join(n or str(i) for i, n in enumerate(names))
-                raise ValueError(f"{band}: {path.name} has no SCI extension (extensions: {listed})")
+                raise InputError(f"{band}: {path.name} has no SCI extension (extensions: {listed})")
             images = [i for i, h in enumerate(hdul) if _has_image(h)]
             if not images:
-                raise ValueError(f"{band}: {path.name} has no SCI extension and no image data")
+                raise InputError(f"{band}: {path.name} has no SCI extension and no image data")
             found["sci"] = images[0]
         return {role: _located(path, hdul, i) if i is not None else None for role, i in found.items()}
 
@@ -303,7 +304,7 @@ def _locate_image(band: str, role: str, path: Path) -> _Located:
             return _located(path, hdul, names.index(role.upper()))
         images = [i for i, h in enumerate(hdul) if _has_image(h)]
         if not images:
-            raise ValueError(f"{band}: {role} file {path.name} has no image data")
+            raise InputError(f"{band}: {role} file {path.name} has no image data")
         return _located(path, hdul, images[0])
 
 
@@ -315,10 +316,10 @@ def _band_source(band: str, located: Mapping[str, _Located | None]) -> BandSourc
     sci = located["sci"]
     assert sci is not None
     if len(sci.shape) != 2:
-        raise ValueError(f"{band}: science image in {sci.path.name} is not 2-D (shape {sci.shape})")
+        raise InputError(f"{band}: science image in {sci.path.name} is not 2-D (shape {sci.shape})")
     wcs = _celestial_wcs(band, sci)
     if wcs is None:
-        raise ValueError(f"{band}: {sci.path.name} (HDU {sci.index}) has no celestial WCS (CTYPE RA---/DEC--)")
+        raise InputError(f"{band}: {sci.path.name} (HDU {sci.index}) has no celestial WCS (CTYPE RA---/DEC--)")
     _warn_filter_mismatch(band, sci)
     bunit = _keyword(sci, "BUNIT")
     pixar = _keyword(sci, "PIXAR_SR")
@@ -331,13 +332,13 @@ def _band_source(band: str, located: Mapping[str, _Located | None]) -> BandSourc
             planes[role] = None
             continue
         if loc.shape != sci.shape:
-            raise ValueError(f"{band}: {role} image {loc.path.name} has shape {_fmt_shape(loc.shape)}, "
+            raise InputError(f"{band}: {role} image {loc.path.name} has shape {_fmt_shape(loc.shape)}, "
                              f"science image {_fmt_shape(sci.shape)}")
         other = _celestial_wcs(band, loc)
         if other is not None:
             offset = grid_offset_pix(wcs, other, sci.shape)
             if offset > GRID_TOLERANCE_PIX:
-                raise ValueError(f"{band}: {role} image {loc.path.name} is not on the science image's pixel "
+                raise InputError(f"{band}: {role} image {loc.path.name} is not on the science image's pixel "
                                  f"grid (WCS differ by {offset:.3g} pixels)")
         if role == "err":
             own = _keyword(loc, "BUNIT")
@@ -365,7 +366,7 @@ def _plane(loc: _Located, factor: float) -> Plane:
         need = offset + np.dtype(dtype).itemsize * shape[0] * shape[1]
         size = loc.path.stat().st_size
         if size < need:
-            raise ValueError(f"{loc.path.name} (HDU {loc.index}) is truncated: {size} bytes, "
+            raise InputError(f"{loc.path.name} (HDU {loc.index}) is truncated: {size} bytes, "
                              f"its header needs {need}")
     return Plane(path=str(loc.path), hdu=loc.index, to_njy=float(factor), shape=shape, offset=offset,
                  dtype=dtype)
@@ -381,12 +382,12 @@ def _celestial_wcs(band: str, loc: _Located) -> WCS | None:
         try:
             wcs = WCS(loc.header, naxis=2)
         except Exception as exc:  # noqa: BLE001 (astropy/wcslib raise many types for bad headers)
-            raise ValueError(f"{band}: unreadable WCS in {loc.path.name} ({exc})") from None
+            raise InputError(f"{band}: unreadable WCS in {loc.path.name} ({exc})") from None
     if not wcs.has_celestial or wcs.wcs.lng != 0 or wcs.wcs.lat != 1:
         return None
     ctype = [str(c).upper() for c in list(wcs.wcs.ctype)[:2]]
     if not (ctype[0].startswith("RA") and ctype[1].startswith("DEC")):
-        raise ValueError(f"{band}: {loc.path.name} has a {ctype[0].split('-')[0]}/{ctype[1].split('-')[0]} WCS; "
+        raise InputError(f"{band}: {loc.path.name} has a {ctype[0].split('-')[0]}/{ctype[1].split('-')[0]} WCS; "
                          "catalogues give ICRS ra/dec, so reproject the mosaic to RA/Dec (CTYPE RA---TAN, DEC--TAN)")
     return wcs.celestial
 
@@ -420,12 +421,12 @@ def check_common_grid(sources: Sequence[BandSource]) -> None:
     ref = sources[0]
     for s in sources[1:]:
         if s.shape != ref.shape:
-            raise ValueError(f"bands {ref.band} and {s.band} are not on one pixel grid: shapes "
+            raise InputError(f"bands {ref.band} and {s.band} are not on one pixel grid: shapes "
                              f"{_fmt_shape(ref.shape)} and {_fmt_shape(s.shape)}; reproject them onto a "
                              "common grid first")
         offset = grid_offset_pix(ref.wcs, s.wcs, ref.shape)
         if offset > GRID_TOLERANCE_PIX:
-            raise ValueError(f"bands {ref.band} and {s.band} are not on one pixel grid: their WCS differ by "
+            raise InputError(f"bands {ref.band} and {s.band} are not on one pixel grid: their WCS differ by "
                              f"{offset:.3g} pixels (tolerance {GRID_TOLERANCE_PIX:g}); reproject them onto a "
                              "common grid first")
 
@@ -537,9 +538,9 @@ def header_pixel_scales_arcsec(header: fits.Header, file: str) -> tuple[float, f
     elif "PIXELSCL" in header:
         sx = sy = float(header["PIXELSCL"]) / 3600.0
     else:
-        raise ValueError(f"{file}: no pixel scale in the header (CDELT1/2, CDi_j or PIXELSCL)")
+        raise InputError(f"{file}: no pixel scale in the header (CDELT1/2, CDi_j or PIXELSCL)")
     if not (sx > 0 and sy > 0 and np.isfinite(sx * sy)):
-        raise ValueError(f"{file}: invalid pixel scale {sx * 3600:g} x {sy * 3600:g} arcsec")
+        raise InputError(f"{file}: invalid pixel scale {sx * 3600:g} x {sy * 3600:g} arcsec")
     return float(sx * 3600.0), float(sy * 3600.0)
 
 
@@ -548,7 +549,7 @@ def _cd_matrix_deg(header: fits.Header) -> np.ndarray | None:
     try:
         unit = [u.Unit(str(header.get(f"CUNIT{i}", "deg")).strip() or "deg").to(u.deg) for i in (1, 2)]
     except (ValueError, u.UnitsError):
-        raise ValueError(f"CUNIT1/2 = {header.get('CUNIT1')!r}/{header.get('CUNIT2')!r} is not an angle") from None
+        raise InputError(f"CUNIT1/2 = {header.get('CUNIT1')!r}/{header.get('CUNIT2')!r} is not an angle") from None
     if any(f"CD{i}_{j}" in header for i in (1, 2) for j in (1, 2)):
         cd = np.array([[header.get(f"CD{i}_{j}", 0.0) for j in (1, 2)] for i in (1, 2)], float)
     elif "CDELT1" in header and "CDELT2" in header:

@@ -46,6 +46,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 from dask.base import tokenize
 
 from surveydust.cluster import open_client, run_with_progress
+from surveydust.errors import InputError
 from surveydust.provenance import sha256
 from surveydust.runs import OutputLock
 from surveydust.stores.base import (
@@ -137,7 +138,7 @@ def ingest_mosaic(
     """
     chunk = DEFAULT_CHUNK if chunk is None else chunk
     if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < MIN_CHUNK:
-        raise ValueError(f"chunk must be an integer >= {MIN_CHUNK} pixels, got {chunk!r}")
+        raise InputError(f"chunk must be an integer >= {MIN_CHUNK} pixels, got {chunk!r}")
     chunk = int(chunk)
     inputs = _input_paths(bands)
     out = check_output_path(out, overwrite, STORE_KIND, inputs=inputs)
@@ -197,7 +198,7 @@ def open_mosaic(path: Path | str) -> xr.Dataset:
     ds = open_complete_store(path, STORE_KIND, "mosaic store", chunks={})
     missing = [v for v in ("sci", "err") if v not in ds]
     if missing:
-        raise ValueError(f"mosaic store {path} lacks {', '.join(missing)}")
+        raise InputError(f"mosaic store {path} lacks {', '.join(missing)}")
     return ds
 
 
@@ -231,7 +232,7 @@ class MosaicReader:
             try:
                 out.append(np.asarray(array[:, y0:y1, x0:x1], dtype=np.float32))
             except Exception as exc:  # noqa: BLE001 (codec and I/O errors of a damaged chunk)
-                raise ValueError(f"mosaic store {self.path} is damaged: a chunk of {name!r} in y {y0}:{y1}, "
+                raise InputError(f"mosaic store {self.path} is damaged: a chunk of {name!r} in y {y0}:{y1}, "
                                  f"x {x0}:{x1} cannot be read ({type(exc).__name__}); ingest it again") from None
         return out[0], out[1]
 
@@ -282,7 +283,7 @@ def _refuse_same_data(inputs: Mapping[str, Mapping[str, Any]]) -> None:
         digest = record["sha256"][record["sci"]]
         other, path = seen.setdefault(digest, (band, record["sci"]))
         if other != band:
-            raise ValueError(f"bands {other} and {band} have the same science data ({Path(path).name} and "
+            raise InputError(f"bands {other} and {band} have the same science data ({Path(path).name} and "
                              f"{Path(record['sci']).name}, SHA-256 {digest[:12]}...): one mosaic given twice?")
 
 

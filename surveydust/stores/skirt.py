@@ -64,6 +64,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from surveydust.cluster import open_client, run_with_progress
+from surveydust.errors import InputError
 from surveydust.instrument import KNOWN_BANDS, check_bands
 from surveydust.physics import pixel_area_sr
 from surveydust.provenance import sha256
@@ -125,9 +126,9 @@ def ingest_skirt(
     """
     out = check_output_path(out, overwrite, "training", inputs=[*cubes, properties])
     if not cubes:
-        raise ValueError("no SKIRT cubes given")
+        raise InputError("no SKIRT cubes given")
     if stamp_size < 1 or not pixel_scale_arcsec > 0:
-        raise ValueError(f"stamp_size ({stamp_size}) and pixel_scale_arcsec ({pixel_scale_arcsec}) must be positive")
+        raise InputError(f"stamp_size ({stamp_size}) and pixel_scale_arcsec ({pixel_scale_arcsec}) must be positive")
     infos = [read_cube_info(Path(c)) for c in cubes]
     views = _group_views(infos)
     band_list = _select_bands(views, bands)
@@ -155,14 +156,14 @@ def ingest_skirt(
 def read_cube_info(path: Path) -> CubeInfo:
     """Read and check the header of one SKIRT cube (ValueError when unusable)."""
     if not path.is_file():
-        raise ValueError(f"{path}: no such file")
+        raise InputError(f"{path}: no such file")
     try:
         with fits.open(path) as hdul:
             hdu = hdul[0]
             header = hdu.header.copy()
             info = hdu.fileinfo()
     except (OSError, IndexError) as exc:
-        raise ValueError(f"{path.name}: not a readable FITS file ({exc})") from None
+        raise InputError(f"{path.name}: not a readable FITS file ({exc})") from None
     _check_complete(path, header, info["datLoc"])
     band_names = _band_names(path, header)
     target, inclin, azimuth, z = _view_keys(path, header)
@@ -182,11 +183,11 @@ def read_cube_info(path: Path) -> CubeInfo:
 
 def _check_complete(path: Path, header: fits.Header, data_start: int) -> None:
     if header.get("NAXIS", 0) != 3:
-        raise ValueError(f"{path.name}: expected a 3-D (filter, y, x) cube, got NAXIS={header.get('NAXIS')}")
+        raise InputError(f"{path.name}: expected a 3-D (filter, y, x) cube, got NAXIS={header.get('NAXIS')}")
     nbytes = abs(header["BITPIX"]) // 8 * header["NAXIS1"] * header["NAXIS2"] * header["NAXIS3"]
     size = path.stat().st_size
     if size < data_start + nbytes:
-        raise ValueError(f"{path.name}: truncated FITS file ({size} bytes, data needs {data_start + nbytes})")
+        raise InputError(f"{path.name}: truncated FITS file ({size} bytes, data needs {data_start + nbytes})")
 
 
 def _band_names(path: Path, header: fits.Header) -> tuple[str, ...]:
@@ -195,11 +196,11 @@ def _band_names(path: Path, header: fits.Header) -> tuple[str, ...]:
     while f"EXT{len(names) + 1}" in header:
         names.append(str(header[f"EXT{len(names) + 1}"]).strip().upper())
     if not names:
-        raise ValueError(f"{path.name}: no EXTn filter keywords in the header (EXT1 = filter of plane 1, ...)")
+        raise InputError(f"{path.name}: no EXTn filter keywords in the header (EXT1 = filter of plane 1, ...)")
     if len(names) != header["NAXIS3"]:
-        raise ValueError(f"{path.name}: cube has {header['NAXIS3']} planes but {len(names)} EXTn filter keywords")
+        raise InputError(f"{path.name}: cube has {header['NAXIS3']} planes but {len(names)} EXTn filter keywords")
     if len(set(names)) != len(names):
-        raise ValueError(f"{path.name}: repeated filter names in EXTn keywords: {', '.join(names)}")
+        raise InputError(f"{path.name}: repeated filter names in EXTn keywords: {', '.join(names)}")
     return tuple(names)
 
 
@@ -211,7 +212,7 @@ def _view_keys(path: Path, header: fits.Header) -> tuple[int, float, float, floa
     for key, name_key in (("TARGET", "target"), ("INCLIN", "inclin"), ("AZIMUTH", "azimuth")):
         value = header.get(key, parsed.get(name_key))
         if value is None:
-            raise ValueError(f"{path.name}: no {key} in the header and a file name not like "
+            raise InputError(f"{path.name}: no {key} in the header and a file name not like "
                              "<TARGET>_i<inclin>_a<azimuth>_z<z>_*.fits")
         values[key] = value
     z = header.get("REDSHIFT", parsed.get("z", np.nan))
@@ -244,7 +245,7 @@ def _group_views(infos: list[CubeInfo]) -> list[list[CubeInfo]]:
         for info in group:
             for band in info.bands:
                 if band in seen:
-                    raise ValueError(f"{info.path.name}: band {band} of view {_view_name(key)} "
+                    raise InputError(f"{info.path.name}: band {band} of view {_view_name(key)} "
                                      f"already comes from {seen[band]}")
                 seen[band] = info.path.name
     return [groups[k] for k in sorted(groups)]
@@ -260,16 +261,16 @@ def _select_bands(views: list[list[CubeInfo]], bands: Sequence[str] | None) -> l
     if bands is None:
         chosen = [b for b in KNOWN_BANDS if all(b in a for a in available)]
         if not chosen:
-            raise ValueError(f"no band of {', '.join(KNOWN_BANDS)} is present in every view")
+            raise InputError(f"no band of {', '.join(KNOWN_BANDS)} is present in every view")
         return chosen
     chosen = list(check_bands(bands))
     if not chosen:
-        raise ValueError("bands must not be empty")
+        raise InputError("bands must not be empty")
     for view, avail in zip(views, available):
         absent = [b for b in chosen if b not in avail]
         if absent:
             files = ", ".join(i.path.name for i in view)
-            raise ValueError(f"band(s) {', '.join(absent)} absent from {files} (has {', '.join(sorted(avail))})")
+            raise InputError(f"band(s) {', '.join(absent)} absent from {files} (has {', '.join(sorted(avail))})")
     return chosen
 
 
@@ -282,11 +283,11 @@ def _read_properties(path: Path) -> Table:
     try:
         table = Table.read(path, format=fmt) if fmt else Table.read(path)
     except Exception as exc:  # noqa: BLE001 (astropy raises many types for unreadable tables)
-        raise ValueError(f"property table {path.name} is unreadable ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"property table {path.name} is unreadable ({type(exc).__name__}: {exc})") from None
     keys = ["file"] if "file" in table.colnames else ["target", "inclination", "azimuth"]
     missing = [c for c in (*keys, *REQUIRED_LABELS) if c not in table.colnames]
     if missing:
-        raise ValueError(f"property table {path.name} lacks column(s) {', '.join(missing)}")
+        raise InputError(f"property table {path.name} lacks column(s) {', '.join(missing)}")
     return table
 
 
@@ -298,12 +299,12 @@ def _labels_for_view(table: Table, view: list[CubeInfo]) -> dict[str, float]:
     for name in (*REQUIRED_LABELS, *OPTIONAL_LABELS, "redshift"):
         value = _cell(table, name, row)
         if name in REQUIRED_LABELS and not np.isfinite(value):
-            raise ValueError(f"{names}: property table has no value of {name}")
+            raise InputError(f"{names}: property table has no value of {name}")
         labels[name] = value
     if not np.isfinite(labels["redshift"]):
         labels["redshift"] = view[0].redshift
     if not np.isfinite(labels["redshift"]):
-        raise ValueError(f"{names}: no REDSHIFT in the header and no redshift column in the property table")
+        raise InputError(f"{names}: no REDSHIFT in the header and no redshift column in the property table")
     labels["R_V"] = float(r_v(labels["A_V"], labels["EBV"]))
     return labels
 
@@ -324,10 +325,10 @@ def _matching_row(table: Table, view: list[CubeInfo]) -> int:
         )
         how = (f"target={first.target}, inclination={first.inclination:g}, azimuth={first.azimuth:g}")
     if rows.size == 0:
-        raise ValueError(f"{names}: no row in the property table with {how}")
+        raise InputError(f"{names}: no row in the property table with {how}")
     values = [[_cell(table, c, r) for c in (*REQUIRED_LABELS, *OPTIONAL_LABELS, "redshift")] for r in rows]
     if not all(np.allclose(v, values[0], equal_nan=True) for v in values[1:]):
-        raise ValueError(f"{names}: {rows.size} rows of the property table with {how} disagree")
+        raise InputError(f"{names}: {rows.size} rows of the property table with {how} disagree")
     return int(rows[0])
 
 
@@ -341,7 +342,7 @@ def _cell(table: Table, column: str, row: int) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"property table column {column} has a non-numeric value {value!r}") from None
+        raise InputError(f"property table column {column} has a non-numeric value {value!r}") from None
 
 
 # --------------------------------------------------------------------------- images
@@ -368,10 +369,10 @@ def read_cube_njy(info: CubeInfo) -> np.ndarray:
         with fits.open(info.path, memmap=False) as hdul:
             data = np.asarray(hdul[0].data, dtype=np.float64)
     except (OSError, TypeError, ValueError) as exc:
-        raise ValueError(f"{info.path.name}: unreadable FITS data ({exc})") from None
+        raise InputError(f"{info.path.name}: unreadable FITS data ({exc})") from None
     n_bad = int(np.count_nonzero(~np.isfinite(data)))
     if n_bad:
-        raise ValueError(f"{info.path.name}: {n_bad} NaN/inf pixel(s) in the data")
+        raise InputError(f"{info.path.name}: {n_bad} NaN/inf pixel(s) in the data")
     return data * info.to_njy
 
 

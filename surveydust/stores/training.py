@@ -17,6 +17,7 @@ from pathlib import Path
 
 import xarray as xr
 
+from surveydust.errors import InputError
 from surveydust.stores.base import check_output_path, open_complete_store, write_store_atomically, zarr_compressor
 
 LABELS: dict[str, str] = {
@@ -45,13 +46,13 @@ STORE_KIND = "training"
 def validate_training_dataset(ds: xr.Dataset) -> None:
     """Raise ValueError when ``ds`` breaks the training-store contract."""
     if "image" not in ds or ds["image"].dims != ("sample", "band", "y", "x"):
-        raise ValueError("training data needs image(sample, band, y, x)")
+        raise InputError("training data needs image(sample, band, y, x)")
     missing = [k for k in (*LABELS, "snr") if k not in ds]
     missing += [c for c in ("galaxy_id", "view", "band") if c not in ds.coords]
     if missing:
-        raise ValueError(f"training data lacks {', '.join(missing)}")
+        raise InputError(f"training data lacks {', '.join(missing)}")
     if ds.sizes["sample"] == 0:
-        raise ValueError("training data has no samples")
+        raise InputError("training data has no samples")
 
 
 def annotate(ds: xr.Dataset, pixel_scale_arcsec: float) -> xr.Dataset:
