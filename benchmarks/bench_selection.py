@@ -23,6 +23,9 @@ selection's counts, on one simulated field with the sky's mix, all in one run.
 3. The selection's counts on the field (matched to the truth within 0.15"): sources detected,
    selected by P(z>6), of those truly z > 6, true z > 6 detected and selected (completeness),
    purity on this field (its own share of z > 6 galaxies, not re-weighted).
+4. Dust of the selected sample: on the true z > 6 galaxies selected by P(z>6), A_V with the
+   p(z)-mixed redshift input (the photo-z run) against the same sources with their true redshift
+   (a run with the truth table as ``--redshifts``): N, Spearman, MAE, 68/95% coverage, median bias.
 
 Run:  nice -n 15 .venv/bin/python benchmarks/bench_selection.py [--size 2048] [--galaxies 40]
       [--bands seven|six] [--workers 1] [--repeats 3]
@@ -91,6 +94,7 @@ def main() -> None:
                     t = time.perf_counter()
                     run_catalogue(store, client=client, progress=False, **kw)
                     times[name].append(time.perf_counter() - t)
+            with_true_z = run_catalogue(store, client=client, progress=False, redshifts=files.truth)
         ratios = [p / t for p, t in zip(times["photo-z"], times["today"])]
         worst = [p / t for p, t in zip(times["photo-z, all"], times["today"])]
         n = cats["today"].sizes["source"]
@@ -123,6 +127,24 @@ def main() -> None:
             tp, ns, nh = int((sel & high & s).sum()), int((sel & s).sum()), int((high & s).sum())
             print(f"{'>= ' + format(cut, 'g'):>10s} {int(s.sum()):9d} {nh:9d} {ns:9d} {tp:10d} "
                   f"{tp / nh if nh else float('nan'):13.2f} {tp / ns if ns else float('nan'):7.2f}")
+        a_v = np.where(matched, np.asarray(truth["A_V"])[sep.argmin(axis=1)], np.nan)
+        print_dust_skill(cat, with_true_z, a_v, sel & high)
+
+
+def print_dust_skill(photoz_cat, true_z_cat, a_v: np.ndarray, rows: np.ndarray) -> None:
+    """A_V skill of ``rows`` (sources of both catalogues, same detection) with p(z) and with the true z."""
+    from surveydust.evaluation.metrics import percentile_array, residual_metrics
+
+    if not np.allclose(photoz_cat["x"].values, true_z_cat["x"].values):
+        raise RuntimeError("the two runs detected different sources")
+    rows = rows & (true_z_cat["selected_by"].values == "spec_z")
+    print(f"\n# A_V of the {int(rows.sum())} true z > 6 galaxies selected by P(z>6): with p(z) vs with their true z")
+    print(f"{'redshift input':16s} {'N':>4s} {'spearman':>9s} {'MAE':>6s} {'cov68':>6s} {'cov95':>6s} {'bias':>7s}")
+    for name, c in (("p(z) draws", photoz_cat), ("true z", true_z_cat)):
+        c = c.isel(model=0) if "model" in c.dims else c
+        m = residual_metrics(a_v[rows], c["A_V"].values[rows], percentile_array(c, "A_V")[rows])
+        print(f"{name:16s} {m['N']:4.0f} {m['spearman']:9.3f} {m['MAE']:6.3f} {m['coverage_68']:6.2f} "
+              f"{m['coverage_95']:6.2f} {m['median_bias']:+7.3f}")
 
 
 if __name__ == "__main__":

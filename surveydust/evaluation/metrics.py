@@ -119,7 +119,7 @@ def percentile_array(result: xr.Dataset, target: str) -> np.ndarray:
         ``(n, 5)`` percentiles at :data:`surveydust.posterior.LEVELS` [units of
         ``target``]; NaN where a column is absent.
     """
-    n = result.sizes["sample"]
+    n = len(result[target])  # samples of a prediction, or sources of a catalogue
     cols = [result[f"{target}_{name}"].values if f"{target}_{name}" in result else
             (result[target].values if name == "p50" else np.full(n, np.nan)) for name in LEVEL_NAMES]
     return np.column_stack(cols).astype(float)
