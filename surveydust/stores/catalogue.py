@@ -7,8 +7,10 @@ Layout (an xarray Dataset with dim ``source``, in Zarr)::
     A_V, EBV, R_V, log_ssfr and their *_err                           (source, model)
     flag (bit mask, see surveydust.detect.FLAGS), ood [threshold]     (source[, model])
     input_id, z (from a --sources file, when given)                   (source)
+    z_phot, z_phot_p16, z_phot_p84, p_high_z [P(z > 6)], selected_by  (source)
     coords: band, model ("F277W+F356W+F444W", one per model bundle)
-    attrs: provenance (surveydust version, models and checksums, mosaic store id, config, time)
+    attrs: provenance (surveydust version, models and checksums, mosaic store id, config, time),
+           flag_meanings and flag_descriptions, photoz (templates, grid), input_checks
 
 Runs write it resumably (:mod:`surveydust.runs`). Rows are sorted by (tile,
 y, x), so the catalogue does not depend on the order in which tiles finished.
