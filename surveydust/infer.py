@@ -41,6 +41,7 @@ from surveydust.cluster import open_client, worker_resources
 from surveydust.config import CatalogueConfig, load_catalogue_config
 from surveydust.detect import Tile, aperture_photometry, cut_stamps, detect, make_tiles
 from surveydust.errors import InputError
+from surveydust.instrument import pivot_wavelength_aa
 from surveydust.photoz import HIGH_Z, SYS_ERR, TemplateGrid, fit_photoz, pz_quantiles, template_grid
 from surveydust.posterior import LEVEL_NAMES, LEVELS, NOMINAL_Z, from_network, to_network
 from surveydust.provenance import VERSION
@@ -191,9 +192,7 @@ def run_catalogue(
 def sees_break(bands: list[str]) -> bool:
     """Whether photometry in ``bands`` can see the Lyman break of z = 6-8 galaxies: a band bluer
     (by pivot wavelength) than :data:`BREAK_BAND` (F090W, F115W; a LW-only mosaic cannot)."""
-    from surveydust.photoz import _pivot_aa
-
-    return any(_pivot_aa(b) < _pivot_aa(BREAK_BAND) for b in bands)
+    return any(pivot_wavelength_aa(b) < pivot_wavelength_aa(BREAK_BAND) for b in bands)
 
 
 def _photoz_setup(cfg: CatalogueConfig, data_bands: list[str], spectroscopic: bool) -> PhotoZSetup | None:

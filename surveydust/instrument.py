@@ -163,6 +163,13 @@ def pixel_noise_njy(depth_mag: float, pixel_scale_arcsec: float) -> float:
     return float(ab_to_njy(depth_mag) / 5.0 / np.sqrt(n_pix))
 
 
+@lru_cache(maxsize=64)
+def pivot_wavelength_aa(band: str) -> float:
+    """Pivot wavelength of a band [Angstrom] (``sqrt(int T lambda / int T / lambda)``)."""
+    wave, trans = bandpass(band)
+    return float(np.sqrt(np.trapezoid(trans * wave, wave) / np.trapezoid(trans / wave, wave)))
+
+
 def circular_aperture(n_pix: int, radius_pix: float) -> np.ndarray:
     """Boolean mask of the pixels of an ``n_pix`` x ``n_pix`` image within ``radius_pix``
     of its centre (pixel centres)."""

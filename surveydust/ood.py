@@ -30,6 +30,7 @@ scored as they were; bundles made before either carry the flux-only statistics o
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -102,9 +103,15 @@ def aperture_photometry(images: np.ndarray, crop: int) -> tuple[np.ndarray, np.n
     sky = cut[:, :, background]
     centred = cut - np.median(sky, axis=-1)[..., None, None]
     sigma = 1.4826 * np.median(np.abs(centred[:, :, background]), axis=-1)
-    factors = np.array([aperture_noise_factor(aperture, s) for s in _CORRELATION_GRID_PX])
     length = _correlation_length(centred, background, sigma)
-    return flux, sigma * np.interp(length, _CORRELATION_GRID_PX, factors)
+    return flux, sigma * np.interp(length, _CORRELATION_GRID_PX, _noise_factors(crop))
+
+
+@cache
+def _noise_factors(crop: int) -> np.ndarray:
+    """The aperture's noise factor at each of :data:`_CORRELATION_GRID_PX` (computed once per crop)."""
+    aperture = circular_aperture(crop, NORM_APERTURE_PIX)
+    return np.array([aperture_noise_factor(aperture, s) for s in _CORRELATION_GRID_PX])
 
 
 def colour_errors(flux: np.ndarray, error: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

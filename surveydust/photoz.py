@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from surveydust.errors import InputError
+from surveydust.instrument import pivot_wavelength_aa
 
 #: default redshift grid: 0-15 in steps of 0.01
 Z_GRID_STEP = 0.01
@@ -350,7 +351,7 @@ def luminosity_prior(flux_njy: Any, bands: tuple[str, ...] | list[str], z_grid: 
     names = _check_bands(bands)
     flux = np.atleast_2d(np.asarray(flux_njy, dtype=np.float64))
     z = np.asarray(z_grid, dtype=np.float64)
-    pivots = np.array([_pivot_aa(b) for b in names])
+    pivots = np.array([pivot_wavelength_aa(b) for b in names])
     high = z >= LUMINOSITY_PRIOR_Z_MIN
     prior = np.ones((len(flux), len(z)))
     zh = z[high]
@@ -363,15 +364,6 @@ def luminosity_prior(flux_njy: Any, bands: tuple[str, ...] | list[str], z_grid: 
     penalty = np.exp(-np.minimum(10 ** (-0.4 * (m_uv - m_star)), 700.0))
     prior[:, high] = np.where(np.isfinite(m_uv), np.maximum(penalty, 1e-300), 1.0)
     return prior
-
-
-@lru_cache(maxsize=16)
-def _pivot_aa(band: str) -> float:
-    """Pivot wavelength of a band [Angstrom]."""
-    from surveydust.instrument import bandpass
-
-    wave, thr = bandpass(band)
-    return float(np.sqrt(np.trapezoid(thr * wave, wave) / np.trapezoid(thr / wave, wave)))
 
 
 @lru_cache(maxsize=1)

@@ -20,7 +20,7 @@ from functools import cache
 import numpy as np
 
 from surveydust.errors import InputError
-from surveydust.instrument import KNOWN_BANDS, LYMAN_ALPHA_AA, bandpass
+from surveydust.instrument import KNOWN_BANDS, LYMAN_ALPHA_AA, bandpass, pivot_wavelength_aa
 from surveydust.physics import attenuation_curve
 from surveydust.sources import PHYSICAL_Z, physical_redshifts
 
@@ -34,9 +34,8 @@ A1600_OVER_AV = float(attenuation_curve(np.array([1600.0]))[0])
 def band_geometry(band: str) -> tuple[float, float]:
     """Pivot wavelength and blue 50%-transmission edge of a band [Angstrom]."""
     wave, trans = bandpass(band)
-    pivot = np.sqrt(np.trapezoid(trans * wave, wave) / np.trapezoid(trans / wave, wave))
     blue = wave[np.argmax(trans >= 0.5 * trans.max())]
-    return float(pivot), float(blue)
+    return pivot_wavelength_aa(band), float(blue)
 
 
 def uv_bands(bands: list[str], redshift: float) -> list[str]:

@@ -41,6 +41,7 @@ from surveydust.errors import InputError
 from surveydust.instrument import band_weights
 from surveydust.physics import ab_to_njy, attenuation_curve
 from surveydust.simulate.imaging import igm_transmission
+from surveydust.simulate.morphology import sersic_b
 from surveydust.simulate.sed_library import SEDLibrary, load_sed_library
 
 #: every source kind a field's truth table may hold
@@ -364,10 +365,6 @@ def draw_foreground(rng: np.random.Generator, cfg: ForegroundConfig, bands: tupl
     return sources
 
 
-def _sersic_b(n: float) -> float:
-    return 2.0 * n - 1.0 / 3.0 + 0.009876 / n
-
-
 def stamp_size_for(src: SourceDraw, pixel_scale_arcsec: float, minimum: int = 64, maximum: int = 192) -> int:
     """Stamp side [pixels] that holds a source out to ~8 half-light radii (even, within bounds)."""
     need = int(np.ceil(16.0 * src.r_eff_arcsec / pixel_scale_arcsec))
@@ -395,7 +392,7 @@ def render_source(src: SourceDraw, n_pix: int, pixel_scale_arcsec: float, oversa
         u, v = x * cos + y * sin, -x * sin + y * cos
         r_e = src.r_eff_arcsec / pixel_scale_arcsec
         r = np.sqrt(u**2 + (v / src.axis_ratio) ** 2) / r_e
-        img = np.exp(-_sersic_b(src.sersic_n) * (r ** (1.0 / src.sersic_n) - 1.0))
+        img = np.exp(-sersic_b(src.sersic_n) * (r ** (1.0 / src.sersic_n) - 1.0))
     img = img.reshape(n_pix, oversample, n_pix, oversample).sum(axis=(1, 3))
     return img / img.sum()
 

@@ -48,7 +48,8 @@ def draw_view(rng: np.random.Generator) -> View:
     )
 
 
-def _sersic_b(n: float) -> float:
+def sersic_b(n: float) -> float:
+    """The Sersic ``b_n`` that makes ``r_e`` the half-light radius (Ciotti & Bertin 1999 expansion)."""
     return 2.0 * n - 1.0 / 3.0 + 0.009876 / n
 
 
@@ -77,7 +78,7 @@ def render_maps(gal: Galaxy, view: View, n_pix: int, pix_kpc: float, oversample:
         return np.sqrt(u**2 + (w / q) ** 2)
 
     r_star = elliptical_radius(gal.thickness)
-    old = np.exp(-_sersic_b(gal.sersic_n) * ((r_star / gal.r_eff_kpc) ** (1.0 / gal.sersic_n) - 1.0))
+    old = np.exp(-sersic_b(gal.sersic_n) * ((r_star / gal.r_eff_kpc) ** (1.0 / gal.sersic_n) - 1.0))
     young_disc = np.exp(-r_star / (0.6 * gal.r_eff_kpc))
 
     # clump centres: incline the disc plane, then rotate into the image
