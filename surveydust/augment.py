@@ -46,7 +46,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from surveydust.cluster import open_client, run_with_progress
+from surveydust.cluster import Compute, run_with_progress
 from surveydust.config import AugmentConfig
 from surveydust.errors import InputError
 from surveydust.stores.base import check_output_path
@@ -310,7 +310,7 @@ def augment_store(
         source_store=str(store.resolve()), source_store_id=ds.attrs.get("store_id", ""),
         source_samples=int(samples.size),
     )
-    with open_client(client, profile=cluster, workers=workers) as c:
+    with Compute(client, cluster, workers, progress).open() as c:
         compute: Callable[[Any], None] = lambda delayed: run_with_progress(c, delayed, progress)
         return write_training_store(result, out, overwrite=overwrite, chunk_samples=per_task,
                                     compute=compute)

@@ -34,8 +34,9 @@ All other profile keys are keyword arguments of the cluster class (of
     with get_client("local", workers=2) as client:
         ...
 
-    # in API functions that accept an optional client
-    with open_client(client, profile=profile, workers=workers) as c:
+    # in API functions: the compute keywords as one value (:class:`Compute`)
+    compute = Compute(client, cluster, workers, progress)
+    with compute.open() as c:
         ...
 """
 
@@ -55,6 +56,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -75,7 +77,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "KINDS",
     "ClusterClient",
+    "Compute",
     "get_client",
+    "gpu_workers",
     "make_cluster",
     "open_client",
     "profile_settings",
@@ -641,6 +645,35 @@ def open_client(client: Client | None = None, **kwargs: Any) -> Iterator[Client]
         yield owned
     finally:
         owned.close()
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where and how a job computes: the compute keywords of every entry point, as one value.
+
+    Attributes
+    ----------
+    client : an existing ``distributed.Client``; the caller owns it (``cluster`` and
+        ``workers`` do not apply then).
+    cluster : otherwise the cluster profile to start for the job (None: the default profile),
+        closed when the job ends.
+    workers : number of workers of that cluster (None: the profile's).
+    progress : log progress lines and show a progress bar on a terminal.
+    """
+
+    client: Client | None = None
+    cluster: str | None = None
+    workers: int | None = None
+    progress: bool = True
+
+    def open(self) -> contextlib.AbstractContextManager[Client]:
+        """The job's client (:func:`open_client`): the given one, or one started for the job."""
+        return open_client(self.client, profile=self.cluster, workers=self.workers)
+
+
+def gpu_workers(client: Client) -> list[str]:
+    """Addresses of the workers that advertise a ``GPU`` resource (empty: a CPU-only cluster)."""
+    return [addr for addr, res in worker_resources(client).items() if res.get("GPU")]
 
 
 def worker_resources(client: Client) -> dict[str, dict[str, float]]:

@@ -10,6 +10,7 @@ mosaic's 0-based (x, y) pixel-centre convention; fluxes in nJy.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,18 @@ FLAG_DESCRIPTIONS = {
 }
 #: flag bits of a catalogue's ``flag`` (meanings: :data:`FLAG_DESCRIPTIONS`)
 FLAGS = {name: 1 << i for i, name in enumerate(FLAG_DESCRIPTIONS)}
+
+
+@dataclass(frozen=True)
+class PixelGrid:
+    """What a tile kernel needs to know of its mosaic: the band names, the shape (ny, nx)
+    [pixels], the pixel scale [arcsec] and the celestial WCS (an ``astropy.wcs.WCS``;
+    0-based pixel = array index [y, x])."""
+
+    bands: tuple[str, ...]
+    shape: tuple[int, int]
+    pixel_scale_arcsec: float
+    wcs: Any
 
 
 @dataclass(frozen=True)

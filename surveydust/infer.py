@@ -5,8 +5,9 @@ the tile plus a halo from the mosaic store on the worker (straight from Zarr,
 the store opened once per worker process), finds its sources (detection, or
 the ``--sources`` positions that fall in its core), measures aperture
 photometry, cuts all stamps with one vectorised index and predicts with every
-model (:func:`measure_tile`, then :func:`predict_tile`). Each worker loads a
-model bundle once and keeps it for all its tiles. When workers advertise a
+model (:func:`measure_tile`, which reads the tile and calls the pure kernel
+:func:`measure`, then :func:`predict_tile`). Each worker loads a model bundle
+once and keeps it for all its tiles. When workers advertise a
 ``GPU`` resource, the two steps are separate tasks (``measure-tile-...`` on any
 worker, ``catalogue-tile-...`` asking for a GPU), so only the predictions wait
 for a GPU worker.
@@ -32,20 +33,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import dask
-import dask.base
 import numpy as np
 
 from surveydust.bundle import Predictor, load_model, read_meta, richest_bundle, training_redshift_range
-from surveydust.cluster import open_client, worker_resources
+from surveydust.cluster import Compute, gpu_workers
 from surveydust.config import CatalogueConfig, load_catalogue_config
-from surveydust.detect import Tile, aperture_photometry, cut_stamps, detect, make_tiles
+from surveydust.detect import PixelGrid, Tile, aperture_photometry, cut_stamps, detect, make_tiles
 from surveydust.errors import InputError
 from surveydust.instrument import pivot_wavelength_aa
 from surveydust.photoz import HIGH_Z, SYS_ERR, TemplateGrid, fit_photoz, pz_quantiles, template_grid
 from surveydust.posterior import LEVEL_NAMES, LEVELS, NOMINAL_Z, from_network, to_network
 from surveydust.provenance import VERSION
-from surveydust.runs import ResumableRun
+from surveydust.runs import run_parts
 from surveydust.sources import match_redshifts, redshift_table, source_positions
 from surveydust.stores.catalogue import (
     FLAG_DESCRIPTIONS,
@@ -141,9 +140,78 @@ def run_catalogue(
 
     Returns the catalogue as an in-memory ``xarray.Dataset`` (dim ``source``).
     """
+    job = _plan(store, model, sources, redshifts, load_catalogue_config(config, **overrides))
+    out_path, export_to = check_outputs(out, export_to, overwrite, [store, sources, redshifts, *job.bundles])
+
+    def finish(columns: dict[str, np.ndarray]) -> Any:
+        ds = job.assemble(columns)
+        if out_path is not None:
+            write_catalogue(ds, out_path, overwrite=overwrite)
+        if export_to is not None:
+            export(ds, export_to, overwrite=overwrite)
+        return ds
+
+    return run_parts(out_path, job.inputs(), [t.index for t in job.tiles], job.submit, finish,
+                     compute=Compute(client, cluster, workers, progress), describe=_tile_progress,
+                     announce=job.announce, scratch_prefix="surveydust-catalogue-")
+
+
+@dataclass
+class _CatalogueJob:
+    """A catalogue run, planned and checked before any cluster starts: its tiles, models, tables and
+    settings; :func:`run_parts` drives it (:meth:`submit` the tiles, :meth:`assemble` the columns)."""
+
+    store: str
+    mosaic: Any
+    cfg: CatalogueConfig
+    bundles: list[Path]
+    metas: list[dict[str, Any]]
+    labels: list[str]
+    tiles: list[Tile]
+    tile_size: int
+    halo: int
+    crop: int
+    photoz: PhotoZSetup | None
+    positions: dict[str, np.ndarray] | None
+    z_table: dict[str, np.ndarray] | None
+    checks: dict[str, dict[str, int]]
+    sources: Path | str | None
+    redshifts: Path | str | None
+
+    def inputs(self) -> tuple:
+        """Everything the catalogue depends on (the run's token)."""
+        return (self.mosaic.attrs.get("store_id"), [m["checksums"] for m in self.metas], self.cfg.to_json(),
+                None if self.positions is None else {k: v.tolist() for k, v in self.positions.items()},
+                None if self.z_table is None else {k: v.tolist() for k, v in self.z_table.items()})
+
+    def announce(self, n: int, done: int) -> str:
+        return (f"{n} tiles of {self.tile_size} x {self.tile_size} pixels ({done} done before), halo {self.halo} px, "
+                f"models: {', '.join(self.labels)}")
+
+    def submit(self, client: Any, todo: list[int], token: str) -> dict[int, Any]:
+        return _submit_tiles(client, [self.tiles[i] for i in todo], self.store, self.halo, self.crop,
+                             [str(p) for p in self.bundles], self.cfg, self.positions, self.z_table, token, self.photoz)
+
+    def assemble(self, columns: dict[str, np.ndarray]) -> Any:
+        """The catalogue of the tiles' columns, with redshifts, UV slopes and provenance; its summary logged."""
+        if not len(columns.get("x", ())):
+            logger.warning("no sources detected: the catalogue is empty")
+        ds = assemble(columns, list(self.mosaic["band"].values), self.labels,
+                      _provenance(self.mosaic, self.bundles, self.metas, self.labels, self.cfg, self.sources,
+                                  self.redshifts, self.checks, self.photoz))
+        if self.z_table is not None:
+            add_redshifts(ds, self.z_table, self.cfg.redshift_match_arcsec, Path(self.redshifts).name)
+        add_uv_slopes(ds, self.cfg.default_redshift)
+        _describe_photoz(ds)
+        _log_summary(ds, self.checks, dict(zip(self.labels, map(training_redshift_range, self.metas))))
+        return ds
+
+
+def _plan(store: Path | str, model: Path | str | list[Path | str] | None, sources: Path | str | None,
+          redshifts: Path | str | None, cfg: CatalogueConfig) -> _CatalogueJob:
+    """Open and check the mosaic store, the models, the tables and the settings of a catalogue run."""
     from surveydust.stores.mosaic import block_pix, mosaic_wcs, open_mosaic, store_chunk
 
-    cfg = load_catalogue_config(config, **overrides)
     mosaic = open_mosaic(store)
     data_bands = bands_with_data(mosaic)
     bundles = _bundle_paths(model, data_bands)
@@ -154,39 +222,12 @@ def run_catalogue(
         cfg = _detection_bands(cfg, data_bands)
     photoz = _photoz_setup(cfg, data_bands, spectroscopic=sources is not None or redshifts is not None)
     positions, z_table, checks = _read_tables(sources, redshifts, mosaic_wcs(mosaic), mosaic.sel(band=data_bands))
-    shape = (mosaic.sizes["y"], mosaic.sizes["x"])
     tile_size = cfg.tile_pix or block_pix(store_chunk(mosaic))
     crop = max(int(m["crop"]) for m in metas)
-    halo = max(cfg.halo_pix, crop // 2 + 1)
-    tiles = make_tiles(shape, tile_size)
-    token = dask.base.tokenize(mosaic.attrs.get("store_id"), [m["checksums"] for m in metas], cfg.to_json(),
-                               None if positions is None else {k: v.tolist() for k, v in positions.items()},
-                               None if z_table is None else {k: v.tolist() for k, v in z_table.items()})
-    out_path, export_to = check_outputs(out, export_to, overwrite, [store, sources, redshifts, *bundles])
-    with ResumableRun(out_path, token, scratch_prefix="surveydust-catalogue-") as run:
-        todo = [t for t in tiles if t.index not in run.done]
-        logger.info("%d tiles of %d x %d pixels (%d done before), halo %d px, models: %s", len(tiles),
-                    tile_size, tile_size, len(tiles) - len(todo), halo, ", ".join(labels))
-        if todo:
-            with open_client(client, profile=cluster, workers=workers) as c:
-                futures = _submit_tiles(c, todo, str(store), halo, crop, [str(p) for p in bundles], cfg, positions,
-                                        z_table, token, photoz)
-                run.collect(futures, _tile_progress() if progress else None)
-        columns = run.results()
-        if not len(columns.get("x", ())):
-            logger.warning("no sources detected: the catalogue is empty")
-        ds = assemble(columns, list(mosaic["band"].values), labels,
-                      _provenance(mosaic, bundles, metas, labels, cfg, sources, redshifts, checks, photoz))
-        if z_table is not None:
-            add_redshifts(ds, z_table, cfg.redshift_match_arcsec, Path(redshifts).name)
-        add_uv_slopes(ds, cfg.default_redshift)
-        _describe_photoz(ds)
-        _log_summary(ds, checks, dict(zip(labels, map(training_redshift_range, metas))))
-        if out_path is not None:
-            write_catalogue(ds, out_path, overwrite=overwrite)
-        if export_to is not None:
-            export(ds, export_to, overwrite=overwrite)
-    return ds
+    return _CatalogueJob(str(store), mosaic, cfg, bundles, metas, labels,
+                         make_tiles((mosaic.sizes["y"], mosaic.sizes["x"]), tile_size), tile_size,
+                         max(cfg.halo_pix, crop // 2 + 1), crop, photoz, positions, z_table, checks, sources,
+                         redshifts)
 
 
 def sees_break(bands: list[str]) -> bool:
@@ -309,7 +350,7 @@ def _submit_tiles(client: Any, todo: list[Tile], store: str, halo: int, size: in
                   photoz: PhotoZSetup | None = None) -> dict[int, Any]:
     """One future per tile to do (tile index -> future of its columns); with ``positions``,
     tiles holding none of them are skipped."""
-    gpu = any("GPU" in r for r in worker_resources(client).values())
+    gpu = bool(gpu_workers(client))
     # the templates (a few MB) go to the workers once, not inside every tile task
     setup = client.scatter(photoz, broadcast=True, hash=False) if photoz is not None and todo else photoz
     light = None if photoz is None else replace(photoz, templates=None)  # predictions need p(z) only
@@ -397,7 +438,7 @@ def catalogue_tile(store: str, tile: Tile, halo: int, bundles: list[str], cfg: C
     box = tile.with_halo(halo, mosaic.shape)
     sci, err = mosaic.read(*box)
     found = _tile_sources(sci, err, box, tile, cfg, positions, mosaic.bands)
-    parts = [predict_tile(_measure(mosaic, sci, err, box, tile, size, cfg, {k: v[b] for k, v in found.items()},
+    parts = [predict_tile(measure(mosaic.grid, sci, err, box, tile, size, cfg, {k: v[b] for k, v in found.items()},
                                    z_table, photoz), bundles, cfg, photoz)
              for b in _batches(len(found["x"]), cfg.sources_per_batch)]
     return concat_columns(parts)
@@ -423,7 +464,7 @@ def measure_tile(store: str, tile: Tile, halo: int, size: int, cfg: CatalogueCon
                min(box[1], int(np.ceil(positions["y"].max())) + halo + 1), box[2], box[3])
     sci, err = mosaic.read(*box)
     found = _tile_sources(sci, err, box, tile, cfg, positions, mosaic.bands)
-    return _measure(mosaic, sci, err, box, tile, size, cfg, found, z_table, photoz)
+    return measure(mosaic.grid, sci, err, box, tile, size, cfg, found, z_table, photoz)
 
 
 #: columns of a sources table that a catalogue keeps (besides the positions)
@@ -446,27 +487,28 @@ def _tile_sources(sci: np.ndarray, err: np.ndarray, box: tuple[int, int, int, in
     return {"x": x[own], "y": y[own], "blended": blended[own]}
 
 
-def _measure(mosaic: Any, sci: np.ndarray, err: np.ndarray, box: tuple[int, int, int, int], tile: Tile, size: int,
-             cfg: CatalogueConfig, found: dict[str, np.ndarray],
-             z_table: dict[str, np.ndarray] | None,
-             photoz: PhotoZSetup | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Columns and stamps (see :func:`measure_tile`) of the sources ``found`` (:func:`_tile_sources`)."""
+def measure(grid: PixelGrid, sci: np.ndarray, err: np.ndarray, box: tuple[int, int, int, int], tile: Tile, size: int,
+            cfg: CatalogueConfig, found: dict[str, np.ndarray], z_table: dict[str, np.ndarray] | None = None,
+            photoz: PhotoZSetup | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The pure measuring kernel of a tile (arrays in, columns and stamps out; no I/O): columns and
+    stamps (see :func:`measure_tile`) of the sources ``found`` (:func:`_tile_sources`) in ``sci``,
+    ``err`` ``(band, y, x)`` [nJy per pixel] read over ``box`` (y0, y1, x0, x1) of a mosaic ``grid``."""
     columns = {k: v for k, v in found.items() if k in INPUT_COLUMNS}
     x, y, x0, y0 = found["x"], found["y"], box[2], box[0]
     stamps = cut_stamps(sci, x - x0, y - y0, size)
     flux, flux_err = aperture_photometry(stamps, cut_stamps(err, x - x0, y - y0, size),
-                                         cfg.aperture_arcsec / mosaic.pixel_scale_arcsec)
+                                         cfg.aperture_arcsec / grid.pixel_scale_arcsec)
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.where(flux_err > 0, flux / flux_err, np.nan)
-    flag = _geometry_flags(x, y, size, mosaic.shape, stamps) | np.where(found["blended"], FLAGS["blended"], 0)
-    ra, dec = mosaic.wcs.all_pix2world(x, y, 0)
+    flag = _geometry_flags(x, y, size, grid.shape, stamps) | np.where(found["blended"], FLAGS["blended"], 0)
+    ra, dec = grid.wcs.all_pix2world(x, y, 0)
     z = columns["z"] if "z" in columns else np.full(x.size, np.nan)
     if z_table is not None:
         z = np.where(np.isfinite(z), z, match_redshifts(ra, dec, z_table, cfg.redshift_match_arcsec)["z"])
     columns.update(ra=ra, dec=dec, x=x, y=y, tile=np.full(x.size, tile.index), flux=flux, flux_err=flux_err,
-                   snr=snr, flag=flag.astype(np.uint16), band=np.array(mosaic.bands), model_z=z)
+                   snr=snr, flag=flag.astype(np.uint16), band=np.array(grid.bands), model_z=z)
     if photoz is not None:
-        columns.update(add_photoz(flux, flux_err, list(mosaic.bands), photoz))
+        columns.update(add_photoz(flux, flux_err, list(grid.bands), photoz))
     return columns, stamps
 
 
@@ -787,5 +829,6 @@ def _log_summary(ds: Any, checks: dict[str, dict[str, int]], ranges: dict[str, t
 
 
 __all__ = ["PHOTOZ_COLUMNS", "PhotoZSetup", "add_photoz", "add_redshifts", "add_uv_slopes", "bands_with_data",
-           "catalogue_tile", "concat_columns", "measure_tile", "mix_percentiles", "mix_predictions", "model_labels",
-           "predict_over_pz", "predict_tile", "run_catalogue", "sees_break", "select_sources", "selection_counts"]
+           "catalogue_tile", "concat_columns", "measure", "measure_tile", "mix_percentiles", "mix_predictions",
+           "model_labels", "predict_over_pz", "predict_tile", "run_catalogue", "sees_break", "select_sources",
+           "selection_counts"]

@@ -1,8 +1,10 @@
 """Resumable runs: a run's work in numbered parts, each kept when its task finishes.
 
-Work is split into numbered parts (tiles, sources), each part's result saved
-when its Dask task finishes, so a re-run with the same inputs and settings
-does only the rest; the output is locked while a run writes it.
+:func:`run_parts` is the one driver of every partition-wise job (catalogue tiles, SED fits
+of sources): it locks the output, keeps the parts a killed run with the same inputs
+finished, opens the Dask client, submits the rest, saves each part as it finishes and
+hands the merged columns to the job's own ``finish``, so a re-run with the same inputs
+and settings does only the rest; the output is locked while a run writes it.
 
 While a run goes on, each finished part is ``part-NNNNNN.npz`` in a hidden
 ``.<name>.parts`` folder next to the output (with ``run.json``, the run's
@@ -21,15 +23,19 @@ import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import numpy as np
 
 from surveydust.errors import InputError
 from surveydust.stores.base import write_atomically
 
+if TYPE_CHECKING:
+    from surveydust.cluster import Compute
+
 logger = logging.getLogger(__name__)
 RUN_FILE = "run.json"
+T = TypeVar("T")
 
 
 def may_be_alive(pid: int, host: str) -> bool:
@@ -201,4 +207,47 @@ class ResumableRun:
             self._scratch.cleanup()
 
 
-__all__ = ["RUN_FILE", "OutputLock", "Parts", "ResumableRun", "may_be_alive"]
+def run_parts(
+    out: Path | None,
+    inputs: Any,
+    parts: list[int],
+    submit: Callable[[Any, list[int], str], Mapping[int, Any]],
+    finish: Callable[[dict[str, np.ndarray]], T],
+    *,
+    announce: Callable[[int, int], str],
+    compute: Compute,
+    describe: Callable[[], Callable[[int, int, dict[str, np.ndarray]], str]] | None = None,
+    scratch_prefix: str = "surveydust-run-",
+    parts_suffix: str = "",
+) -> T:
+    """Run a partition-wise job resumably: the one driver of every per-tile or per-source job.
+
+    Parameters
+    ----------
+    out : the job's output (checked by the caller; locked here), None for a scratch run.
+    inputs : everything the result depends on (tokenised with :func:`dask.base.tokenize`): a
+        re-run with equal inputs keeps the parts a failed or killed run finished.
+    parts : the indices of all parts.
+    submit : ``submit(client, todo, token)`` -> ``{part index: future of a dict of arrays}``
+        for the parts still to do (``token`` names the run's tasks).
+    finish : ``finish(columns)`` -> the job's result, from every part's arrays concatenated in
+        part order; called inside the lock, before the parts are removed (a failure keeps them).
+    announce : ``announce(n_parts, n_done_before)`` -> the line logged before the work starts.
+    describe : makes the progress line of each finished part (:meth:`ResumableRun.collect`).
+    compute : where to compute (:class:`surveydust.cluster.Compute`); the client opens only when
+        parts are left to do.
+    """
+    import dask.base
+
+    token = dask.base.tokenize(inputs)
+    with ResumableRun(out, token, scratch_prefix=scratch_prefix, parts_suffix=parts_suffix) as run:
+        todo = [i for i in parts if i not in run.done]
+        logger.info("%s", announce(len(parts), len(parts) - len(todo)))
+        if todo:
+            with compute.open() as client:
+                run.collect(submit(client, todo, token),
+                            describe() if describe is not None and compute.progress else None)
+        return finish(run.results())
+
+
+__all__ = ["RUN_FILE", "OutputLock", "Parts", "ResumableRun", "may_be_alive", "run_parts"]

@@ -65,16 +65,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import dask.base
 import numpy as np
 import xarray as xr
 
-from surveydust.cluster import open_client
+from surveydust.cluster import Compute
 from surveydust.errors import InputError
 from surveydust.instrument import NIRCAM_BANDS, bandpass
 from surveydust.provenance import VERSION
 from surveydust.quantities import UNITS as QUANTITY_UNITS
-from surveydust.runs import ResumableRun
+from surveydust.runs import run_parts
 from surveydust.stores.catalogue import FLAGS, open_catalogue, write_catalogue
 
 logger = logging.getLogger(__name__)
@@ -316,16 +315,7 @@ def fit_sed(
     max_z = float(bagpipes.config.max_redshift)
     if not 0 < default_redshift <= max_z:
         raise InputError(f"default_redshift must be in (0, {max_z:g}] (Bagpipes' range), got {default_redshift}")
-    if isinstance(catalogue, xr.Dataset):
-        cat, source_path = catalogue.copy(), None
-    else:
-        source_path = Path(catalogue)
-        cat = open_catalogue(source_path)
-    out_path = Path(out) if out is not None else source_path
-    if out is not None:
-        from surveydust.stores.base import check_output_path
-
-        check_output_path(out_path, overwrite, "catalogue")
+    cat, out_path = _open_for_update(catalogue, out, overwrite)
     curves = filter_curves([str(b) for b in cat["band"].values])
     if not curves:
         raise InputError("no band of the catalogue has a filter curve for Bagpipes")
@@ -335,26 +325,44 @@ def fit_sed(
                 "n_posterior": N_POSTERIOR, "timescales_myr": list(TIMESCALES_MYR)}
     if not overwrite and "A_V_sed" in cat and np.isfinite(cat["A_V_sed"].values).any():
         _check_same_settings(cat.attrs.get("sed_fit", {}), settings)
-    jobs = _jobs(cat, curves, _selection(cat, sources), default_redshift, max_z, overwrite)
-    token = dask.base.tokenize(settings, [(j["index"], j["flux"], j["err"], j["redshift"]) for j in jobs])
-    with ResumableRun(out_path, token, scratch_prefix="surveydust-sedfit-", parts_suffix="-sed") as run:
-        todo = [j for j in jobs if j["index"] not in run.done]
-        logger.info("SED fits of %d sources (%d done before) in %d bands (%s), n_live %d, %s A_V prior",
-                    len(jobs), len(jobs) - len(todo), len(curves), ", ".join(curves), n_live, av_prior)
-        if todo:
-            with open_client(client, profile=cluster, workers=workers) as c:
-                [shared] = c.scatter([list(curves.values())], broadcast=True, hash=False)
-                options = {"n_live": n_live, "av_prior": av_prior}
-                run.collect({j["index"]: c.submit(fit_task, j, shared, options, key=f"fit-sed-{token[:8]}-{j['index']}",
-                                                  pure=False) for j in todo},
-                            _fit_progress() if progress else None)
-        ds = _merge(cat, run.results(), {**settings, "bagpipes_version": _version("bagpipes"),
-                                         "surveydust_version": VERSION,
-                                         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+    jobs = {j["index"]: j for j in _jobs(cat, curves, _selection(cat, sources), default_redshift, max_z, overwrite)}
+
+    def submit(client: Any, todo: list[int], token: str) -> dict[int, Any]:
+        [shared] = client.scatter([list(curves.values())], broadcast=True, hash=False)
+        options = {"n_live": n_live, "av_prior": av_prior}
+        return {i: client.submit(fit_task, jobs[i], shared, options, key=f"fit-sed-{token[:8]}-{i}", pure=False)
+                for i in todo}
+
+    def finish(results: dict[str, np.ndarray]) -> xr.Dataset:
+        ds = _merge(cat, results, {**settings, "bagpipes_version": _version("bagpipes"), "surveydust_version": VERSION,
+                                   "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
         if out_path is not None:
             write_catalogue(ds, out_path, overwrite=True if out is None else overwrite)
             logger.info("wrote %s", out_path)
-    return ds
+        return ds
+
+    return run_parts(out_path, (settings, [(j["index"], j["flux"], j["err"], j["redshift"]) for j in jobs.values()]),
+                     list(jobs), submit, finish, compute=Compute(client, cluster, workers, progress),
+                     describe=_fit_progress, scratch_prefix="surveydust-sedfit-", parts_suffix="-sed",
+                     announce=lambda n, done: f"SED fits of {n} sources ({done} done before) in {len(curves)} bands "
+                                              f"({', '.join(curves)}), n_live {n_live}, {av_prior} A_V prior")
+
+
+def _open_for_update(catalogue: Path | str | xr.Dataset, out: Path | str | None,
+                     overwrite: bool) -> tuple[xr.Dataset, Path | None]:
+    """The catalogue to fit (a copy of a Dataset, or the store opened) and where the result goes:
+    ``out`` (checked), else the catalogue store itself (updated atomically), else nowhere."""
+    if isinstance(catalogue, xr.Dataset):
+        cat, source_path = catalogue.copy(), None
+    else:
+        source_path = Path(catalogue)
+        cat = open_catalogue(source_path)
+    if out is None:
+        return cat, source_path
+    from surveydust.stores.base import check_output_path
+
+    check_output_path(Path(out), overwrite, "catalogue")
+    return cat, Path(out)
 
 
 def _version(package: str) -> str:

@@ -39,7 +39,7 @@ from surveydust.bundle import (
     store_redshift_range,
     write_meta,
 )
-from surveydust.cluster import open_client, worker_resources
+from surveydust.cluster import Compute, gpu_workers
 from surveydust.config import AugmentConfig, TrainingConfig, load_training_config
 from surveydust.errors import InputError
 from surveydust.posterior import MIN_CALIBRATION_SAMPLES, calibrate, describe, log_offsets, to_network
@@ -86,9 +86,9 @@ def train(
     out = check_output_path(out, overwrite, "bundle")
     split, meta = prepare_training(store, cfg)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp, \
-            open_client(client, profile=cluster, workers=workers) as c:
+            Compute(client, cluster, workers, progress).open() as c:
         parts, meta = _parts(str(store), Path(tmp) / "augmented.zarr", split, cfg, meta, c, progress)
-        gpu = any("GPU" in r for r in worker_resources(c).values())
+        gpu = bool(gpu_workers(c))
         token = dask.base.tokenize(cfg.model_dump_json(), meta["training_store"], meta["created"])
         topic = f"{EPOCH_TOPIC}-{token}"
         if progress:

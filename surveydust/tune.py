@@ -48,7 +48,7 @@ import yaml
 
 from surveydust.augment import augment_store
 from surveydust.bundle import read_meta
-from surveydust.cluster import open_client, worker_resources
+from surveydust.cluster import Compute, gpu_workers, worker_resources
 from surveydust.config import (
     SEARCH_PARAMETERS,
     TrainingConfig,
@@ -113,7 +113,7 @@ def tune(
     _requeue_interrupted(study, out)
     study.sampler = _sampler(tuning, cfg.seed, len(study.trials))
 
-    with open_client(client, profile=cluster, workers=workers) as c:
+    with Compute(client, cluster, workers, progress).open() as c:
         parts = {"train": _training_part(store, out, split, cfg, c, progress),
                  "validation": Part(str(store), split.validation),
                  "calibration": Part(str(store), split.calibration)}
@@ -281,9 +281,7 @@ class _TrialRunner:
                 future.cancel()
 
     def _capacity(self) -> int:
-        resources = worker_resources(self.client)
-        gpus = sum(1 for r in resources.values() if r.get("GPU"))
-        return max(gpus or len(resources), 1)
+        return max(len(gpu_workers(self.client)) or len(worker_resources(self.client)), 1)
 
     def _idle_worker(self) -> str | None:
         """A worker with no trial (CPU workers: one trial each, not one per thread)."""
@@ -294,7 +292,7 @@ class _TrialRunner:
     def _submit(self) -> None:
         trial = self.study.ask()
         cfg = suggest_training(trial, self.tuning, self.cfg)
-        gpu = any("GPU" in r for r in worker_resources(self.client).values())
+        gpu = bool(gpu_workers(self.client))
         worker = None if gpu else self._idle_worker()
         meta = {**self.meta, "training_config": cfg.model_dump(mode="json"),
                 "tuning": {"study": str(self.out.resolve()), "trial": trial.number}}

@@ -21,7 +21,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from surveydust.cluster import open_client, run_with_progress
+from surveydust.cluster import Compute, run_with_progress
 from surveydust.config import SimulationConfig, load_simulation_config
 from surveydust.quantities import r_v
 from surveydust.simulate.morphology import draw_view
@@ -142,6 +142,6 @@ def simulate(
     out = check_output_path(out, overwrite, "training")
     ds = _lazy_dataset(cfg)
     chunk = cfg.galaxies_per_task * cfg.views_per_galaxy * len(cfg.dtm_values)
-    with open_client(client, profile=cluster, workers=workers) as c:
+    with Compute(client, cluster, workers, progress).open() as c:
         compute: Callable[[Any], None] = lambda delayed: run_with_progress(c, delayed, progress)
         return write_training_store(ds, out, overwrite=overwrite, chunk_samples=chunk, compute=compute)

@@ -45,7 +45,8 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 from dask.base import tokenize
 
-from surveydust.cluster import open_client, run_with_progress
+from surveydust.cluster import Compute, run_with_progress
+from surveydust.detect import PixelGrid
 from surveydust.errors import InputError
 from surveydust.provenance import sha256
 from surveydust.runs import OutputLock
@@ -178,7 +179,7 @@ def _ingest(out: Path, bands: Mapping[str, Any], *, field: str | None, chunk: in
         finished = dask.delayed(_finish, pure=False)(write, inputs, checksums, has_data)
         return run_with_progress(c, finished, progress)
 
-    with open_client(client, profile=cluster, workers=workers) as c:
+    with Compute(client, cluster, workers, progress).open() as c:
         return write_store_atomically(ds, out, store_kind=STORE_KIND, encoding=encoding, compute=compute)
 
 
@@ -223,6 +224,11 @@ class MosaicReader:
     wcs: WCS
     sci: Any
     err: Any
+
+    @property
+    def grid(self) -> PixelGrid:
+        """The store's bands, shape, pixel scale and WCS (what the tile kernels need)."""
+        return PixelGrid(self.bands, self.shape, self.pixel_scale_arcsec, self.wcs)
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
         """``sci`` and ``err`` ``(band, y, x)`` [nJy per pixel, float32] of the box ``[y0, y1) x [x0, x1)``;

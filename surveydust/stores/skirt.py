@@ -63,7 +63,7 @@ import xarray as xr
 from astropy.io import fits
 from astropy.table import Table
 
-from surveydust.cluster import open_client, run_with_progress
+from surveydust.cluster import Compute, run_with_progress
 from surveydust.errors import InputError
 from surveydust.instrument import KNOWN_BANDS, check_bands
 from surveydust.physics import pixel_area_sr
@@ -145,7 +145,7 @@ def ingest_skirt(
         view_note="view = index of (inclination, azimuth) among the views of that galaxy ingested together",
         resampling="exact area-overlap rebinning (flux conserving), centred on CRPIX",
     )
-    with OutputLock(out), open_client(client, profile=cluster, workers=workers) as c:
+    with OutputLock(out), Compute(client, cluster, workers, progress).open() as c:
         return write_training_store(annotate(ds, pixel_scale_arcsec), out, overwrite=overwrite,
                                     compute=lambda delayed: run_with_progress(c, delayed, progress))
 
