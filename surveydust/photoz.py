@@ -7,10 +7,14 @@ known to lie at z > 6. From fluxes and errors [nJy] in any NIRCam bands this mod
   redshift grid, each template is fitted with a free non-negative normalisation, chi^2 with a
   fractional template error added in quadrature; the likelihood is summed over templates and
   multiplied by a prior (flat by default) into p(z), from which ``z_phot`` (its peak), the 16/84
-  percentiles and P(z > 6) follow. Brown-dwarf templates are fitted on the side (``chi2_star``).
-  Templates (:func:`template_grid`) are built from the package's own stellar-population library,
-  attenuation laws, nebular lines and IGM (:mod:`surveydust.simulate.foreground`) through the
-  NIRCam throughputs: nothing is downloaded;
+  percentiles and P(z > 6) follow, and the best chi^2 at each redshift (``chi2_z``). Stellar
+  templates (:func:`dwarf_sed`: blackbody plus molecular bands, built apart from the simulator's
+  brown dwarfs) are fitted on the side (``chi2_star``). Galaxy templates (:func:`template_grid`) are
+  built from the package's own stellar-population library, attenuation laws, nebular lines and IGM
+  (:mod:`surveydust.simulate.foreground`) through the NIRCam throughputs: nothing is downloaded;
+- :func:`select_high_z`: the z > 6 selection of deep-field searches (Finkelstein et al. 2023;
+  Hainline et al. 2024): P(z > 6), Delta chi^2 between the best low- and high-z solutions, no
+  detection blueward of Lyman-alpha, not a brown dwarf; a reason per rejected source;
 - :class:`LearnedPhotoZ`: gradient-boosted trees (scikit-learn) on asinh colours, trained on
   simulated photometry, giving ``z_phot`` and P(z > 6);
 - :func:`dropout_selection`: a classic Lyman-break colour cut, the baseline;
@@ -50,8 +54,26 @@ TEMPLATES: dict[str, tuple[tuple[float, ...], float, float]] = {
     "post_starburst": ((0.002, 0.004, 0.014, 200.0, 200.0), 1.0, 0.5),
     "old_300_500myr": ((0.0, 0.0, 0.0, 0.0, 1.0), 1.0, 0.0),
 }
-#: brown-dwarf template temperatures [K] (:func:`surveydust.simulate.foreground.brown_dwarf_sed`)
-STAR_TEFF_K = (500.0, 650.0, 800.0, 950.0, 1100.0, 1300.0)
+#: brightness temperatures [K] of the stellar templates' continua (:func:`dwarf_sed`): Y and T dwarfs
+#: (their flux windows emerge from layers hotter than T_eff) to L/M dwarfs
+STAR_TEMPERATURE_K = (700.0, 1000.0, 1400.0, 2000.0, 2800.0)
+#: molecular absorption of cool dwarfs as boxes [um] with the absorber each belongs to: H2O
+#: 1.33-1.55, 1.75-2.10, 2.45-3.10 um; CH4 1.60-1.80, 2.15-2.50, 3.00-3.90 um; H2 collision-induced
+#: absorption over 1.9-2.5 um; CO 4.4-5.0 um (band positions: Kirkpatrick 2005, ARA&A 43, 195;
+#: Burgasser et al. 2006; the CH4 fundamental at 3.3 um and the 4-5 um window: Leggett et al. 2017)
+STAR_ABSORPTION_UM = (((1.33, 1.55), "h2o"), ((1.75, 2.10), "h2o"), ((2.45, 3.10), "h2o"),
+                      ((1.60, 1.80), "ch4"), ((2.15, 2.50), "ch4"), ((3.00, 3.90), "ch4"), ((1.90, 2.50), "cia"),
+                      ((4.40, 5.00), "co"))
+#: absorbed fraction per absorber in each spectral class of the stellar templates: M/L (water only),
+#: early T (methane appears), late T / Y (water and methane near saturation in the band cores,
+#: strong H2 CIA: J - H and H - K blue, the 3-4 um region dark, the 4-5 um window bright)
+STAR_CLASSES: dict[str, dict[str, float]] = {
+    "ML": {"h2o": 0.4, "ch4": 0.0, "cia": 0.1, "co": 0.1},
+    "earlyT": {"h2o": 0.85, "ch4": 0.7, "cia": 0.3, "co": 0.2},
+    "lateT_Y": {"h2o": 0.97, "ch4": 0.97, "cia": 0.6, "co": 0.3},
+}
+#: e-folding width [um] of the optical cut-off of cool dwarfs below 1 um (K I / Na I wings; M/L: none)
+STAR_OPTICAL_CUTOFF_UM = 0.08
 #: sources fitted at once (bounds memory: a few arrays of chunk x templates x redshifts)
 FIT_CHUNK = 64
 
@@ -94,6 +116,9 @@ class PhotoZResult:
     chi2_star : (n,) smallest chi^2 of the brown-dwarf templates.
     n_bands : (n,) bands with data per source.
     z_threshold : the redshift of ``p_high_z``.
+    chi2_z : (n, n_z) float32, the smallest chi^2 of the galaxy templates at each redshift of
+        ``z_grid`` (the likelihood alone, no prior): the best low- and high-z solutions a selection
+        compares (:func:`select_high_z`).
     """
 
     z_phot: np.ndarray
@@ -106,6 +131,7 @@ class PhotoZResult:
     chi2_star: np.ndarray
     n_bands: np.ndarray
     z_threshold: float
+    chi2_z: np.ndarray
 
 
 def default_z_grid(step: float = Z_GRID_STEP, z_max: float = Z_GRID_MAX) -> np.ndarray:
@@ -127,7 +153,6 @@ def _template_grid_cached(bands: tuple[str, ...], z_key: tuple[float, float, int
     from surveydust.physics import attenuation_curve
     from surveydust.simulate.foreground import (
         band_fluxes,
-        brown_dwarf_sed,
         extended_library,
         galaxy_sed,
         igm_forest_transmission,
@@ -150,10 +175,49 @@ def _template_grid_cached(bands: tuple[str, ...], z_key: tuple[float, float, int
         weights = np.array([band_weights(wave, b, z) for b in bands]) * igm
         flux[:, j] = seds_arr @ weights.T
     flux /= flux.mean(axis=(1, 2), keepdims=True)
-    stars = np.array([band_fluxes(*brown_dwarf_sed(t), 0.0, bands, igm=False) for t in STAR_TEFF_K])
-    stars /= stars.mean(axis=1, keepdims=True)
+    star_names, stars = [], []
+    for cls in STAR_CLASSES:
+        for t in STAR_TEMPERATURE_K:
+            star_names.append(f"dwarf_{cls}_{t:g}K")
+            stars.append(band_fluxes(*dwarf_sed(t, cls), 0.0, bands, igm=False))
+    stars_arr = np.array(stars)
+    stars_arr /= stars_arr.mean(axis=1, keepdims=True)
     return TemplateGrid(bands=bands, z_grid=z_grid, names=tuple(names), flux=flux,
-                        star_names=tuple(f"brown_dwarf_{t:g}K" for t in STAR_TEFF_K), star_flux=stars)
+                        star_names=tuple(star_names), star_flux=stars_arr)
+
+
+def dwarf_sed(temperature_k: float, spectral_class: str) -> tuple[np.ndarray, np.ndarray]:
+    """A stellar template for :func:`fit_photoz`'s brown-dwarf fit: a blackbody at the brightness
+    temperature ``temperature_k`` with box-shaped molecular absorption bands
+    (:data:`STAR_ABSORPTION_UM`) at the fractions of ``spectral_class`` (:data:`STAR_CLASSES`) and,
+    for T and Y dwarfs, an exponential optical cut-off below 1 um.
+
+    This set is built on purpose apart from the simulator's brown dwarfs
+    (:func:`surveydust.simulate.foreground.brown_dwarf_sed`: a blackbody at 1.8 T_eff with Gaussian
+    bands whose depth follows T_eff): a coarser grid, box bands, depths per class rather than per
+    temperature, a free brightness temperature. Fitting the simulator's own generator would flatter
+    the rejection. The caveat stands all the same: both are blackbody-plus-absorption sketches of
+    the same molecules at the same wavelengths, so they agree more with each other than either
+    agrees with a real T/Y dwarf (Sonora/ATMO atmospheres, observed spectra); the rejection measured
+    on simulated fields is an upper bound.
+
+    Returns
+    -------
+    wave_aa : (n_wave,) observed wavelength [Angstrom], 0.5-6 um.
+    f_lambda : (n_wave,) relative flux density (peak 1).
+    """
+    if spectral_class not in STAR_CLASSES or not temperature_k > 0:
+        raise InputError(f"need a temperature > 0 and a class in {list(STAR_CLASSES)}, got {temperature_k}, "
+                         f"{spectral_class!r}")
+    wave = np.geomspace(5000.0, 60000.0, 2000)
+    um = wave / 1e4
+    f = um**-5 / np.expm1(14387.77 / (um * temperature_k))
+    depth = STAR_CLASSES[spectral_class]
+    for (lo, hi), molecule in STAR_ABSORPTION_UM:
+        f = np.where((um >= lo) & (um <= hi), f * (1.0 - depth[molecule]), f)
+    if depth["ch4"] > 0:
+        f = f * np.where(um < 1.0, np.exp(-(1.0 - um) / STAR_OPTICAL_CUTOFF_UM), 1.0)
+    return wave, f / f.max()
 
 
 def template_grid(bands: tuple[str, ...] | list[str], z_grid: np.ndarray | None = None) -> TemplateGrid:
@@ -202,11 +266,12 @@ def _percentile(cdf: np.ndarray, z: np.ndarray, q: float) -> np.ndarray:
 
 
 def _chunk_likelihood(flux: np.ndarray, weight: np.ndarray, models: np.ndarray, models_sq: np.ndarray,
-                      n_t: int) -> tuple[np.ndarray, np.ndarray]:
-    """Likelihood summed over templates, ``(c, n_z)``, and the smallest chi^2, ``(c,)``, of a chunk of
-    sources; the same as :func:`_free_norm_chi2` then ``exp(-(chi2 - min) / 2)`` summed over
-    templates, in float32 and in place (about five times fewer bytes moved than the float64 form):
-    ``chi2 - min chi2 = max gain - gain`` needs no ``s`` term."""
+                      n_t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Likelihood summed over templates, ``(c, n_z)``, the smallest chi^2, ``(c,)``, and the smallest
+    chi^2 over templates at each redshift, ``(c, n_z)``, of a chunk of sources; the same as
+    :func:`_free_norm_chi2` then ``exp(-(chi2 - min) / 2)`` summed over templates, in float32 and in
+    place (about five times fewer bytes moved than the float64 form): ``chi2 - min chi2 = max gain -
+    gain`` needs no ``s`` term."""
     s = (weight * flux**2).sum(axis=1)
     # BLAS rounds a row differently with the matrix's row count: padded to FIT_CHUNK rows, a source's
     # p(z) does not depend on which or how many sources are fitted with it (batches, tiles)
@@ -219,12 +284,13 @@ def _chunk_likelihood(flux: np.ndarray, weight: np.ndarray, models: np.ndarray, 
     gain *= gain
     np.maximum(den, np.finfo(np.float32).tiny, out=den)
     gain /= den
-    top = gain.max(axis=1)
+    top_z = gain.reshape(n, n_t, -1).max(axis=1)
+    top = top_z.max(axis=1)
     gain -= top[:, None]
     gain *= 0.5
     np.exp(gain, out=gain)
     like = gain.reshape(len(flux), n_t, -1).sum(axis=1, dtype=np.float64)
-    return like, np.maximum(s - top, 0.0)
+    return like, np.maximum(s - top, 0.0), np.maximum(s[:, None] - top_z, 0.0)
 
 
 def fit_photoz(flux_njy: Any, err_njy: Any, bands: tuple[str, ...] | list[str], *,
@@ -273,9 +339,10 @@ def fit_photoz(flux_njy: Any, err_njy: Any, bands: tuple[str, ...] | list[str], 
     models_sq = models**2
     pz = np.empty((len(flux), len(z)))
     chi2_min = np.empty(len(flux))
+    chi2_z = np.empty((len(flux), len(z)), np.float32)
     for start in range(0, len(flux), FIT_CHUNK):
         part = slice(start, start + FIT_CHUNK)
-        like, chi2_min[part] = _chunk_likelihood(flux[part], weight[part], models, models_sq, n_t)
+        like, chi2_min[part], chi2_z[part] = _chunk_likelihood(flux[part], weight[part], models, models_sq, n_t)
         pz[part] = like * prior_arr[part]
     pz /= np.trapezoid(pz, z, axis=1)[:, None]
     cdf = np.concatenate([np.zeros((len(pz), 1)), np.cumsum(0.5 * (pz[:, 1:] + pz[:, :-1]) * np.diff(z), axis=1)],
@@ -287,7 +354,7 @@ def fit_photoz(flux_njy: Any, err_njy: Any, bands: tuple[str, ...] | list[str], 
     chi2_star = _free_norm_chi2(flux, weight, grid.star_flux).min(axis=1)
     return PhotoZResult(z_phot=z[np.argmax(pz, axis=1)], z16=_percentile(cdf, z, 0.16), z84=_percentile(cdf, z, 0.84),
                         p_high_z=np.clip(p_high, 0.0, 1.0), pz=pz, z_grid=z, chi2=chi2_min, chi2_star=chi2_star,
-                        n_bands=(weight > 0).sum(axis=1), z_threshold=float(z_threshold))
+                        n_bands=(weight > 0).sum(axis=1), z_threshold=float(z_threshold), chi2_z=chi2_z)
 
 
 def pz_quantiles(pz: Any, z_grid: Any, levels: Any, z_range: tuple[float, float] | None = None) -> np.ndarray:
@@ -433,6 +500,135 @@ def dropout_selection(flux_njy: Any, err_njy: Any, bands: tuple[str, ...] | list
     return selected
 
 
+#: defaults of :func:`select_high_z`, chosen by measurement on a calibration sky mix of one seed
+#: (``benchmarks/photoz.py --calibrate``) and reported on another
+P_HIGH_Z_MIN = 0.3
+DELTA_CHI2_MIN = 4.0
+Z_LOW_MAX = 5.0
+VETO_SNR = 2.0
+STAR_DELTA_CHI2 = 0.0
+#: a band is "fully blueward" of the Lyman-alpha break when this share of its throughput lies below it
+BLUEWARD_SHARE = 0.99
+LYMAN_ALPHA_AA = 1215.67
+#: why a source is not selected (:func:`select_high_z`), checked in this order; "" where selected
+SELECTION_REASONS = {
+    "no_data": "no band with data",
+    "p_high_z": "P(z>6) below p_high_z_min",
+    "delta_chi2": "the best low-z solution (z < z_low_max) fits within delta_chi2_min of the best z > 6 one",
+    "blue_detection": "detected (SNR >= veto_snr) in a band fully blueward of Lyman-alpha at the candidate's z",
+    "brown_dwarf": "a brown-dwarf template fits better than the best z > 6 solution",
+}
+
+
+@dataclass(frozen=True)
+class HighZSelection:
+    """The z > 6 selection of a batch of sources (:func:`select_high_z`).
+
+    Attributes
+    ----------
+    selected : (n,) bool.
+    reason : (n,) str, "" where selected, else the first criterion failed (:data:`SELECTION_REASONS`).
+    delta_chi2 : (n,) chi^2 of the best solution at z < ``z_low_max`` minus that of the best at
+        z >= the fit's threshold (6): large where low-z solutions are excluded.
+    z_candidate : (n,) redshift of the best z >= 6 solution.
+    blue_snr : (n,) largest SNR among bands fully blueward of Lyman-alpha at ``z_candidate``
+        (NaN where no band is).
+    star_delta_chi2 : (n,) chi^2 of the best z >= 6 solution minus that of the best stellar
+        template (> 0: a brown dwarf fits better).
+    """
+
+    selected: np.ndarray
+    reason: np.ndarray
+    delta_chi2: np.ndarray
+    z_candidate: np.ndarray
+    blue_snr: np.ndarray
+    star_delta_chi2: np.ndarray
+
+
+@lru_cache(maxsize=64)
+def _blueward_edge_aa(band: str) -> float:
+    """Wavelength [Angstrom] below which :data:`BLUEWARD_SHARE` of ``band``'s throughput lies."""
+    from surveydust.instrument import bandpass
+
+    wave, thr = bandpass(band)
+    cum = np.cumsum(thr * np.gradient(wave))
+    return float(np.interp(BLUEWARD_SHARE, cum / cum[-1], wave))
+
+
+def select_high_z(flux_njy: Any, err_njy: Any, bands: tuple[str, ...] | list[str], fit: PhotoZResult, *,
+                  p_min: float = P_HIGH_Z_MIN, delta_chi2_min: float = DELTA_CHI2_MIN,
+                  z_low_max: float = Z_LOW_MAX, veto_snr: float = VETO_SNR,
+                  star_delta_chi2: float = STAR_DELTA_CHI2, compact: Any = None) -> HighZSelection:
+    """Select z > 6 galaxies from a template fit the way deep-field searches do.
+
+    A source is selected when all of these hold (the criteria of Finkelstein et al. 2023, ApJL 946,
+    L13, CEERS z > 8.5, and Hainline et al. 2024, ApJ 964, 71, JADES z > 8, moved to z > 6):
+
+    1. ``P(z > 6) >= p_min``: the integrated p(z) of the fit, prior included;
+    2. ``delta_chi2 >= delta_chi2_min``: the best solution at z < ``z_low_max`` (a gap below 6, as
+       their z < 7 against z > 8 or 8.5) has chi^2 at least this much above the best at z >= 6
+       (likelihood only; Finkelstein: Delta chi^2 > 4; Hainline: > 4). A z = 2 galaxy whose
+       colours also allow z = 9 (flat p(z), P(z > 6) of a few tenths) fails it;
+    3. no detection, SNR < ``veto_snr``, in any band fully blueward of Lyman-alpha at the best
+       z >= 6 solution (:data:`BLUEWARD_SHARE` of its throughput below 1216 (1 + z) A): a Lyman
+       break leaves nothing there (both papers: SNR < 2-3 in the dropout bands). With the NIRCam
+       wide bands this bites from z = 7.3 (F090W) and 9.6 (F115W) up; below, criteria 1-2 carry
+       the break;
+    4. not better fitted by a brown dwarf: the best stellar template (:func:`dwarf_sed`,
+       ``fit.chi2_star``) has chi^2 above the best z >= 6 solution minus ``star_delta_chi2``
+       (Hainline et al. 2024 reject compact sources with chi^2_BD < chi^2_EAZY). With ``compact``
+       (bool per source, e.g. an unresolved size) the test applies to compact sources only.
+
+    Parameters
+    ----------
+    flux_njy, err_njy : (n, n_band) the photometry the fit saw [nJy] (NaN / inf where no data).
+    bands : band of each column (NIRCam names).
+    fit : :func:`fit_photoz` of that photometry (its ``chi2_z``, ``p_high_z``, ``chi2_star``).
+    p_min, delta_chi2_min, z_low_max, veto_snr, star_delta_chi2 : the thresholds above.
+    compact : (n,) bool or None (every source may be a star).
+
+    Returns
+    -------
+    HighZSelection with the mask, a reason per rejected source and the quantities tested.
+    """
+    names = _check_bands(bands)
+    flux, weight = _check_photometry(flux_njy, err_njy, len(names))
+    n = len(flux)
+    if fit.chi2_z.shape != (n, len(fit.z_grid)):
+        raise InputError(f"fit is of {fit.chi2_z.shape[0]} sources, the photometry of {n}")
+    if not fit.z_grid[0] < z_low_max <= fit.z_threshold:
+        raise InputError(f"z_low_max must lie in ({fit.z_grid[0]}, {fit.z_threshold}], got {z_low_max}")
+    z = fit.z_grid
+    low, high = z < z_low_max, z >= fit.z_threshold
+    chi2 = fit.chi2_z.astype(np.float64)
+    chi2_low = chi2[:, low].min(axis=1)
+    k = np.argmin(chi2[:, high], axis=1)
+    chi2_high = chi2[np.arange(n), np.flatnonzero(high)[k]]
+    z_cand = z[high][k]
+    snr = np.where(weight > 0, flux * np.sqrt(weight), np.nan)
+    edges = np.array([_blueward_edge_aa(b) for b in names])
+    blueward = edges[None, :] < LYMAN_ALPHA_AA * (1.0 + z_cand[:, None])
+    with np.errstate(invalid="ignore"):
+        blue_snr = np.where(blueward & np.isfinite(snr), snr, -np.inf).max(axis=1)
+    blue_snr = np.where(np.isfinite(blue_snr), blue_snr, np.nan)
+    star = chi2_high - np.asarray(fit.chi2_star, np.float64)
+    may_be_star = np.ones(n, bool) if compact is None else np.asarray(compact, bool)
+    if may_be_star.shape != (n,):
+        raise InputError(f"compact must have shape ({n},), got {may_be_star.shape}")
+    fails = {
+        "no_data": fit.n_bands == 0,
+        "p_high_z": ~(np.nan_to_num(fit.p_high_z, nan=0.0) >= p_min),
+        "delta_chi2": ~(chi2_low - chi2_high >= delta_chi2_min),
+        "blue_detection": np.nan_to_num(blue_snr, nan=-np.inf) >= veto_snr,
+        "brown_dwarf": may_be_star & (star > star_delta_chi2),
+    }
+    reason = np.full(n, "", dtype=f"U{max(len(r) for r in SELECTION_REASONS)}")
+    for name in reversed(list(fails)):  # the first criterion failed wins
+        reason[fails[name]] = name
+    return HighZSelection(selected=reason == "", reason=reason, delta_chi2=chi2_low - chi2_high, z_candidate=z_cand,
+                          blue_snr=blue_snr, star_delta_chi2=star)
+
+
 def colour_features(flux_njy: Any, err_njy: Any) -> np.ndarray:
     """Features of a learned estimator: asinh magnitudes (softened at each source's 1-sigma error,
     so non-detections and negative fluxes stay finite) relative to the reddest band, that band's
@@ -522,6 +718,6 @@ def selection_metrics(is_high_z: Any, selected: Any) -> dict[str, float]:
             "n_true": int(truth.sum()), "n_selected": int(sel.sum())}
 
 
-__all__ = ["HIGH_Z", "LearnedPhotoZ", "PhotoZResult", "TemplateGrid", "colour_features", "default_z_grid",
-           "dropout_selection", "fit_photoz", "photoz_metrics", "pz_quantiles", "selection_metrics",
-           "template_grid"]
+__all__ = ["DELTA_CHI2_MIN", "HIGH_Z", "P_HIGH_Z_MIN", "SELECTION_REASONS", "HighZSelection", "LearnedPhotoZ",
+           "PhotoZResult", "TemplateGrid", "colour_features", "default_z_grid", "dropout_selection", "dwarf_sed",
+           "fit_photoz", "photoz_metrics", "pz_quantiles", "select_high_z", "selection_metrics", "template_grid"]

@@ -1,6 +1,7 @@
 """Photometric redshifts: the template fit recovers known redshifts, tells a Balmer break from a
-Lyman break with F090W, gives a normalised p(z), refuses bad input in one line; the dropout cut,
-the learned estimator and the metrics behave."""
+Lyman break with F090W, gives a normalised p(z), refuses bad input in one line; the z > 6
+selection keeps a clean dropout and rejects a brown dwarf, a detection blueward of the break and a
+low-z galaxy, each for its reason; the dropout cut, the learned estimator and the metrics behave."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import numpy as np
 import pytest
 
 from surveydust.photoz import (
+    SELECTION_REASONS,
     LearnedPhotoZ,
     default_z_grid,
     dropout_selection,
+    dwarf_sed,
     fit_photoz,
     luminosity_prior,
     photoz_metrics,
+    select_high_z,
     selection_metrics,
     template_grid,
 )
@@ -126,3 +130,70 @@ def test_learned_estimator_trains_and_predicts() -> None:
     assert z.shape == p.shape == (400,) and ((p >= 0) & (p <= 1)).all()
     high = mix.redshift > 6
     assert p[high].mean() > p[~high].mean() + 0.3
+
+
+def _dropout(z: float = 7.5, mag: float = 26.0) -> tuple[np.ndarray, np.ndarray]:
+    """A young, blue z = ``z`` galaxy at SNR ~ 40 in F277W, F090W a non-detection (noiseless)."""
+    flux = _photometry((5.0, 10.0, 30.0, 0.0, 0.0), 0.1, 0.1, z, mag)
+    return flux[None], np.full((1, 7), float(ab_to_njy(28.5)) / 5)
+
+
+#: thresholds that switch off every criterion of select_high_z but the one under test
+OFF = {"p_min": 0.0, "delta_chi2_min": -np.inf, "veto_snr": np.inf, "star_delta_chi2": np.inf}
+
+
+def test_clean_dropout_is_selected_with_large_delta_chi2() -> None:
+    flux, err = _dropout()
+    sel = select_high_z(flux, err, SEVEN, fit_photoz(flux, err, SEVEN))
+    assert sel.selected[0] and sel.reason[0] == ""
+    assert sel.delta_chi2[0] >= 4 and sel.star_delta_chi2[0] < 0
+    assert 6.5 < sel.z_candidate[0] < 8.5
+    assert np.isnan(sel.blue_snr[0]) or sel.blue_snr[0] < 2
+
+
+def test_detection_blueward_of_the_break_is_rejected() -> None:
+    flux, err = _dropout(z=8.5)
+    clean = select_high_z(flux, err, SEVEN, fit_photoz(flux, err, SEVEN), **{**OFF, "veto_snr": 2.0})
+    assert clean.selected[0]
+    flux[0, 0] = 5 * err[0, 0]  # F090W, fully blueward of Lyman-alpha at z > 7.3, detected at 5 sigma
+    fit = fit_photoz(flux, err, SEVEN)
+    only_veto = select_high_z(flux, err, SEVEN, fit, **{**OFF, "veto_snr": 2.0})
+    assert only_veto.z_candidate[0] > 7.3 and only_veto.blue_snr[0] >= 2
+    assert only_veto.reason[0] == "blue_detection"
+    assert not select_high_z(flux, err, SEVEN, fit).selected[0]
+
+
+def test_brown_dwarf_is_rejected() -> None:
+    rel = band_fluxes(*dwarf_sed(1400.0, "lateT_Y"), 0.0, SEVEN, igm=False)
+    flux = (rel / rel[SEVEN.index("F444W")] * float(ab_to_njy(25.0)))[None]
+    err = np.full((1, 7), float(ab_to_njy(28.5)) / 5)
+    fit = fit_photoz(flux, err, SEVEN)
+    assert fit.chi2_star[0] < fit.chi2[0]
+    only_star = select_high_z(flux, err, SEVEN, fit, **{**OFF, "star_delta_chi2": 0.0})
+    assert only_star.reason[0] == "brown_dwarf" and only_star.star_delta_chi2[0] > 0
+    assert not select_high_z(flux, err, SEVEN, fit).selected[0]
+    # a resolved source is not a star: the test is skipped where compact is False
+    assert select_high_z(flux, err, SEVEN, fit, **{**OFF, "star_delta_chi2": 0.0}, compact=[False]).selected[0]
+
+
+def test_low_z_galaxies_are_rejected_with_a_reason() -> None:
+    flux = np.stack([_photometry((0.002, 0.004, 0.014, 200.0, 200.0), 1.0, 0.3, 1.5, 25.5),
+                     _photometry((5.0, 10.0, 30.0, 50.0, 50.0), 0.4, 2.0, 2.5, 27.0)])
+    err = np.full_like(flux, float(ab_to_njy(28.5)) / 5)
+    fit = fit_photoz(flux, err, SEVEN)
+    sel = select_high_z(flux, err, SEVEN, fit)
+    assert not sel.selected.any() and set(sel.reason) <= set(SELECTION_REASONS)
+    assert (sel.delta_chi2 < 4).all()  # a low-z solution fits as well as, or better than, any z > 6 one
+    # with P(z > 6) alone (p_min only) a source either passes or is rejected for that reason only
+    assert set(select_high_z(flux, err, SEVEN, fit, **{**OFF, "p_min": 0.3}).reason) <= {"", "p_high_z"}
+
+
+def test_selection_refuses_bad_input() -> None:
+    flux, err = _dropout()
+    fit = fit_photoz(flux, err, SEVEN)
+    with pytest.raises(ValueError, match="fit is of 1 sources"):
+        select_high_z(np.vstack([flux, flux]), np.vstack([err, err]), SEVEN, fit)
+    with pytest.raises(ValueError, match="z_low_max"):
+        select_high_z(flux, err, SEVEN, fit, z_low_max=7.0)
+    with pytest.raises(ValueError, match="compact"):
+        select_high_z(flux, err, SEVEN, fit, compact=[True, False])
