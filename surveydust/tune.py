@@ -58,7 +58,7 @@ from surveydust.config import (
 )
 from surveydust.errors import InputError
 from surveydust.preprocess import Split
-from surveydust.stores.base import replace_atomically
+from surveydust.stores.base import replace_atomically, write_atomically, write_output_figure, write_output_table
 from surveydust.stores.training import open_training_store
 from surveydust.train import Part, augments_per_batch, fit_bundle, prepare_training
 
@@ -151,7 +151,7 @@ def _check_study_folder(out: Path, tuning: TuningConfig, cfg: TrainingConfig, st
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out} exists and is not a surveydust study folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(identity, indent=2))
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(identity, indent=2)))
 
 
 def _training_part(store: Path | str, out: Path, split: Split, cfg: TrainingConfig, client: Any,
@@ -334,8 +334,9 @@ class _TrialRunner:
             best = np.inf
         if result["value"] < best:
             replace_atomically(bundle, self.out / BEST_MODEL)
-            (self.out / BEST_CONFIG).write_text(yaml.safe_dump(
-                {"training": read_meta(self.out / BEST_MODEL)["training_config"]}, sort_keys=False))
+            best_config = yaml.safe_dump({"training": read_meta(self.out / BEST_MODEL)["training_config"]},
+                                         sort_keys=False)
+            write_atomically(self.out / BEST_CONFIG, lambda tmp: tmp.write_text(best_config))
             logger.info("trial %d is the best so far: %s", number, self.out / BEST_MODEL)
         else:
             shutil.rmtree(bundle, ignore_errors=True)
@@ -445,7 +446,7 @@ def _param_order(name: str) -> tuple[int, str]:
 def write_report(study: Any, out: Path) -> Any:
     """Write ``trials.ecsv``, ``loss.png`` and ``importance.png``; return the table."""
     table = trial_table(study)
-    table.write(out / TABLE_FILE, format="ascii.ecsv", overwrite=True)
+    write_output_table(table, out / TABLE_FILE, "tuning trials")
     plot_losses(table, out / "loss.png")
     plot_importances(study, out / "importance.png")
     logger.info("wrote %s (%d trials: %s)", out / TABLE_FILE, len(table),
@@ -469,8 +470,7 @@ def plot_losses(table: Any, path: Path) -> Path:
     ax.set_ylabel("validation loss")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return write_output_figure(fig, path, "tuning figure", dpi=120)
 
 
 def plot_importances(study: Any, path: Path) -> Path | None:
@@ -495,8 +495,7 @@ def plot_importances(study: Any, path: Path) -> Path | None:
     ax.barh(names, [importances[n] for n in names])
     ax.set_xlabel(f"importance (PED-ANOVA, normalised; {n_complete} complete trials)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return write_output_figure(fig, path, "tuning figure", dpi=120)
 
 
 __all__ = ["counted_trials", "make_pruner", "run_trial", "suggest_training", "trial_table", "tune",
