@@ -287,7 +287,7 @@ class Predictor:
         mean = raw[:, :n] * self._std + self._mean
         if self.loss != "gaussian_nll":
             pct = {t: np.full((len(images), len(LEVELS)), np.nan) for t in self.targets}
-            return self._dataset({t: np.maximum(mean[:, i], 0.0) if t in self.offsets else mean[:, i]
+            return self.to_dataset({t: np.maximum(mean[:, i], 0.0) if t in self.offsets else mean[:, i]
                                   for i, t in enumerate(self.targets)}, pct, flag, ood)
         import keras
 
@@ -296,7 +296,7 @@ class Predictor:
         sigma = np.asarray(keras.ops.convert_to_numpy(sigma_from_raw(raw[:, n:])), np.float64) * self._std
         pct = {t: self._percentiles(t, mean[:, i], sigma[:, i], np.isfinite(z))
                for i, t in enumerate(self.targets)}
-        return self._dataset({t: pct[t][:, LEVELS.index(0.5)] for t in self.targets}, pct, flag, ood)
+        return self.to_dataset({t: pct[t][:, LEVELS.index(0.5)] for t in self.targets}, pct, flag, ood)
 
     def input_flags(self, images: np.ndarray, redshift: np.ndarray, step: int = 8192) -> np.ndarray:
         """Per image (``(n, band, y, x)``, bands in ``self.bands`` order) the reasons it cannot be
@@ -354,8 +354,12 @@ class Predictor:
             return photometry
         return ood_scores({"features": features, **photometry}, self.meta["ood"], redshift)
 
-    def _dataset(self, median: dict[str, np.ndarray], pct: dict[str, np.ndarray], flag: np.ndarray,
-                 ood: np.ndarray) -> xr.Dataset:
+    def to_dataset(self, median: dict[str, np.ndarray], pct: dict[str, np.ndarray], flag: np.ndarray,
+                   ood: np.ndarray) -> xr.Dataset:
+        """The Dataset :meth:`predict` returns, from per target the ``median`` ``(n,)`` and the
+        percentiles ``pct`` ``(n, level)`` at :data:`surveydust.posterior.LEVELS` (NaN: none), the
+        ``flag`` bits and the ``ood`` scores per source: ``*_err``, ``R_V`` and units as ``predict``
+        gives them (e.g. for a mixture of several predictions of the same sources)."""
         ds = xr.Dataset(coords={"flag": ("sample", flag)})
         ds["flag"].attrs["flag_meanings"] = ", ".join(f"{FLAGS[k]}={k}" for k in ("no_data", "z_out_of_range"))
         for t in self.targets:
@@ -380,6 +384,8 @@ class Predictor:
         ds.attrs.update(model_id=self.model_id, bands=list(self.bands), uses_redshift=int(self.uses_redshift),
                         redshift_range=list(self.redshift_range))
         return ds
+
+    _dataset = to_dataset  # the previous private name, until its last caller moves to to_dataset
 
 
 def load_model(path: Path | str | None = None, bands: Sequence[str] | None = None) -> Predictor:

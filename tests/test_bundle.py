@@ -124,6 +124,21 @@ def test_predictions_follow_the_network_outputs(z_bundle: Path, stamps) -> None:
             np.testing.assert_allclose(ds[f"{t}_p975"].values[rows], want[:, 4], rtol=1e-4, atol=1e-6)
 
 
+def test_to_dataset_rebuilds_a_prediction_from_its_parts(z_bundle: Path, stamps) -> None:
+    """The public constructor of predict's output (what a mixture of predictions uses)."""
+    import xarray as xr
+
+    p = load_model(z_bundle)
+    ds = p.predict(stamps(12), np.where(np.arange(12) < 6, 7.0, np.nan))
+    pct = {t: np.column_stack([ds[t if n == "p50" else f"{t}_{n}"].values.astype(np.float64) for n in LEVEL_NAMES])
+           for t in TARGETS}
+    rebuilt = p.to_dataset({t: pct[t][:, LEVEL_NAMES.index("p50")] for t in TARGETS}, pct, ds["flag"].values,
+                           ds["ood"].values)
+    assert list(rebuilt.data_vars) == list(ds.data_vars) and rebuilt.attrs == ds.attrs
+    xr.testing.assert_allclose(rebuilt, ds, rtol=1e-5)  # from float32 percentiles
+    assert all(rebuilt[v].attrs == ds[v].attrs for v in ds.variables)
+
+
 def test_calibration_widens_the_intervals_not_the_median(bundle: Path, z_bundle: Path, stamps) -> None:
     plain, calibrated = load_model(bundle).predict(stamps()), load_model(z_bundle).predict(stamps())
     for t in TARGETS:

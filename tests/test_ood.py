@@ -1,25 +1,31 @@
 """Out-of-distribution scores (surveydust.ood): a stamp's photometric noise is measured from its own
 pixels (white or correlated), the colour distribution is deconvolved from that noise and follows
 redshift, the threshold flags the stated share of in-domain stamps, a colour excess is flagged where
-the photometry can see it and not where noise hides it, brightness alone is never flagged, and
-bundles of the previous kind are still scored."""
+the photometry can see it and not where noise hides it, brightness alone is never flagged,
+bundles of the previous kind are still scored, and the vectorised float32 photometry measures what a
+straightforward float64 one, written out here, does (the shipped bundles' scores and flags with it)."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pytest
 
+from surveydust import ood
 from surveydust.instrument import aperture_noise_factor, circular_aperture
 from surveydust.ood import (
+    BACKGROUND_RADIUS_PIX,
     FLAG_SHARE,
     MAX_MAG_ERR,
     aperture_photometry,
     colour_errors,
+    colour_values,
     colours,
     fit_ood,
     ood_scores,
 )
-from surveydust.preprocess import NORM_APERTURE_PIX
+from surveydust.preprocess import NORM_APERTURE_PIX, crop_centre
 from surveydust.robustness import auroc
 from surveydust.simulate.imaging import correlated_noise
 
@@ -130,3 +136,120 @@ def test_statistics_of_the_previous_kind_are_still_scored() -> None:
              "spaces": {k: {"mean": mean[k], "precision": precision[k], "scale": 1.0} for k in x}}
     score = ood_scores(x, stats, np.full(500, 7.0))
     assert score.shape == (500,) and np.all(np.isfinite(score)) and np.median(score) > 0.5
+
+
+def _reference_photometry(images: np.ndarray, crop: int) -> tuple[np.ndarray, np.ndarray]:
+    """What :func:`aperture_photometry` measures, written out one band-stamp at a time in float64:
+    the aperture sum; the sky's median, the MAD scatter (x 1.4826) of the sky-subtracted background;
+    the correlation of adjacent background pixels both within 3 sigma, its Gaussian length and the
+    aperture's noise factor interpolated at it."""
+    cut = crop_centre(np.asarray(images, dtype=np.float64), crop)
+    aperture = circular_aperture(crop, NORM_APERTURE_PIX)
+    background = ~circular_aperture(crop, BACKGROUND_RADIUS_PIX)
+    grid = np.linspace(0.0, 3.0, 31)
+    factors = [aperture_noise_factor(aperture, s) for s in grid]
+    flux, error = np.empty(cut.shape[:2]), np.empty(cut.shape[:2])
+    for i, j in np.ndindex(*cut.shape[:2]):
+        img = cut[i, j]
+        centred = img - np.median(img[background])
+        sigma = 1.4826 * np.median(np.abs(centred[background]))
+        quiet = background & (np.abs(centred) < 3.0 * sigma)
+        num = den = 0.0
+        for dy, dx in ((0, 1), (1, 0)):
+            a, b = centred[:crop - dy, :crop - dx], centred[dy:, dx:]
+            both = quiet[:crop - dy, :crop - dx] & quiet[dy:, dx:]
+            num += np.sum(a[both] * b[both])
+            den += np.sum(0.5 * (a[both] ** 2 + b[both] ** 2))
+        rho = min(max(num / den if den > 0 else 0.0, 1e-6), 0.99)
+        length = np.sqrt(-1.0 / (4.0 * np.log(rho))) if rho > 0.02 else 0.0
+        flux[i, j] = img[aperture].sum()
+        error[i, j] = sigma * np.interp(length, grid, factors)
+    return flux, error
+
+
+def _galaxy_stamps(rng: np.random.Generator, n: int, bands: int, size: int = 36) -> np.ndarray:
+    """Random stamps: an elliptical Gaussian source of random size, flux and colours (some faint, some
+    bright enough to reach the background ring), a sky offset, white or correlated noise of random level."""
+    y, x = np.mgrid[:size, :size] - (size - 1) / 2.0
+    out = np.empty((n, bands, size, size))
+    for i in range(n):
+        q, r = rng.uniform(0.3, 1.0), rng.uniform(0.7, 6.0)
+        shape = np.exp(-0.5 * (x**2 + (y / q) ** 2) / r**2)
+        noise = correlated_noise(rng, (bands, size, size), rng.choice([0.0, rng.uniform(0.3, 2.0)]))
+        out[i] = (10 ** rng.uniform(-1.0, 3.0, (bands, 1, 1)) * shape + rng.normal(0.0, 0.5, (bands, 1, 1))
+                  + rng.uniform(0.5, 5.0) * noise)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_photometry_matches_a_straightforward_reference(dtype) -> None:
+    rng = np.random.default_rng(8)
+    images = _galaxy_stamps(rng, 40, 4).astype(dtype)
+    images[0, 1, 5, 5] = np.nan  # a NaN sky pixel: no scatter for that band (as np.median)
+    images[1, 2, 18, 17] = np.nan  # a NaN in the aperture: no flux, the scatter is still measured
+    images[2, 0, 16, 20] = np.inf
+    for crop in (32, 27):
+        with np.errstate(invalid="ignore"):
+            flux, error = aperture_photometry(images, crop)
+            want_flux, want_error = _reference_photometry(images, crop)
+        np.testing.assert_array_equal(np.isnan(error), np.isnan(want_error))
+        np.testing.assert_array_equal(np.isfinite(flux), np.isfinite(want_flux))
+        assert np.isnan(error[0, 1]) and np.isnan(flux[1, 2]) and np.isfinite(error[1, 2])
+        finite = np.isfinite(want_flux)
+        # float32 stamps are measured in float32 (the flux summed in float64): round-off only
+        np.testing.assert_allclose(flux[finite], want_flux[finite], rtol=1e-12)
+        ok = np.isfinite(want_error)
+        np.testing.assert_allclose(error[ok], want_error[ok], rtol=1e-12 if dtype == np.float64 else 2e-5)
+
+
+@pytest.mark.parametrize("width", [0, 1, 2, 7, 640])
+def test_row_medians_are_numpys_medians(width: int) -> None:
+    rng = np.random.default_rng(width)
+    for dtype in (np.float64, np.float32):
+        a = rng.normal(size=(50, width)).astype(dtype)
+        a[:, :width // 3] = 1.0  # ties
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the median of nothing
+            want = np.median(a.astype(np.float64), axis=1)
+        np.testing.assert_array_equal(ood._row_medians(a.copy()), want)
+
+
+def test_photometry_is_the_same_in_blocks_and_for_correlated_noise_of_every_length(monkeypatch) -> None:
+    rng = np.random.default_rng(9)
+    images = np.concatenate([correlated_noise(rng, (30, 2, 32, 32), s) for s in (0.0, 0.5, 1.0, 2.0)])
+    whole = aperture_photometry(images, 32)
+    monkeypatch.setattr(ood, "PHOTOMETRY_ROWS", 7)  # blocks that split stamps' bands
+    np.testing.assert_array_equal(aperture_photometry(images, 32), whole)
+    np.testing.assert_allclose(whole, _reference_photometry(images, 32), rtol=1e-12)
+    assert aperture_photometry(images[:0], 32)[1].shape == (0, 2)
+
+
+def test_shipped_bundles_score_and_flag_as_the_reference_photometry_does(monkeypatch) -> None:
+    """The OOD scores of ``Predictor.predict`` with the fast photometry against the same prediction with
+    the reference photometry swapped in: float round-off apart, with the same flags."""
+    from surveydust.bundle import load_model
+
+    rng = np.random.default_rng(10)
+    images = _galaxy_stamps(rng, 150, 6, size=32).astype(np.float32)
+    z = rng.uniform(6.0, 8.5, len(images))
+    six = ("F115W", "F150W", "F200W", "F277W", "F356W", "F444W")
+    for bands in (six, ("F277W", "F356W", "F444W")):
+        p = load_model(bands=list(bands))
+        assert "colour_likelihood" in p.meta["ood"]["spaces"]
+        img = images[:, [six.index(b) for b in bands]]
+        fast = p.predict(img, z)["ood"].values
+        with monkeypatch.context() as m:
+            m.setattr(ood, "aperture_photometry", _reference_photometry)
+            want = p.predict(img, z)["ood"].values
+        np.testing.assert_allclose(fast, want, rtol=1e-5)
+        np.testing.assert_array_equal(fast > 1.0, want > 1.0)
+        assert 0.0 < np.mean(want > 1.0) < 1.0  # some stamps flagged, not all: the test can tell
+
+
+def test_colour_values_follow_the_reference_photometry() -> None:
+    rng = np.random.default_rng(11)
+    images = _galaxy_stamps(rng, 60, 3).astype(np.float32)
+    got = colour_values(images, 32)
+    c, cov = colour_errors(*_reference_photometry(images, 32))
+    np.testing.assert_allclose(got["colours"], c, rtol=0, atol=1e-5)  # [mag]
+    np.testing.assert_allclose(got["noise"], cov, rtol=1e-5)
