@@ -21,9 +21,10 @@ selection's counts, on one simulated field with the sky's mix, all in one run.
    Printed: the wall seconds of each call, the median ratio photo-z / today (goal <= 1.3) and the
    driver's one-time template build (cached after the first call, in the warm-up).
 3. The selection's counts on the field (matched to the truth within 0.15"): sources detected,
-   selected by P(z>6), of those truly z > 6, true z > 6 detected and selected (completeness),
+   selected by the photo-z criteria (surveydust.photoz.select_high_z), of those truly z > 6, true
+   z > 6 detected and selected (completeness),
    purity on this field (its own share of z > 6 galaxies, not re-weighted).
-4. Dust of the selected sample: on the true z > 6 galaxies selected by P(z>6), A_V with the
+4. Dust of the selected sample: on the true z > 6 galaxies the photo-z selects, A_V with the
    p(z)-mixed redshift input (the photo-z run) against the same sources with their true redshift
    (a run with the truth table as ``--redshifts``): N, Spearman, MAE, 68/95% coverage, median bias.
 
@@ -116,7 +117,7 @@ def main() -> None:
         matched = sep.min(axis=1) < 0.15
         z_true = np.where(matched, np.asarray(truth["redshift"])[sep.argmin(axis=1)], np.nan)
         high = matched & (z_true > 6)
-        sel = cat["selected_by"].values == "p_high_z"
+        sel = cat["selected_by"].values == "photoz"
         snr = cat["snr"].sel(band="F277W").values
         print(f"\n# selection (p_high_z_min {cat.attrs['catalogue_config']['p_high_z_min']}): {n} sources detected, "
               f"{int(matched.sum())} matched to the truth; {counts}")
@@ -138,7 +139,7 @@ def print_dust_skill(photoz_cat, true_z_cat, a_v: np.ndarray, rows: np.ndarray) 
     if not np.allclose(photoz_cat["x"].values, true_z_cat["x"].values):
         raise RuntimeError("the two runs detected different sources")
     rows = rows & (true_z_cat["selected_by"].values == "spec_z")
-    print(f"\n# A_V of the {int(rows.sum())} true z > 6 galaxies selected by P(z>6): with p(z) vs with their true z")
+    print(f"\n# A_V of the {int(rows.sum())} true z > 6 galaxies the photo-z selects: with p(z) vs with their true z")
     print(f"{'redshift input':16s} {'N':>4s} {'spearman':>9s} {'MAE':>6s} {'cov68':>6s} {'cov95':>6s} {'bias':>7s}")
     for name, c in (("p(z) draws", photoz_cat), ("true z", true_z_cat)):
         c = c.isel(model=0) if "model" in c.dims else c

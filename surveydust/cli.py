@@ -499,7 +499,8 @@ def ingest_mosaic_command(out: Path, band_files: tuple[str, ...], err_files: tup
                    "P(z>6) below p_high_z_min): they keep the flag not_high_z.")
 @click.option("--p-high-z-min", type=click.FloatRange(0, 1), default=None,
               help="P(z>6) from the photometric redshift a source without a spectroscopic z needs for the "
-                   "dust step (default: p_high_z_min of configs/catalogue.yaml).")
+                   "dust step, with the other z > 6 criteria of configs/catalogue.yaml (default: its "
+                   "p_high_z_min).")
 @with_cluster_options
 @click.option("--overwrite", is_flag=True,
               help="Replace the catalogue, its --format table (and the demo's files) of an earlier run; "

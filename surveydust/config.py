@@ -388,6 +388,10 @@ class CatalogueConfig(_Config):
     redshift_match_arcsec: float = Field(gt=0, le=10)
     photoz: bool
     p_high_z_min: float = Field(ge=0, le=1)
+    delta_chi2_min: float = Field(ge=0)
+    z_low_max: float = Field(gt=0, le=6)
+    blue_veto_snr: float = Field(gt=0)
+    star_delta_chi2: float
     photoz_draws: int = Field(ge=1, le=64)
     all_sources: bool
 

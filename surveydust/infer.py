@@ -12,12 +12,16 @@ once and keeps it for all its tiles. When workers advertise a
 worker, ``catalogue-tile-...`` asking for a GPU), so only the predictions wait
 for a GPU worker.
 
-Photometric redshifts and the z > 6 selection (``photoz``, ``p_high_z_min``, ``all_sources`` in
+Photometric redshifts and the z > 6 selection (``photoz``, ``p_high_z_min``, ``delta_chi2_min``,
+``z_low_max``, ``blue_veto_snr``, ``star_delta_chi2``, ``all_sources`` in
 ``configs/catalogue.yaml``): after the aperture photometry, each tile task fits every source's
 photometry in all bands with data (F090W too) with the template fit of
 :func:`surveydust.photoz.fit_photoz` (``z_phot``, ``z_phot_p16``, ``z_phot_p84``, ``p_high_z``;
-the template grid is built once by the driver and sent to the tasks). Dust is then predicted for
-sources with a spectroscopic z, or without one but with P(z > 6) >= ``p_high_z_min``: their
+the template grid is built once by the driver and sent to the tasks) and applies the z > 6
+criteria of deep-field searches, :func:`surveydust.photoz.select_high_z` (P(z > 6), a chi^2 gap
+to the best low-z solution, no detection blueward of the break, not a brown dwarf;
+``delta_chi2``, ``high_z_reason``). Dust is then predicted for sources with a spectroscopic z,
+or without one but selected by those criteria: their
 networks' redshift input takes ``photoz_draws`` stratified draws from p(z) restricted to the
 training range, and the percentiles are those of the mixture of the draws' predictions
 (:func:`mix_percentiles`). Other sources keep photometry and ``z_phot``, NaN dust and the flag
@@ -41,7 +45,7 @@ from surveydust.config import CatalogueConfig, load_catalogue_config
 from surveydust.detect import PixelGrid, Tile, aperture_photometry, cut_stamps, detect, make_tiles
 from surveydust.errors import InputError
 from surveydust.instrument import pivot_wavelength_aa
-from surveydust.photoz import HIGH_Z, SYS_ERR, TemplateGrid, fit_photoz, pz_quantiles, template_grid
+from surveydust.photoz import HIGH_Z, SYS_ERR, TemplateGrid, fit_photoz, pz_quantiles, select_high_z, template_grid
 from surveydust.posterior import LEVEL_NAMES, LEVELS, NOMINAL_Z, from_network, to_network
 from surveydust.provenance import VERSION
 from surveydust.runs import run_parts
@@ -77,13 +81,16 @@ class PhotoZSetup:
     ----------
     templates : the template fluxes of the bands with data (None in predict-only tasks).
     z_grid : the redshift grid of p(z).
-    select : whether P(z > 6) selects sources for the dust step (False where no band with data is
+    select : whether the photo-z selects sources for the dust step (False where no band with data is
         bluer than :data:`BREAK_BAND`: the photometry cannot see the break).
+    criteria : the thresholds of :func:`surveydust.photoz.select_high_z` (its keywords), from the
+        catalogue configuration.
     """
 
     templates: TemplateGrid | None
     z_grid: np.ndarray
     select: bool
+    criteria: dict[str, float]
 
 
 def run_catalogue(
@@ -123,12 +130,13 @@ def run_catalogue(
         ``redshift_match_arcsec`` (for the UV-slope bands, the networks and SED fits);
         rows without usable RA/Dec or redshift are counted and left out.
     config : detection settings (``configs/catalogue.yaml``), ``overrides`` on top (e.g.
-        ``all_sources=True``, ``p_high_z_min=0.8``, ``photoz=False``).
+        ``all_sources=True``, ``p_high_z_min=0.8``, ``delta_chi2_min=9``, ``photoz=False``).
     export_to : also write a ``.fits`` or ``.ecsv`` table.
 
-    With ``photoz`` (the default) every source gets ``z_phot``, ``z_phot_p16``, ``z_phot_p84`` and
-    ``p_high_z`` (P(z > 6)), and dust only where it has a spectroscopic z (from ``sources`` or
-    ``redshifts``) or ``p_high_z >= p_high_z_min``; the others get NaN dust and the flag
+    With ``photoz`` (the default) every source gets ``z_phot``, ``z_phot_p16``, ``z_phot_p84``,
+    ``p_high_z`` (P(z > 6)), ``delta_chi2`` and ``high_z_reason``, and dust only where it has a
+    spectroscopic z (from ``sources`` or ``redshifts``) or the z > 6 criteria of
+    :func:`surveydust.photoz.select_high_z` select it; the others get NaN dust and the flag
     ``not_high_z`` (``all_sources``: predicted anyway, still flagged). A mosaic without a band
     bluer than F150W cannot see the Lyman break of z = 6-8 galaxies: there the dust step needs
     ``sources`` or ``redshifts`` (or ``all_sources``), else this is a ValueError.
@@ -256,7 +264,9 @@ def _photoz_setup(cfg: CatalogueConfig, data_bands: list[str], spectroscopic: bo
     if not cfg.photoz:
         return None
     z_grid = np.round(np.arange(0.0, PHOTOZ_Z_MAX + 0.5 * PHOTOZ_Z_STEP, PHOTOZ_Z_STEP), 6)
-    return PhotoZSetup(template_grid(data_bands, z_grid), z_grid, select=see)
+    criteria = {"p_min": cfg.p_high_z_min, "delta_chi2_min": cfg.delta_chi2_min, "z_low_max": cfg.z_low_max,
+                "veto_snr": cfg.blue_veto_snr, "star_delta_chi2": cfg.star_delta_chi2}
+    return PhotoZSetup(template_grid(data_bands, z_grid), z_grid, select=see, criteria=criteria)
 
 
 def _read_tables(sources: Path | str | None, redshifts: Path | str | None, wcs: Any,
@@ -518,25 +528,29 @@ PHOTOZ_COLUMNS = {
     "z_phot_p16": "16th percentile of p(z)",
     "z_phot_p84": "84th percentile of p(z)",
     "p_high_z": "P(z > 6) from p(z)",
+    "delta_chi2": "chi^2 of the best fit at z < z_low_max minus that of the best at z >= 6 (likelihood only)",
+    "high_z_reason": "the first z > 6 criterion a source fails (surveydust.photoz.SELECTION_REASONS), empty if none",
 }
 
 
 def add_photoz(flux: np.ndarray, flux_err: np.ndarray, bands: list[str], photoz: PhotoZSetup) -> dict[str, np.ndarray]:
     """Photometric-redshift columns (:data:`PHOTOZ_COLUMNS`) of aperture fluxes and errors [nJy]
-    ``(source, band)`` in ``bands``, fitted in the template bands (those with data), and the p(z)
-    ``_pz`` ``(source, z)`` on ``photoz.z_grid`` (float32) for the predictions; not in the catalogue."""
+    ``(source, band)`` in ``bands``, fitted in the template bands (those with data), with the z > 6
+    criteria of :func:`surveydust.photoz.select_high_z`; and, for the predictions and not in the
+    catalogue, the p(z) ``_pz`` ``(source, z)`` on ``photoz.z_grid`` (float32) and whether the
+    criteria select the source, ``_high_z``."""
     grid = photoz.templates
     assert grid is not None, "photometric redshifts need the templates"
-    if not len(flux):
-        return {**{k: np.zeros(0, np.float32) for k in PHOTOZ_COLUMNS},
-                "_pz": np.zeros((0, len(photoz.z_grid)), np.float32)}
     cols = [bands.index(b) for b in grid.bands]
     f, e = flux[:, cols], flux_err[:, cols]
     bad = ~(np.isfinite(e) & (e > 0))
-    fit = fit_photoz(np.where(bad, np.nan, f), np.where(bad, np.inf, e), grid.bands, templates=grid)
+    f, e = np.where(bad, np.nan, f), np.where(bad, np.inf, e)
+    fit = fit_photoz(f, e, grid.bands, templates=grid)
+    selection = select_high_z(f, e, grid.bands, fit, **photoz.criteria)
     return {"z_phot": fit.z_phot.astype(np.float32), "z_phot_p16": fit.z16.astype(np.float32),
             "z_phot_p84": fit.z84.astype(np.float32), "p_high_z": fit.p_high_z.astype(np.float32),
-            "_pz": fit.pz.astype(np.float32)}
+            "delta_chi2": selection.delta_chi2.astype(np.float32), "high_z_reason": selection.reason.astype("U16"),
+            "_pz": fit.pz.astype(np.float32), "_high_z": selection.selected}
 
 
 def predict_tile(measured: tuple[dict[str, np.ndarray], np.ndarray], bundles: list[str],
@@ -548,9 +562,8 @@ def predict_tile(measured: tuple[dict[str, np.ndarray], np.ndarray], bundles: li
     a spectroscopic z through the mixture of ``cfg.photoz_draws`` draws from their p(z)."""
     columns, stamps = dict(measured[0]), measured[1]
     bands, z = list(columns.pop("band")), columns.pop("model_z")
-    pz = columns.pop("_pz", None)
-    predict, not_high, by = select_sources(z, columns.get("p_high_z"), cfg,
-                                           photoz is not None and photoz.select and pz is not None)
+    pz, high_z = columns.pop("_pz", None), columns.pop("_high_z", None)
+    predict, not_high, by = select_sources(z, high_z, cfg, photoz is not None and photoz.select)
     draws = (pz, photoz.z_grid) if photoz is not None and pz is not None else None
     preds, model_flags = _predict_all([_predictor(p) for p in bundles], stamps, columns["snr"], bands, cfg, z,
                                       predict, draws)
@@ -560,24 +573,21 @@ def predict_tile(measured: tuple[dict[str, np.ndarray], np.ndarray], bundles: li
     return columns
 
 
-def select_sources(z: np.ndarray, p_high_z: np.ndarray | None, cfg: CatalogueConfig,
-                   use_p_high_z: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def select_sources(z: np.ndarray, high_z: np.ndarray | None, cfg: CatalogueConfig,
+                   use_photoz: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The z > 6 selection before the dust step, per source: whether to predict, whether to flag
-    ``not_high_z``, and why it was selected (``selected_by``: ``"spec_z"``, ``"p_high_z"`` or ``""``).
+    ``not_high_z``, and why it was selected (``selected_by``: ``"spec_z"``, ``"photoz"`` or ``""``).
 
     A source with a spectroscopic ``z`` is predicted (a model flags a z outside its training range,
-    and one below 6 is also ``not_high_z``); one without is predicted when ``use_p_high_z`` and its
-    ``p_high_z >= cfg.p_high_z_min``, else flagged ``not_high_z`` and predicted only with
-    ``cfg.all_sources``."""
+    and one below 6 is also ``not_high_z``); one without is predicted when ``use_photoz`` and the
+    photo-z criteria select it (``high_z``: :func:`surveydust.photoz.select_high_z`), else flagged
+    ``not_high_z`` and predicted only with ``cfg.all_sources``."""
     spec = np.isfinite(z)
-    if use_p_high_z and p_high_z is not None:
-        by_phot = ~spec & (np.nan_to_num(p_high_z, nan=0.0) >= cfg.p_high_z_min)
-    else:
-        by_phot = np.zeros(len(z), bool)
+    by_phot = ~spec & np.asarray(high_z, bool) if use_photoz and high_z is not None else np.zeros(len(z), bool)
     with np.errstate(invalid="ignore"):
         not_high = (~spec & ~by_phot) | (spec & (z < HIGH_Z))
     predict = spec | by_phot | cfg.all_sources
-    by = np.where(spec, "spec_z", np.where(by_phot, "p_high_z", "")).astype("U8")
+    by = np.where(spec, "spec_z", np.where(by_phot, "photoz", "")).astype("U8")
     return predict, not_high, by
 
 
@@ -769,6 +779,7 @@ def _provenance(mosaic: Any, bundles: list[Path], metas: list[dict[str, Any]], l
             "bands": list(photoz.templates.bands) if photoz.templates is not None else [],
             "z_grid": [float(photoz.z_grid[0]), float(photoz.z_grid[-1]), float(photoz.z_grid[1] - photoz.z_grid[0])],
             "sys_err": SYS_ERR, "high_z": HIGH_Z, "selects": bool(photoz.select),
+            "selection": "surveydust.photoz.select_high_z", "criteria": dict(photoz.criteria),
             "pz": "not stored: fit_photoz(flux, flux_err, bands) on the catalogue's photometry gives it again"},
         "surveydust_version": VERSION,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -792,14 +803,16 @@ def _describe_photoz(ds: Any) -> None:
         if name in ds:
             ds[name].attrs.update(units="", long_name=text)
     if "selected_by" in ds:
-        ds["selected_by"].attrs["long_name"] = ("why dust was predicted: spec_z (a spectroscopic z), p_high_z "
-                                                "(P(z>6) >= p_high_z_min) or empty (not selected)")
+        ds["selected_by"].attrs["long_name"] = ("why dust was predicted: spec_z (a spectroscopic z), photoz (the "
+                                                "z > 6 criteria of surveydust.photoz.select_high_z: P(z>6), "
+                                                "delta chi^2, no blue detection, not a brown dwarf) or empty "
+                                                "(not selected)")
 
 
 def selection_counts(ds: Any) -> dict[str, int]:
-    """Sources selected for the dust step by a spectroscopic z, by P(z>6), and not selected."""
+    """Sources selected for the dust step by a spectroscopic z, by the photo-z criteria, and not selected."""
     by = ds["selected_by"].values if "selected_by" in ds else np.full(ds.sizes["source"], "", dtype=object)
-    return {"spectroscopic z": int((by == "spec_z").sum()), "P(z>6)": int((by == "p_high_z").sum()),
+    return {"spectroscopic z": int((by == "spec_z").sum()), "photo-z": int((by == "photoz").sum()),
             "not selected": int((by == "").sum())}
 
 
@@ -813,10 +826,8 @@ def _log_summary(ds: Any, checks: dict[str, dict[str, int]], ranges: dict[str, t
     counts = selection_counts(ds)
     predicted = ("predicted anyway (all_sources), flagged not_high_z"
                  if ds.attrs.get("catalogue_config", {}).get("all_sources") else "NaN dust, flag not_high_z")
-    logger.info("z > 6 selection for the dust step: %d by spectroscopic z, %d by P(z>6) >= %g, %d not selected (%s)",
-                counts["spectroscopic z"], counts["P(z>6)"],
-                ds.attrs.get("catalogue_config", {}).get("p_high_z_min", float("nan")), counts["not selected"],
-                predicted)
+    logger.info("z > 6 selection for the dust step: %d by spectroscopic z, %d by the photo-z criteria, "
+                "%d not selected (%s)", counts["spectroscopic z"], counts["photo-z"], counts["not selected"], predicted)
     for table, counts in checks.items():
         logger.info("%s table: %s", table, ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))
     if n["no_data"]:

@@ -18,7 +18,7 @@ from astropy.table import Table
 from surveydust.config import load_catalogue_config
 from surveydust.detect import FLAGS
 from surveydust.infer import mix_percentiles, run_catalogue, select_sources
-from surveydust.photoz import pz_quantiles
+from surveydust.photoz import SELECTION_REASONS, pz_quantiles
 from surveydust.posterior import LEVELS, LOG_OFFSETS, NOMINAL_Z
 
 SEVEN = ["F090W", "F115W", "F150W", "F200W", "F277W", "F356W", "F444W"]
@@ -65,18 +65,22 @@ def _write_redshifts(path: Path, cat, rows: np.ndarray, z: np.ndarray) -> Path:
 
 def test_low_z_sources_get_not_high_z_and_no_dust(mix, default) -> None:
     cat = default
-    assert {"z_phot", "z_phot_p16", "z_phot_p84", "p_high_z", "selected_by"} <= set(cat.data_vars)
+    assert {"z_phot", "z_phot_p16", "z_phot_p84", "p_high_z", "delta_chi2", "high_z_reason", "selected_by"} \
+        <= set(cat.data_vars)
     assert cat["z_phot"].attrs["units"] == "" and "P(z > 6)" in cat["p_high_z"].attrs["long_name"]
     assert cat.attrs["photoz"]["bands"] == SEVEN  # F090W too, which no network uses
     p = cat["p_high_z"].values
     assert np.all((p >= 0) & (p <= 1)) and np.all(cat["z_phot_p16"].values <= cat["z_phot_p84"].values)
     flagged = (cat["flag"].values & NOT_HIGH_Z) > 0
     cfg = load_catalogue_config()
-    np.testing.assert_array_equal(flagged, p < cfg.p_high_z_min)  # no spectroscopic z here
+    reason = cat["high_z_reason"].values.astype(str)
+    np.testing.assert_array_equal(flagged, reason != "")  # no spectroscopic z here: the photo-z criteria decide
+    assert flagged[p < cfg.p_high_z_min].all() and set(reason) <= {"", *SELECTION_REASONS}
+    assert (cat["delta_chi2"].values[~flagged] >= cfg.delta_chi2_min).all()
     a_v = cat["A_V"].values[:, 0]
     assert np.isnan(a_v[flagged]).all() and np.isnan(cat["log_ssfr"].values[flagged, 0]).all()
     assert np.isfinite(a_v[~flagged]).all()
-    assert set(cat["selected_by"].values[~flagged]) == {"p_high_z"} and set(cat["selected_by"].values[flagged]) == {""}
+    assert set(cat["selected_by"].values[~flagged]) == {"photoz"} and set(cat["selected_by"].values[flagged]) == {""}
     matched, z_true, _ = _truth_of(cat, mix["truth"])
     low, high = matched & (z_true < 4), matched & (z_true > 6)
     assert low.sum() >= 5 and high.sum() >= 3, (low.sum(), high.sum())
@@ -110,7 +114,7 @@ def test_all_sources_predicts_every_source_still_flagged(mix, default, client, c
     np.testing.assert_allclose(cat["A_V"].values[kept], default["A_V"].values[kept], rtol=1e-5)
     n_sel = int(kept.sum())
     line = [r.getMessage() for r in caplog.records if "z > 6 selection" in r.getMessage()]
-    assert len(line) == 1 and f"0 by spectroscopic z, {n_sel} by P(z>6)" in line[0], line
+    assert len(line) == 1 and f"0 by spectroscopic z, {n_sel} by the photo-z criteria" in line[0], line
     assert f"{cat.sizes['source'] - n_sel} not selected (predicted anyway" in line[0]
 
 
@@ -133,12 +137,13 @@ def test_lw_only_mosaic_needs_redshifts_for_the_dust_step(mix, default, client, 
 
 def test_pz_mixed_intervals_are_at_least_as_wide_as_with_the_true_z(mix, default, client) -> None:
     cat_true = run_catalogue(mix["seven"], client=client, redshifts=mix["truth"], progress=False)
-    matched, z_true, kind = _truth_of(default, mix["truth"])
-    rows = matched & (kind == "high_z") & ((default["flag"].values & NOT_HIGH_Z) == 0) \
-        & np.isfinite(cat_true["z"].values) & (z_true >= 6) & (z_true <= 8)
-    assert rows.sum() >= 2
+    # every source through its p(z) (all_sources), so the z > 6 galaxies the criteria reject count too
+    anyway = run_catalogue(mix["seven"], client=client, progress=False, all_sources=True)
+    matched, z_true, kind = _truth_of(anyway, mix["truth"])
+    rows = matched & (kind == "high_z") & np.isfinite(cat_true["z"].values) & (z_true >= 6) & (z_true <= 8)
+    assert rows.sum() >= 4
     for q in ("A_V", "log_ssfr"):
-        mixed = default[f"{q}_p84"].values[rows, 0] - default[f"{q}_p16"].values[rows, 0]
+        mixed = anyway[f"{q}_p84"].values[rows, 0] - anyway[f"{q}_p16"].values[rows, 0]
         fixed = cat_true[f"{q}_p84"].values[rows, 0] - cat_true[f"{q}_p16"].values[rows, 0]
         assert np.median(mixed) >= 0.99 * np.median(fixed), (q, mixed, fixed)
 
@@ -157,14 +162,14 @@ def test_mixture_of_one_distribution_is_itself_and_of_shifted_ones_wider() -> No
 
 
 def test_selection_rules_and_pz_draws() -> None:
-    cfg = load_catalogue_config(p_high_z_min=0.5)
+    cfg = load_catalogue_config()
     z = np.array([7.0, 2.0, np.nan, np.nan, 9.0])
-    p = np.array([0.0, 0.9, 0.6, 0.4, 0.1])
-    predict, not_high, by = select_sources(z, p, cfg, use_p_high_z=True)
+    high_z = np.array([False, True, True, False, False])  # what the photo-z criteria say
+    predict, not_high, by = select_sources(z, high_z, cfg, use_photoz=True)
     np.testing.assert_array_equal(predict, [True, True, True, False, True])
     np.testing.assert_array_equal(not_high, [False, True, False, True, False])
-    assert list(by) == ["spec_z", "spec_z", "p_high_z", "", "spec_z"]
-    predict, not_high, _ = select_sources(z, p, cfg.model_copy(update={"all_sources": True}), use_p_high_z=False)
+    assert list(by) == ["spec_z", "spec_z", "photoz", "", "spec_z"]
+    predict, not_high, _ = select_sources(z, high_z, cfg.model_copy(update={"all_sources": True}), use_photoz=False)
     assert predict.all() and list(not_high) == [False, True, True, True, False]
     grid = np.round(np.arange(0, 15.001, 0.02), 6)
     pz = np.exp(-0.5 * ((grid[None] - np.array([[7.0], [2.0]])) / 0.3) ** 2)
