@@ -47,7 +47,8 @@ napoleon_use_rtype = False
 html_theme = "alabaster"
 html_title = f"surveydust {release}"
 html_theme_options = {"description": "Dust of z > 6 galaxies from JWST images with CNNs, on Dask",
-                      "fixed_sidebar": True}
+                      "fixed_sidebar": True, "page_width": "1400px", "sidebar_width": "240px",
+                      "body_max_width": "none"}  # code lines of up to 120 characters, wide tables
 
 
 # ---------------------------------------------------------------- the package's "name : description" lines
