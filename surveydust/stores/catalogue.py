@@ -8,9 +8,10 @@ Layout (an xarray Dataset with dim ``source``, in Zarr)::
     flag (bit mask, see surveydust.detect.FLAGS), ood [threshold]     (source[, model])
     input_id, z (from a --sources file, when given)                   (source)
     z_phot, z_phot_p16, z_phot_p84, p_high_z [P(z > 6)], selected_by  (source)
+    delta_chi2, high_z_reason (the z > 6 criteria, photoz.select_high_z) (source)
     coords: band, model ("F277W+F356W+F444W", one per model bundle)
     attrs: provenance (surveydust version, models and checksums, mosaic store id, config, time),
-           flag_meanings and flag_descriptions, photoz (templates, grid), input_checks
+           flag_meanings and flag_descriptions, photoz (templates, grid, selection criteria), input_checks
 
 Runs write it resumably (:mod:`surveydust.runs`). Rows are sorted by (tile,
 y, x), so the catalogue does not depend on the order in which tiles finished.
