@@ -385,7 +385,6 @@ class Predictor:
                         redshift_range=list(self.redshift_range))
         return ds
 
-    _dataset = to_dataset  # the previous private name, until its last caller moves to to_dataset
 
 
 def load_model(path: Path | str | None = None, bands: Sequence[str] | None = None) -> Predictor:

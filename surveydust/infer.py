@@ -693,7 +693,7 @@ def mix_predictions(p: Predictor, runs: list[Any]) -> Any:
             pct[t] = np.full(v[:, 0].shape, np.nan)
             median[t] = np.mean([r[t].values for r in runs], axis=0)
     ood = np.mean([r["ood"].values for r in runs], axis=0)
-    return p._dataset(median, pct, runs[0]["flag"].values, ood)
+    return p.to_dataset(median, pct, runs[0]["flag"].values, ood)
 
 
 def mix_percentiles(values: np.ndarray, target: str, offsets: dict[str, float]) -> np.ndarray:
