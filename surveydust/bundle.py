@@ -386,7 +386,6 @@ class Predictor:
         return ds
 
 
-
 def load_model(path: Path | str | None = None, bands: Sequence[str] | None = None) -> Predictor:
     """Load a model bundle: ``path``, or the shipped bundle for ``bands`` (None and None:
     the shipped bundle with the most bands)."""
