@@ -27,7 +27,7 @@ version = ".".join(VERSION.split(".")[:2])
 
 extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.napoleon"]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "build", "Thumbs.db", ".DS_Store"]  # build/: where docs/development.md builds to
 root_doc = "index"
 
 # Markdown: `#`-anchors for headings down to ###, so pages link to each other's sections
