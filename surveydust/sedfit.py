@@ -14,17 +14,18 @@ Data
     (and makes noiseless photometry fittable).
 
 Model (the paper's section 2.3.3, log-normal SFH, where it says; Bagpipes'
-BC03 models with a Kroupa IMF)
-    redshift   fixed: the source's ``z`` (from a ``--sources`` table), else
-               ``default_redshift`` (such sources carry the ``no_redshift`` flag)
-    SFH        ``lognormal``: ``tmax`` (age of the Universe at the peak) and
-               ``fwhm`` uniform in 0.01 Gyr .. 2 t_U(z) (a peak after the time
-               of observation is a rising SFH), log10 mass formed uniform in 5..12
-    metallicity log-uniform 0.005..5 Z_sun (Bagpipes' BC03 grid; the paper's
-               1e-6..10 Z_sun reaches beyond it)
-    dust       Calzetti, A_V log-uniform 1e-4..10 mag (the paper's prior; ``av_prior="log"``)
-               or uniform 0..4 mag (``av_prior="uniform"``)
-    nebular    log U uniform -4..-2 (the paper's range)
+BC03 models with a Kroupa IMF):
+
+- redshift: fixed, the source's ``z`` (from a ``--sources`` table), else
+  ``default_redshift`` (such sources carry the ``no_redshift`` flag)
+- SFH: ``lognormal``: ``tmax`` (age of the Universe at the peak) and
+  ``fwhm`` uniform in 0.01 Gyr .. 2 t_U(z) (a peak after the time
+  of observation is a rising SFH), log10 mass formed uniform in 5..12
+- metallicity: log-uniform 0.005..5 Z_sun (Bagpipes' BC03 grid; the paper's
+  1e-6..10 Z_sun reaches beyond it)
+- dust: Calzetti, A_V log-uniform 1e-4..10 mag (the paper's prior; ``av_prior="log"``)
+  or uniform 0..4 mag (``av_prior="uniform"``)
+- nebular: log U uniform -4..-2 (the paper's range)
 
 Sampler
     nautilus with ``n_live`` live points on Bagpipes' own prior transform and
@@ -34,8 +35,9 @@ Sampler
     file of the same name exists, and is not safe for several fits in one
     worker process. Each source's sampler is seeded with its index.
 
-Results (per source, over an equal-weight posterior sample of up to
-``N_POSTERIOR`` points; median and 16th/84th percentiles as ``_lo``/``_hi``)
+Results
+    Per source, over an equal-weight posterior sample of up to ``N_POSTERIOR``
+    points (median and 16th/84th percentiles as ``_lo``/``_hi``):
     ``A_V_sed`` [mag]; ``log_ssfr_sed_10`` and ``log_ssfr_sed_100``
     [log10 yr^-1]: the posterior SFH's mean SFR over the last 10 or 100 Myr
     divided by its stellar mass (Bagpipes' ``stellar_mass``: living stars and

@@ -434,7 +434,7 @@ def write_field(rendered: RenderedField, out_dir: Path | str, *, field: str, cfg
     -------
     FieldFiles
         The paths written. Images are in MJy/sr (``PIXAR_SR`` [sr] gives the conversion to
-        nJy per pixel); ``WHT`` = 1 / ``ERR``^2, 0 where there are no data.
+        nJy per pixel); ``WHT`` = 1 / ``ERR**2``, 0 where there are no data.
     """
     out_dir = Path(out_dir)
     paths = {b: out_dir / f"{field}_{b}_i2d.fits" for b in cfg.bands}
