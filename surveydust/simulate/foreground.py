@@ -9,8 +9,8 @@ classic contaminants of high-z selections, with number counts per arcmin^2 from 
 - ``dusty``: dusty star-forming galaxies at z ~ 2-4 (A_V ~ 1.5-4);
 - ``balmer_break``: quiescent / post-starburst galaxies at z ~ 1-2.5 whose Balmer break
   mimics a Lyman break;
-- ``brown_dwarf``: T/Y dwarfs, point sources with a rough parametrised spectrum
-  (:func:`brown_dwarf_sed`).
+- ``brown_dwarf``: T/Y dwarfs, point sources with a parametric spectrum whose NIRCam colours
+  follow those of real T/Y dwarfs with T_eff (:func:`brown_dwarf_sed`).
 
 Galaxy spectra come from the package's own stellar-population library
 (:func:`surveydust.simulate.sed_library.load_sed_library`), its attenuation laws
@@ -54,15 +54,24 @@ EXTENSION_FIT_AA = (9500.0, 12000.0)
 EXTENSION_SLOPE_RANGE = (-4.0, -1.0)
 #: brown-dwarf spectra are modelled on observed wavelengths [Angstrom]
 BROWN_DWARF_WAVE_AA = (5000.0, 60000.0)
-#: absorption bands of T/Y dwarfs: centre, Gaussian sigma [um], depth at full methane strength
-#: (H2O at 1.15, 1.4, 1.9, 2.7 um; CH4 at 1.65, 2.2, 3.3 um; CO at 4.6 um; Kirkpatrick 2005)
-BROWN_DWARF_BANDS_UM = ((1.12, 0.03, 0.6), (1.40, 0.08, 0.95), (1.68, 0.06, 0.8), (1.90, 0.12, 0.95),
-                        (2.25, 0.22, 0.9), (2.75, 0.22, 0.9), (3.40, 0.35, 0.97), (4.65, 0.12, 0.2))
-#: pressure-broadened K I / Na I wings suppress the optical: f_lambda x (lambda / 1 um)**this below 1 um
-BROWN_DWARF_OPTICAL_SLOPE = 12.0
-#: the flux windows of T/Y dwarfs emerge from layers much hotter than T_eff: the continuum is a
-#: blackbody at this multiple of T_eff (gives H - [4.5] ~ -0.4 AB at 1300 K, ~3 at 500 K)
-BROWN_DWARF_BRIGHTNESS_FACTOR = 1.8
+#: flux windows of T/Y dwarfs between their H2O, CH4 and H2-CIA bands (peaks at 1.07, 1.27, 1.58,
+#: 2.09 and ~4.2 um; Burgasser et al. 2024, UNCOVER, arXiv:2308.12107): centre [um], Gaussian sigma blueward and
+#: redward [um] (each at 1300 K, 500 K), brightness temperature / T_eff (at 1300 K, 500 K). The
+#: 4-5 um window's blue side closes as the CH4 3.3 um band deepens; its red side is cut by CO at
+#: 4.6 um. Numbers set by least squares against the colour table of :func:`brown_dwarf_sed`.
+BROWN_DWARF_WINDOWS = (
+    (1.070, (0.045, 0.045), (0.030, 0.030), (2.55, 2.60)),   # Y
+    (1.265, (0.045, 0.045), (0.050, 0.050), (2.55, 2.60)),   # J
+    (1.585, (0.060, 0.060), (0.050, 0.050), (2.60, 2.02)),   # H (CH4 1.6 um, CIA)
+    (2.090, (0.090, 0.090), (0.080, 0.080), (2.17, 1.57)),   # K (CH4 2.2 um, CIA)
+    (4.200, (0.580, 0.080), (0.450, 0.450), (2.11, 1.47)),   # 4-5 um
+)
+#: pseudo-continuum between the windows: a Planck function at T_eff times this factor (at 1300 K,
+#: 500 K; interpolated in log); it sets the troughs (F277W, F356W) and F090W
+BROWN_DWARF_FLOOR = (1.25, 4.17)
+#: T_eff [K] at which the window parameters take their first and second values (linear in between,
+#: held outside)
+BROWN_DWARF_TEFF_ENDS = (1300.0, 500.0)
 HC_OVER_K_UM_K = 14387.77  # h c / k_B [um K]
 #: mean 100 Myr sSFR of ordinary foreground galaxies [log10 yr^-1] and its scatter [dex]
 FOREGROUND_LOG_SSFR = (-9.3, 0.5)
@@ -173,25 +182,60 @@ def galaxy_sed(mass_formed: np.ndarray, metallicity: float, *, line_scale: float
 
 
 def brown_dwarf_sed(teff_k: float) -> tuple[np.ndarray, np.ndarray]:
-    """A rough T/Y-dwarf spectrum: a blackbody at :data:`BROWN_DWARF_BRIGHTNESS_FACTOR` x ``teff_k``
-    times Gaussian absorption bands of H2O, CH4 and CO (:data:`BROWN_DWARF_BANDS_UM`, deepening
-    from 1300 K to 500 K) and a steep optical cut-off (K I / Na I wings). It is a rough model, not an atmosphere: it
-    reproduces the colours that make brown dwarfs contaminate z > 6 selections (F090W dropout,
-    blue F115W-F200W, faint F356W, bright F444W), not their detailed spectra.
+    """A parametric T/Y-dwarf spectrum with the NIRCam colours of real T/Y dwarfs at ``teff_k``.
+
+    The flux of a T dwarf leaves through opacity windows between its H2O, CH4 and H2-CIA bands, from
+    layers hotter than T_eff. Each window of :data:`BROWN_DWARF_WINDOWS` is a (two-sided) Gaussian in
+    wavelength times a Planck function at its brightness temperature beta T_eff; between windows a
+    pseudo-continuum (Planck at T_eff times :data:`BROWN_DWARF_FLOOR`). Every parameter goes
+    linearly (the floor: in log) in T_eff between its 1300 K and 500 K values
+    (:data:`BROWN_DWARF_TEFF_ENDS`): cooler dwarfs see deeper in J than in H and K (CH4 and CIA
+    close H and K), and the CH4 3.3 um band eats the blue side of the 4-5 um peak. No optical
+    cut-off beyond the Y window's blue edge is needed: F090W is a 3-4 mag dropout.
+
+    It is a rough model, not an atmosphere. Its parameters were set by least squares
+    (the model is within 0.4 mag of each entry, F090W excepted: 0.5-1 mag fainter) against these AB colours:
+
+    ======  ===========  ===========  ===========  ===========  ===========  ===========
+    T_eff   F090-F115    F115-F150    F150-F200    F277-F444    F356-F444    F150-F444
+    ======  ===========  ===========  ===========  ===========  ===========  ===========
+    1300    2.0          +0.1         -0.3         1.3          0.1          -0.7
+    1000    2.5          -0.3         -0.6         1.8          0.6          +0.3
+    700     3.0          -0.5         -0.8         2.5          1.4          +1.4
+    500     3.3          -0.5         -0.8         3.0          2.0          +2.3
+    ======  ===========  ===========  ===========  ===========  ===========  ===========
+
+    Sources: the NIRCam selection of 500-1300 K dwarfs from model spectra, F115W - F277W < -0.8 and
+    F277W - F444W > 1.1 (Wang et al. 2023, MNRAS, arXiv:2306.02663) and the blue 1-2.5 um,
+    red 3-4.5 um colours of the JADES/CEERS candidates (Hainline et al. 2024, ApJ 975, 31);
+    J - H and H - K (MKO) of T dwarfs turning from ~+0.3 / ~+0.1 at T0-T2 to ~-0.4 / ~-0.4 (Vega) at
+    T7-T9 (Leggett et al. 2010, 2017), taken to AB (J, H, K: +0.94, +1.38, +1.85) and narrowed for
+    F115W, F150W and F200W, which hold the Y peak and the 1.4 and 1.8 um water troughs;
+    [3.6] - [4.5] ~0.5, ~1.0, ~2.0, ~2.5 (Vega) at T0, T5, T8, Y0 and H - [4.5] rising from ~1 to
+    ~4.5 (Kirkpatrick et al. 2011, 2021; Leggett et al. 2017), to AB for F356W - F444W and
+    F150W - F444W; z - J of T dwarfs ~3-4.5 (AB z, Vega J; Knapp et al. 2004) for F090W - F115W.
+    Those literature numbers are read off figures and tables (the conversions are ours), so the
+    targets are good to ~0.3 mag; metallicity and gravity move real dwarfs by as much.
 
     Returns
     -------
     wave_aa : (n_wave,) observed wavelength [Angstrom].
-    f_lambda : (n_wave,) relative flux density per unit wavelength (arbitrary scale).
+    f_lambda : (n_wave,) relative flux density per unit wavelength (peak 1).
     """
     wave = np.geomspace(*BROWN_DWARF_WAVE_AA, 3000)
     um = wave / 1e4
-    f = um**-5 / np.expm1(HC_OVER_K_UM_K / (um * BROWN_DWARF_BRIGHTNESS_FACTOR * teff_k))
-    methane = float(np.clip((1300.0 - teff_k) / 800.0, 0.0, 1.0))
-    for centre, sigma, depth in BROWN_DWARF_BANDS_UM:
-        strength = depth * (0.5 + 0.5 * methane)
-        f = f * (1.0 - strength * np.exp(-0.5 * ((um - centre) / sigma) ** 2))
-    f = f * np.where(um < 1.0, um**BROWN_DWARF_OPTICAL_SLOPE, 1.0)
+    hot, cold = BROWN_DWARF_TEFF_ENDS
+    m = float(np.clip((hot - teff_k) / (hot - cold), 0.0, 1.0))
+
+    def at(pair: tuple[float, float]) -> float:
+        return pair[0] + (pair[1] - pair[0]) * m
+
+    f = BROWN_DWARF_FLOOR[0] ** (1.0 - m) * BROWN_DWARF_FLOOR[1] ** m \
+        * um**-5 / np.expm1(HC_OVER_K_UM_K / (um * teff_k))
+    for centre, sigma_blue, sigma_red, beta in BROWN_DWARF_WINDOWS:
+        sigma = np.where(um < centre, at(sigma_blue), at(sigma_red))
+        planck = um**-5 / np.expm1(HC_OVER_K_UM_K / (um * at(beta) * teff_k))
+        f = f + planck * np.exp(-0.5 * ((um - centre) / sigma) ** 2)
     return wave, f / f.max()
 
 

@@ -111,10 +111,33 @@ def test_spectra_behave() -> None:
     assert wave[-1] >= 50000 and (np.abs(np.log(ratio)) < 0.1).all()  # the extension is continuous
     assert igm_forest_transmission(2.0) > igm_forest_transmission(4.0) > igm_forest_transmission(6.0)
     assert igm_forest_transmission(6.0) < 0.15 and igm_forest_transmission(0.5) == 1.0
-    for teff in (500.0, 900.0, 1300.0):
-        mags = njy_to_ab(band_fluxes(*brown_dwarf_sed(teff), 0.0, SEVEN, igm=False))
-        assert mags[0] - mags[1] > 1.2  # an F090W dropout
-        assert mags[5] > mags[6]        # faint F356W (CH4), bright F444W
+
+
+def _dwarf_colours(teff: float) -> dict[str, float]:
+    """AB colours of the simulator's brown dwarf at ``teff`` through the NIRCam bandpasses."""
+    mags = dict(zip(SEVEN, njy_to_ab(band_fluxes(*brown_dwarf_sed(teff), 0.0, SEVEN, igm=False))))
+    return {f"{a}-{b}": mags[a] - mags[b] for a in SEVEN for b in SEVEN if a != b}
+
+
+def test_brown_dwarfs_have_the_colours_of_t_dwarfs() -> None:
+    """NIRCam colours of T dwarfs (brown_dwarf_sed's docstring): F090W dropout, blue F115W-F150W
+    and F150W-F200W (CH4 and CIA in H and K), F115W - F277W < -0.8 and F277W - F444W > 1.1 (the
+    model-based selection of 500-1300 K dwarfs, Wang et al. 2023), F356W - F444W from ~0 (early T)
+    to > 1 (late T, the CH4 3.3 um band), all getting more extreme as T_eff falls."""
+    teffs = np.arange(500.0, 1301.0, 100.0)
+    c = [_dwarf_colours(t) for t in teffs]
+    for teff, col in zip(teffs, c):
+        assert col["F090W-F115W"] > 2.0, teff
+        assert -1.0 < col["F115W-F150W"] < 0.3, teff
+        assert teff > 900 or col["F115W-F150W"] < 0.0, teff
+        assert -1.2 < col["F150W-F200W"] < 0.0, teff
+        assert col["F115W-F277W"] < -0.8 and col["F277W-F444W"] > 1.1, teff
+        assert teff > 700 or col["F356W-F444W"] > 1.0, teff
+        assert teff < 1200 or -0.3 < col["F356W-F444W"] < 0.6, teff
+    for name in ("F356W-F444W", "F277W-F444W", "F150W-F444W"):
+        assert (np.diff([col[name] for col in c]) < 0).all(), name  # redder as T_eff falls
+    assert -1.2 < c[-1]["F150W-F444W"] < 0.0 and 1.8 < c[0]["F150W-F444W"] < 3.0
+    assert c[0]["F115W-F150W"] < c[-1]["F115W-F150W"] - 0.2  # J - H bluer in late T than early T
 
 
 def test_sky_mix_has_the_configured_proportions() -> None:
