@@ -7,7 +7,8 @@ z ~ 0.2-6, dusty and Balmer-break galaxies and brown dwarfs at the densities of
 ``configs/simulation.yaml``) around its z = 6-8 galaxies, and makes its catalogue the way a
 survey would: without a redshift table (spectroscopy covers few of a mosaic's sources), so the
 dust step runs on the sources the photometric redshifts select as z > 6 (P(z>6) >=
-``p_high_z_min``), their dust mixed over p(z). It then scores the catalogue against the
+``p_high_z_min`` and the catalogue's other photo-z criteria), their dust mixed over p(z).
+It then scores the catalogue against the
 truth: the selection (:func:`selection_summary`: detected, selected, truly z > 6, missed)
 and the dust of the selected sources that are truly z > 6 (:func:`skill`: per quantity
 and method N, MAE, the MAE of a constant guess and Spearman's rank correlation), with a
@@ -37,9 +38,14 @@ SKILL_FILE = "skill.ecsv"
 FIGURE_FILE = "truth_vs_predicted.png"
 #: flags that keep a selected z > 6 galaxy out of the skill table (those ``compare`` leaves out)
 SCORE_NOTE = "without edge, masked, low_snr or out_of_distribution flags"
-#: the truth table's kinds as the summary names them (``unmatched``: no injected source within the match radius)
-KIND_NAMES = {"high_z": "z > 6 galaxies", "foreground": "ordinary galaxies", "dusty": "dusty",
-              "balmer_break": "Balmer-break", "brown_dwarf": "brown dwarfs", "unmatched": "spurious"}
+#: the truth table's kinds as the summary names them, singular and plural (``unmatched``: no
+#: injected source within the match radius)
+KIND_NAMES = {"high_z": ("z > 6 galaxy", "z > 6 galaxies"),
+              "foreground": ("ordinary galaxy", "ordinary galaxies"),
+              "dusty": ("dusty galaxy", "dusty galaxies"),
+              "balmer_break": ("Balmer-break galaxy", "Balmer-break galaxies"),
+              "brown_dwarf": ("brown dwarf", "brown dwarfs"),
+              "unmatched": ("spurious detection", "spurious detections")}
 
 
 @dataclass(frozen=True)
@@ -103,10 +109,11 @@ def run_demo(directory: Path | str = "demo", *, out: Path | str | None = None, m
 
     The field holds :data:`DEMO_GALAXIES` z = 6-8 galaxies and (``foreground``) the sky's mix
     around them. No redshift table is used unless ``redshifts`` (or ``sources``) gives one:
-    the dust step runs on the sources selected by P(z>6) (``p_high_z_min`` of ``config``),
-    with p(z)-mixed predictions. ``config`` and ``config_overrides`` (e.g. ``p_high_z_min=0.5``)
-    are the catalogue settings (:func:`surveydust.config.load_catalogue_config`); the tiles are
-    :data:`DEMO_TILE_PIX` px unless they set ``tile_pix``.
+    the dust step runs on the sources the photo-z selects (P(z>6) >= ``p_high_z_min`` of
+    ``config``, and the catalogue's other criteria), with p(z)-mixed predictions. ``config``
+    and ``config_overrides`` (e.g. ``p_high_z_min=0.5``) are the catalogue settings
+    (:func:`surveydust.config.load_catalogue_config`); the tiles are :data:`DEMO_TILE_PIX` px
+    unless they set ``tile_pix``.
 
     Writes ``skill.ecsv`` (with the selection's counts and the summary in its meta) and
     ``truth_vs_predicted.png`` next to the catalogue. Every output (the field store, the
@@ -183,8 +190,8 @@ def selection_summary(cat: Any, truth: Path | str) -> dict[str, Any]:
     -------
     dict
         ``injected`` (per kind), ``detected``, ``matched``, ``selected`` (dust predicted:
-        ``selected_by`` set; ``selected_p_high_z`` and ``selected_spec_z`` of them),
-        ``p_high_z_min``, ``true_high_z_selected``, ``interlopers`` (selected, not a z > 6
+        ``selected_by`` set; ``selected_photoz`` and ``selected_spec_z`` of them), ``rule``
+        (:func:`selection_rule`), ``true_high_z_selected``, ``interlopers`` (selected, not a z > 6
         galaxy) with ``interlopers_by_kind`` (``unmatched``: no injected source within the
         match radius) and ``interlopers_z`` (their true z range), ``true_high_z_detected``,
         ``true_high_z_not_selected``, ``scored`` (selected, truly z > 6, without quality flags:
@@ -212,9 +219,8 @@ def selection_summary(cat: Any, truth: Path | str) -> dict[str, Any]:
     tp, n_sel, n_high = int((selected & high).sum()), int(selected.sum()), int(high.sum())
     return {
         "injected": injected, "detected": int(n), "matched": int(st["matched"].sum()),
-        "selected": n_sel, "selected_p_high_z": int((by == "p_high_z").sum()),
-        "selected_spec_z": int((by == "spec_z").sum()),
-        "p_high_z_min": float(cat.attrs.get("catalogue_config", {}).get("p_high_z_min", np.nan)),
+        "selected": n_sel, "selected_photoz": int((selected & (by != "spec_z")).sum()),
+        "selected_spec_z": int((by == "spec_z").sum()), "rule": selection_rule(cat),
         "true_high_z_selected": tp, "interlopers": int(interloper.sum()),
         "interlopers_by_kind": {str(k): int((kinds == k).sum()) for k in dict.fromkeys(kinds)},
         "interlopers_z": [float(z_int.min()), float(z_int.max())] if z_int.size else [],
@@ -223,6 +229,16 @@ def selection_summary(cat: Any, truth: Path | str) -> dict[str, Any]:
         "purity": tp / n_sel if n_sel else float("nan"), "completeness": tp / n_high if n_high else float("nan"),
         "_selected": selected, "_true_high_z": high, "_scored": scored, "_interloper": interloper,
     }
+
+
+def selection_rule(cat: Any) -> str:
+    """How the catalogue selected its sources without a spectroscopic z, in words: P(z>6) >=
+    ``p_high_z_min``, and the name of the function with the other criteria where the
+    catalogue's photo-z provenance names one."""
+    p_min = cat.attrs.get("catalogue_config", {}).get("p_high_z_min")
+    rule = f"P(z>6) >= {p_min:g}" if p_min is not None else "the photometric redshift"
+    other = cat.attrs.get("photoz", {}).get("selection") if isinstance(cat.attrs.get("photoz"), dict) else None
+    return f"{rule} and the other criteria of {other.removeprefix('surveydust.')}" if other else rule
 
 
 def _constants(cat: Any) -> dict[str, float]:
@@ -301,39 +317,45 @@ def summary_lines(selection: dict[str, Any], table: Any, match: dict[str, Any] |
 
     inj = selection["injected"]
     n_high, n_fg = inj.get("high_z", 0), sum(v for k, v in inj.items() if k != "high_z")
-    threshold = f"P(z>6) >= {selection['p_high_z_min']:g}"
+    threshold = selection["rule"]
     if n_fg:
-        kinds = ", ".join(f"{inj.get(k, 0)} {KIND_NAMES[k]}" for k in FOREGROUND_KINDS)
-        lines = [(f"demo field: {n_fg} sources of the sky's mix at z < 6 ({kinds}; the densities of "
-                 f"configs/simulation.yaml) and {n_high} z = 6-8 galaxies ({100 * n_high / (n_high + n_fg):.0f}% "
-                 "of the injected sources, so the dust score has a sample; a few per cent in a real mosaic)")]
+        kinds = ", ".join(_count(inj.get(k, 0), *KIND_NAMES[k]) for k in FOREGROUND_KINDS)
+        share = 100 * n_high / (n_high + n_fg)
+        lines = [(f"demo field: {n_high} z = 6-8 galaxies and {n_fg} sources of the sky's mix at z < 6 ({kinds}; "
+                  "the densities of configs/simulation.yaml)"),
+                 (f"  z > 6 galaxies are {share:.0f}% of the injected sources (a few per cent in a real mosaic), "
+                  "so the dust score has a sample")]
     else:
         lines = [f"demo field: {n_high} z = 6-8 galaxies, no foreground"]
     if selection["selected_spec_z"]:
         lines.append(f"redshift table: {selection['selected_spec_z']} sources took a spectroscopic z and are "
                      f"selected by it, the others by {threshold}")
     else:
-        lines.append(f"no redshift table (most sources of a survey have no spectroscopic z): the z > 6 selection is "
-                     f"{threshold} from each source's photometric redshift, and the dust of the selected sources "
-                     "mixes the networks' predictions over p(z)")
+        lines.append(f"no redshift table (most sources of a survey have none): z > 6 selection by the photometric "
+                     f"redshift ({threshold}); dust mixed over p(z)")
     spurious = f", {match['spurious']} spurious" if match is not None else ""
     lines.append(f"detected: {selection['detected']} sources ({selection['matched']} matched to an injected "
                  f"source within {TRUTH_MATCH_ARCSEC:g}\"{spurious})")
-    by_kind = ", ".join(f"{v} {KIND_NAMES.get(k, k)}" for k, v in selection["interlopers_by_kind"].items())
+    by_kind = ", ".join(_count(v, *KIND_NAMES.get(k, (k, k))) for k, v in selection["interlopers_by_kind"].items())
     z_range = selection["interlopers_z"]
-    interlopers = (f"; {selection['interlopers']} interlopers ({by_kind}"
+    interlopers = (f"; {_count(selection['interlopers'], 'interloper', 'interlopers')} ({by_kind}"
                    + (f", true z {z_range[0]:.1f}-{z_range[1]:.1f}" if z_range else "") + ")"
                    if selection["interlopers"] else "")
-    lines.append(f"selected as z > 6 ({threshold}): {selection['selected']}, of those truly z > 6: "
+    lines.append(f"selected as z > 6: {selection['selected']}, of those truly z > 6: "
                  f"{selection['true_high_z_selected']} (purity {selection['purity']:.2f}){interlopers}")
     lines.append(f"z > 6 galaxies detected but not selected: {selection['true_high_z_not_selected']} of "
                  f"{selection['true_high_z_detected']} (completeness {selection['completeness']:.2f})")
     lines.append(f"dust skill on the {selection['scored']} selected sources that are truly z > 6, {SCORE_NOTE}:")
     lines += [f"  {line}" for line in table.pformat(max_lines=-1, max_width=-1)]
     if selection["interlopers"]:
-        lines.append(f"the {selection['interlopers']} interlopers got dust values too: the networks' answer for a "
-                     "z = 6-8 galaxy, meaningless for a z < 6 source however plausible they look; not scored")
+        lines.append(f"the {_count(selection['interlopers'], 'interloper', 'interlopers')} got dust values too: "
+                     "the networks' answer for a z = 6-8 galaxy, meaningless for anything else however plausible; "
+                     "not scored")
     return lines
+
+
+def _count(n: int, singular: str, plural: str) -> str:
+    return f"{n} {singular if n == 1 else plural}"
 
 
 def plot_truth(cat: Any, truth: Path | str, path: Path) -> Path:
