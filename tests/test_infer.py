@@ -90,8 +90,10 @@ def test_catalogue_recovers_injected_galaxies_once(field, reference) -> None:
     assert has_beta.mean() > 0.8 and set(reference["beta_bands"].values[has_beta]) == {"F115W+F150W+F200W"}
     assert (reference["A_V_meurer"].values[has_beta] >= 0).all()
     ood = reference["ood"].values[:, 0]
-    selected = (reference["flag"].values & 256) == 0  # not flagged not_high_z: predicted (P(z>6) >= p_high_z_min)
-    assert selected.sum() >= 10 and np.isnan(ood[~selected]).all()
+    # not flagged not_high_z: selected by the photo-z criteria, so predicted (a six-band field sees no Lyman
+    # break below z = 7.3, so the criteria keep a minority of these z = 6-8 galaxies)
+    selected = (reference["flag"].values & 256) == 0
+    assert selected.sum() >= 3 and np.isnan(ood[~selected]).all()
     assert np.isfinite(ood[selected]).all() and np.median(ood[selected]) < 3.0  # looks like the training set
 
 
