@@ -4,10 +4,15 @@ A survey mosaic is mostly galaxies at z < 6; before its dust is measured, a sour
 known to lie at z > 6. From fluxes and errors [nJy] in any NIRCam bands this module gives
 
 - :func:`fit_photoz`: a template fit in the style of eazy-py (Brammer et al. 2008): on a fixed
-  redshift grid, each template is fitted with a free non-negative normalisation, chi^2 with a
-  fractional template error added in quadrature; the likelihood is summed over templates and
-  multiplied by a prior (flat by default) into p(z), from which ``z_phot`` (its peak), the 16/84
-  percentiles and P(z > 6) follow, and the best chi^2 at each redshift (``chi2_z``). Stellar
+  redshift grid, at each redshift and for each dust attenuation A_V, the best non-negative linear
+  combination of the base spectra (:data:`TEMPLATES`, as eazy-py combines its basis templates;
+  here of at most two of them: on simulated sky-mix photometry chi^2 at the best redshift within
+  0.1 (median; 0.9 at the 90th percentile) of the full non-negative least squares over all seven,
+  the same z > 6 selection) for the sources no single template fits below or above z = 6
+  (:data:`COMBINE_CONFIDENCE`), else the best single one; chi^2 with a fractional template error
+  added in quadrature; the likelihood is summed over A_V and multiplied by a prior into p(z), from
+  which ``z_phot`` (its peak), the 16/84 percentiles and P(z > 6) follow, and the best chi^2 at
+  each redshift (``chi2_z``). Stellar
   templates (:func:`dwarf_sed`: blackbody plus molecular bands, built apart from the simulator's
   brown dwarfs) are fitted on the side (``chi2_star``). Galaxy templates (:func:`template_grid`) are
   built from the package's own stellar-population library, attenuation laws, nebular lines and IGM
@@ -76,6 +81,17 @@ STAR_CLASSES: dict[str, dict[str, float]] = {
 STAR_OPTICAL_CUTOFF_UM = 0.08
 #: sources fitted at once (bounds memory: a few arrays of chunk x templates x redshifts)
 FIT_CHUNK = 64
+#: floor on 1 - r^2 of a pair of templates (r: their cosine with the source's weights) where their
+#: combination is solved: nearly collinear templates (under ~1.8 deg) add next to nothing to either
+#: one alone, and the float32 solution would be round-off there; the floor can only lower the
+#: pair's gain (its chi^2 stays >= the exact one)
+COLLINEAR = np.float32(1e-3)
+#: templates are combined for a source whose best single template below or above the threshold
+#: redshift (6) is rejected at this confidence: its chi^2 above this quantile of the chi^2
+#: distribution with (bands with data - 2) degrees of freedom. Both hypotheses a selection compares
+#: then get the combinations; where one template fits under both, they add freedom the data do not
+#: ask for (and cost)
+COMBINE_CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
@@ -91,6 +107,8 @@ class TemplateGrid:
         and redshifts (only ratios matter: the normalisation is fitted).
     star_names : (n_s,) brown-dwarf template names.
     star_flux : (n_s, n_band) their band fluxes (z = 0).
+    a_v : (n_t,) the V-band attenuation [mag] of each template: :func:`fit_photoz` combines the
+        templates of one A_V (the base spectra under one dust screen).
     """
 
     bands: tuple[str, ...]
@@ -99,6 +117,7 @@ class TemplateGrid:
     flux: np.ndarray
     star_names: tuple[str, ...]
     star_flux: np.ndarray
+    a_v: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -112,11 +131,11 @@ class PhotoZResult:
     p_high_z : (n,) P(z > ``z_threshold``).
     pz : (n, n_z) p(z) [per unit z], integrating to 1 over ``z_grid`` (trapezoid rule).
     z_grid : (n_z,) redshifts of ``pz``.
-    chi2 : (n,) smallest chi^2 of the galaxy templates.
+    chi2 : (n,) smallest chi^2 of the galaxy templates (of their combinations: :func:`fit_photoz`).
     chi2_star : (n,) smallest chi^2 of the brown-dwarf templates.
     n_bands : (n,) bands with data per source.
     z_threshold : the redshift of ``p_high_z``.
-    chi2_z : (n, n_z) float32, the smallest chi^2 of the galaxy templates at each redshift of
+    chi2_z : (n, n_z) float32, the smallest chi^2 of the galaxy templates (combinations) at each redshift of
         ``z_grid`` (the likelihood alone, no prior): the best low- and high-z solutions a selection
         compares (:func:`select_high_z`).
     """
@@ -162,12 +181,13 @@ def _template_grid_cached(bands: tuple[str, ...], z_key: tuple[float, float, int
     z_grid = np.linspace(*z_key)
     wave, _, _ = extended_library()
     k = attenuation_curve(wave, "calzetti")
-    names, seds = [], []
+    names, seds, dust = [], [], []
     for name, (frac, metallicity, lines) in TEMPLATES.items():
         _, sed = galaxy_sed(np.asarray(frac, float), metallicity, line_scale=lines)
         for a_v in TEMPLATE_A_V:
             names.append(f"{name}_av{a_v:g}")
             seds.append(sed * 10.0 ** (-0.4 * a_v * k))
+            dust.append(a_v)
     seds_arr = np.array(seds)
     flux = np.empty((len(seds), len(z_grid), len(bands)))
     for j, z in enumerate(z_grid):
@@ -183,7 +203,7 @@ def _template_grid_cached(bands: tuple[str, ...], z_key: tuple[float, float, int
     stars_arr = np.array(stars)
     stars_arr /= stars_arr.mean(axis=1, keepdims=True)
     return TemplateGrid(bands=bands, z_grid=z_grid, names=tuple(names), flux=flux,
-                        star_names=tuple(star_names), star_flux=stars_arr)
+                        star_names=tuple(star_names), star_flux=stars_arr, a_v=np.array(dust))
 
 
 def dwarf_sed(temperature_k: float, spectral_class: str) -> tuple[np.ndarray, np.ndarray]:
@@ -265,38 +285,135 @@ def _percentile(cdf: np.ndarray, z: np.ndarray, q: float) -> np.ndarray:
     return z[idx - 1] + t * (z[idx] - z[idx - 1])
 
 
-def _chunk_likelihood(flux: np.ndarray, weight: np.ndarray, models: np.ndarray, models_sq: np.ndarray,
-                      n_t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Likelihood summed over templates, ``(c, n_z)``, the smallest chi^2, ``(c,)``, and the smallest
-    chi^2 over templates at each redshift, ``(c, n_z)``, of a chunk of sources; the same as
-    :func:`_free_norm_chi2` then ``exp(-(chi2 - min) / 2)`` summed over templates, in float32 and in
-    place (about five times fewer bytes moved than the float64 form): ``chi2 - min chi2 = max gain -
-    gain`` needs no ``s`` term."""
+@dataclass(frozen=True)
+class _Models:
+    """The template fluxes of :func:`fit_photoz` laid out for :func:`_chunk_likelihood`: ``n_g``
+    groups of ``n_m`` templates combined with each other (group-major), float32.
+
+    flux, flux_sq : (n_g * n_m * n_z, n_band) template fluxes and their squares.
+    cross : (n_g, n_p * n_z, n_band) products of the two templates of each pair combined in a
+        group, the pairs (i, j > i) in row-major order.
+    """
+
+    flux: np.ndarray
+    flux_sq: np.ndarray
+    cross: np.ndarray
+    n_g: int
+    n_m: int
+    n_z: int
+
+
+def _models(grid: TemplateGrid, combine: bool) -> _Models:
+    """Templates grouped by A_V (pairs within each combined) with ``combine``, else one per group."""
+    n_t, n_z, n_b = grid.flux.shape
+    order = np.argsort(grid.a_v, kind="stable")
+    sizes = np.unique(grid.a_v, return_counts=True)[1]
+    if not combine or len(sizes) == n_t:
+        n_g, n_m = n_t, 1
+    elif np.all(sizes == sizes[0]):
+        n_g, n_m = len(sizes), int(sizes[0])
+    else:
+        raise InputError(f"templates must come in groups of one size per A_V, got sizes {sizes.tolist()}")
+    flux = grid.flux[order].astype(np.float32)
+    first, second = (np.array(x, dtype=np.intp) for x in np.triu_indices(n_m, 1))
+    grouped = flux.reshape(n_g, n_m, n_z, n_b)
+    cross = (grouped[:, first] * grouped[:, second]).reshape(n_g, -1, n_b)
+    flat = flux.reshape(-1, n_b)
+    return _Models(flux=flat, flux_sq=flat**2, cross=cross, n_g=n_g, n_m=n_m, n_z=n_z)
+
+
+def _pair_gains(x: np.ndarray, q: np.ndarray, x2: np.ndarray, best: np.ndarray, w: np.ndarray,
+                models: _Models) -> np.ndarray:
+    """``best`` (n, n_g, n_z), the largest single-template gain per group, raised to that of the best
+    pair of the group's templates where a pair gains more (:func:`_chunk_likelihood`); ``x``, ``q``,
+    ``x2``: (n, n_g, n_m, n_z) ``b / sqrt(d)``, ``1 / sqrt(d)``, ``max(x, 0)^2``; ``w`` (n, n_band)."""
+    n, n_g, n_m, n_z = x.shape
+    w_pad = np.zeros((FIT_CHUNK, w.shape[1]), np.float32)  # padded as in _chunk_likelihood
+    w_pad[:n] = w
+    # buffers for the pairs (i, j > i) of one template i, reused
+    u_buf, v_buf = np.empty((2, n, max(n_m - 1, 1), n_z), np.float32)
+    ok_buf = np.empty((n, max(n_m - 1, 1), n_z), bool)
+    extra = np.empty((n, n_z), np.float32)
+    for g in range(n_g):
+        cos = (w_pad @ models.cross[g].T)[:n]
+        first = 0
+        for i in range(n_m - 1):  # the pairs (i, j > i), in models.cross's order
+            k = n_m - 1 - i
+            r = cos[:, first * n_z:(first + k) * n_z].reshape(n, k, n_z)
+            first += k
+            r *= q[:, g, i:i + 1]
+            r *= q[:, g, i + 1:]
+            xi, xj = x[:, g, i:i + 1], x[:, g, i + 1:]
+            u, v, ok = u_buf[:, :k], v_buf[:, :k], ok_buf[:, :k]
+            np.multiply(r, xi, out=u)
+            np.subtract(xj, u, out=u)  # x_j - r x_i: the second coefficient x (1 - r^2) sqrt(d_j)
+            np.multiply(r, xj, out=v)
+            np.subtract(xi, v, out=v)  # the first
+            np.minimum(u, v, out=v)
+            np.greater(v, 0.0, out=ok)
+            r *= r
+            np.subtract(1.0, r, out=r)
+            np.maximum(r, COLLINEAR, out=r)
+            u *= u
+            u /= r  # what the pair gains over template i alone, where both coefficients are > 0
+            u *= ok
+            np.max(u, axis=1, out=extra)
+            extra += x2[:, g, i]
+            np.maximum(best[:, g], extra, out=best[:, g])
+    return best
+
+
+def _chunk_likelihood(flux: np.ndarray, weight: np.ndarray, models: _Models, chi2_limit: np.ndarray,
+                      split: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Likelihood summed over template groups, ``(c, n_z)``, the smallest chi^2, ``(c,)``, and the
+    smallest chi^2 at each redshift, ``(c, n_z)``, of a chunk of sources.
+
+    In each group (one A_V) and at each redshift the best non-negative combination of one or two
+    of its templates, as a gain ``s - chi^2`` (``s``: the weighted flux squared). With ``b = sum w f t``,
+    ``d = sum w t^2`` and ``x = b / sqrt(d)``, a template alone gains ``x^2`` where ``x > 0``; a pair
+    (cosine ``r = sum w t_i t_j / sqrt(d_i d_j)`` >= 0) gains ``x_i^2 + (x_j - r x_i)^2 / (1 - r^2)``
+    where both coefficients of its 2x2 least squares are > 0, ``x_j > r x_i`` and ``x_i > r x_j``
+    (else its best non-negative fit is one of its templates; ``1 - r^2`` floored at :data:`COLLINEAR`).
+    Pairs are fitted for the sources whose best single template at redshifts below index ``split``
+    of the grid, or at and above it, has chi^2 above ``chi2_limit`` ``(c,)``. A group's likelihood
+    is ``exp((gain - max gain) / 2)`` = ``exp(-(chi^2 - min chi^2) / 2)``.
+    float32, in place where large."""
     s = (weight * flux**2).sum(axis=1)
     # BLAS rounds a row differently with the matrix's row count: padded to FIT_CHUNK rows, a source's
     # p(z) does not depend on which or how many sources are fitted with it (batches, tiles)
-    n = len(flux)
+    n, n_g, n_m, n_z = len(flux), models.n_g, models.n_m, models.n_z
     wf, w = np.zeros((FIT_CHUNK, flux.shape[1]), np.float32), np.zeros((FIT_CHUNK, flux.shape[1]), np.float32)
     wf[:n], w[:n] = weight * flux, weight
-    gain = (wf @ models.T)[:n]
-    den = (w @ models_sq.T)[:n]
-    np.maximum(gain, 0.0, out=gain)
-    gain *= gain
-    np.maximum(den, np.finfo(np.float32).tiny, out=den)
-    gain /= den
-    top_z = gain.reshape(n, n_t, -1).max(axis=1)
+    x = (wf @ models.flux.T)[:n].reshape(n, n_g, n_m, n_z)
+    q = (w @ models.flux_sq.T)[:n].reshape(n, n_g, n_m, n_z)
+    np.maximum(q, np.finfo(np.float32).tiny, out=q)
+    np.sqrt(q, out=q)
+    np.reciprocal(q, out=q)  # 1 / sqrt(d)
+    x *= q
+    x2 = np.maximum(x, 0.0)
+    x2 *= x2
+    best = x2.max(axis=2)  # (n, n_g, n_z)
+    top_one = best.max(axis=1)
+    poor = np.zeros(n, bool)
+    for part in (top_one[:, :split], top_one[:, split:]):
+        if part.shape[1] and n_m > 1:
+            poor |= s - part.max(axis=1) > chi2_limit
+    rows = np.flatnonzero(poor)
+    if len(rows):
+        best[rows] = _pair_gains(x[rows], q[rows], x2[rows], best[rows], w[rows], models)
+    top_z = best.max(axis=1)
     top = top_z.max(axis=1)
-    gain -= top[:, None]
-    gain *= 0.5
-    np.exp(gain, out=gain)
-    like = gain.reshape(len(flux), n_t, -1).sum(axis=1, dtype=np.float64)
+    best -= top[:, None, None]
+    best *= 0.5
+    np.exp(best, out=best)
+    like = best.sum(axis=1, dtype=np.float64)
     return like, np.maximum(s - top, 0.0), np.maximum(s[:, None] - top_z, 0.0)
 
 
 def fit_photoz(flux_njy: Any, err_njy: Any, bands: tuple[str, ...] | list[str], *,
                z_grid: np.ndarray | None = None, sys_err: float = SYS_ERR,
                prior: str | np.ndarray | None = "luminosity", z_threshold: float = HIGH_Z,
-               templates: TemplateGrid | None = None) -> PhotoZResult:
+               templates: TemplateGrid | None = None, combine: bool = True) -> PhotoZResult:
     """Template photometric redshifts and P(z > ``z_threshold``) of a batch of sources.
 
     Parameters
@@ -311,6 +428,13 @@ def fit_photoz(flux_njy: Any, err_njy: Any, bands: tuple[str, ...] | list[str], 
     z_threshold : redshift of ``p_high_z``.
     templates : the :func:`template_grid` of ``bands`` (and of ``z_grid``, which it then replaces),
         e.g. built once by a catalogue run's driver and sent to its workers; None: built (and cached).
+    combine : for a source whose best single template at z < ``z_threshold`` or at z >=
+        ``z_threshold`` is rejected (chi^2 above the :data:`COMBINE_CONFIDENCE` quantile for its
+        bands - 2 degrees of freedom), fit at each
+        redshift the best non-negative combination of (up to two of) the base spectra under each
+        A_V; the likelihood is summed over A_V of each one's best fit (default); False: one
+        template at a time, the likelihood summed over templates (the fit before combinations,
+        kept as the comparison of ``benchmarks/photoz.py``).
 
     Returns
     -------
@@ -334,15 +458,19 @@ def fit_photoz(flux_njy: Any, err_njy: Any, bands: tuple[str, ...] | list[str], 
     elif isinstance(prior, str) and prior != "flat":
         raise InputError(f"unknown prior {prior!r}; known: luminosity, flat, or an array")
     prior_arr = _check_prior(None if isinstance(prior, str) else prior, len(flux), len(z))
-    n_t = grid.flux.shape[0]
-    models = grid.flux.reshape(-1, len(grid.bands)).astype(np.float32)
-    models_sq = models**2
+    models = _models(grid, combine)
+    n_bands = (weight > 0).sum(axis=1)
+    from scipy.stats import chi2 as chi2_dist
+
+    chi2_limit = chi2_dist.ppf(COMBINE_CONFIDENCE, np.maximum(n_bands - 2, 1))
+    split = int(np.searchsorted(z, z_threshold))
     pz = np.empty((len(flux), len(z)))
     chi2_min = np.empty(len(flux))
     chi2_z = np.empty((len(flux), len(z)), np.float32)
     for start in range(0, len(flux), FIT_CHUNK):
         part = slice(start, start + FIT_CHUNK)
-        like, chi2_min[part], chi2_z[part] = _chunk_likelihood(flux[part], weight[part], models, models_sq, n_t)
+        like, chi2_min[part], chi2_z[part] = _chunk_likelihood(flux[part], weight[part], models, chi2_limit[part],
+                                                               split)
         pz[part] = like * prior_arr[part]
     pz /= np.trapezoid(pz, z, axis=1)[:, None]
     cdf = np.concatenate([np.zeros((len(pz), 1)), np.cumsum(0.5 * (pz[:, 1:] + pz[:, :-1]) * np.diff(z), axis=1)],
@@ -354,7 +482,7 @@ def fit_photoz(flux_njy: Any, err_njy: Any, bands: tuple[str, ...] | list[str], 
     chi2_star = _free_norm_chi2(flux, weight, grid.star_flux).min(axis=1)
     return PhotoZResult(z_phot=z[np.argmax(pz, axis=1)], z16=_percentile(cdf, z, 0.16), z84=_percentile(cdf, z, 0.84),
                         p_high_z=np.clip(p_high, 0.0, 1.0), pz=pz, z_grid=z, chi2=chi2_min, chi2_star=chi2_star,
-                        n_bands=(weight > 0).sum(axis=1), z_threshold=float(z_threshold), chi2_z=chi2_z)
+                        n_bands=n_bands, z_threshold=float(z_threshold), chi2_z=chi2_z)
 
 
 def pz_quantiles(pz: Any, z_grid: Any, levels: Any, z_range: tuple[float, float] | None = None) -> np.ndarray:

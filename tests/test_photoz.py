@@ -197,3 +197,110 @@ def test_selection_refuses_bad_input() -> None:
         select_high_z(flux, err, SEVEN, fit, z_low_max=7.0)
     with pytest.raises(ValueError, match="compact"):
         select_high_z(flux, err, SEVEN, fit, compact=[True, False])
+
+
+def _mix_of_two(grid, first: str, second: str, z: float, mag_f277w: float = 24.0) -> tuple[np.ndarray, int]:
+    """Fluxes [nJy] of a 50/50 mix (by F277W flux) of two templates of ``grid`` at ``z``, and z's index."""
+    j = int(np.argmin(np.abs(grid.z_grid - z)))
+    a, b = (grid.flux[grid.names.index(n), j] for n in (first, second))
+    col = grid.bands.index("F277W")
+    mix = 0.5 * a / a[col] + 0.5 * b / b[col]
+    return mix * float(ab_to_njy(mag_f277w)), j
+
+
+def test_a_mix_of_two_templates_is_fit_by_their_combination_and_by_no_single_template() -> None:
+    z = default_z_grid(0.05, 10.0)
+    grid = template_grid(SEVEN, z)
+    true, j = _mix_of_two(grid, "starburst_10myr_av0.5", "old_300_500myr_av0.5", 1.5)
+    err = np.full_like(true, 0.02 * true.max())
+    rng = np.random.default_rng(3)
+    noisy = true + rng.normal(size=(300, len(true))) * err
+    errs = np.broadcast_to(err, noisy.shape)
+    comb = fit_photoz(noisy, errs, SEVEN, templates=grid, sys_err=0.0, prior="flat")
+    one = fit_photoz(noisy, errs, SEVEN, templates=grid, sys_err=0.0, prior="flat", combine=False)
+    # one template at a time: the best free non-negative scale of each template, the smallest chi^2
+    t = grid.flux[:, j]  # (n_t, n_band)
+    w = 1.0 / errs**2
+    scale = np.maximum((w * noisy) @ t.T, 0.0) / (w @ (t**2).T)
+    direct = (w[:, None] * (noisy[:, None] - scale[..., None] * t[None]) ** 2).sum(axis=2).min(axis=1)
+    np.testing.assert_allclose(one.chi2_z[:, j], direct, rtol=1e-3, atol=1e-2)
+    # at the true z: the noise alone, chi^2 with 7 bands - 2 coefficients = 5 dof (less: the best of many fits)
+    assert np.mean(comb.chi2_z[:, j]) < 5.0 + 3 * np.sqrt(2 * 5 / len(noisy))
+    assert np.median(one.chi2_z[:, j]) > 4 * np.mean(comb.chi2_z[:, j])
+    # every source is fit at least as well by the combinations as by its best template, at every z
+    assert (comb.chi2_z <= one.chi2_z + 1e-3 * (1 + one.chi2_z)).all()
+    # and the mix's redshift is recovered
+    assert np.median(np.abs(comb.z_phot - 1.5)) < 0.1
+    noiseless = fit_photoz(true, err, SEVEN, templates=grid, sys_err=0.0, prior="flat")
+    assert noiseless.chi2_z[0, j] < 1e-3 * float(one.chi2_z[:, j].min())
+
+
+def test_combinations_are_non_negative_least_squares_of_one_dust_screen() -> None:
+    """chi^2(z) of the combined fit against scipy's NNLS over each A_V's base templates: never
+    below it (no negative coefficient, no mixing of dust screens); for the sources one template
+    cannot fit below or above z = 6, the same where NNLS needs at most two templates; for the
+    others the one-template fit; and a source that needs a negative coefficient is not fit perfectly."""
+    from scipy.optimize import nnls
+    from scipy.stats import chi2 as chi2_dist
+
+    from surveydust.photoz import COMBINE_CONFIDENCE
+
+    z = default_z_grid(0.5, 10.0)
+    grid = template_grid(SEVEN, z)
+    rng = np.random.default_rng(5)
+    # random non-negative mixtures of up to three base templates at random A_V, and an
+    # "unphysical" one: a template minus a share of another (fluxes still positive)
+    flux = []
+    for _ in range(6):
+        jz = int(rng.integers(len(z)))
+        picks = rng.choice(len(grid.names), size=int(rng.integers(1, 4)), replace=False)
+        flux.append(rng.uniform(0.2, 1.0, len(picks)) @ grid.flux[picks, jz])
+    a, b = (grid.flux[grid.names.index(n), 4] for n in ("starburst_10myr_av0", "old_300_500myr_av0"))
+    flux.append(a - 0.5 * b * (a / b).min())
+    flux = np.array(flux) * 100.0
+    err = 0.03 * flux.max(axis=1, keepdims=True) * np.ones_like(flux)
+    noisy = flux + rng.normal(size=flux.shape) * err
+    fit = fit_photoz(noisy, err, SEVEN, templates=grid, sys_err=0.0, prior="flat")
+    one = fit_photoz(noisy, err, SEVEN, templates=grid, sys_err=0.0, prior="flat", combine=False)
+    limit = chi2_dist.ppf(COMBINE_CONFIDENCE, len(SEVEN) - 2)  # one template rejected below or above z = 6
+    combined = (one.chi2_z[:, z < 6].min(axis=1) > limit) | (one.chi2_z[:, z >= 6].min(axis=1) > limit)
+    assert combined.sum() >= 2
+    np.testing.assert_allclose(fit.chi2_z[~combined], one.chi2_z[~combined], rtol=1e-5, atol=1e-3)
+    sw = 1.0 / err
+    n_pairs = 0
+    for i in np.flatnonzero(combined):
+        for jz in range(len(z)):
+            exact, two = np.inf, np.inf
+            for av in np.unique(grid.a_v):
+                coef, norm = nnls((grid.flux[grid.a_v == av, jz] * sw[i]).T, noisy[i] * sw[i])
+                exact = min(exact, norm**2)
+                if (coef > 0).sum() <= 2:
+                    two = min(two, norm**2)
+            assert fit.chi2_z[i, jz] >= exact - 1e-3 * (1 + exact)
+            assert fit.chi2_z[i, jz] <= two + 1e-3 * (1 + two)
+            n_pairs += two < np.inf
+    assert n_pairs > 0.5 * combined.sum() * len(z)
+    clean = fit_photoz(flux[-1:], err[-1:], SEVEN, templates=grid, sys_err=0.0, prior="flat")
+    assert clean.chi2_z[0, 4] > 1.0
+
+
+def test_sources_one_template_fits_keep_the_one_template_fit() -> None:
+    """Faint sources that one template fits both below and above z = 6 get no combinations (the
+    same chi^2(z) as combine=False); bright ones of the same spectrum do where it is rejected."""
+    from scipy.stats import chi2 as chi2_dist
+
+    from surveydust.photoz import COMBINE_CONFIDENCE
+
+    z = default_z_grid(0.1, 10.0)
+    grid = template_grid(SEVEN, z)
+    true, _ = _mix_of_two(grid, "constant_100myr_av0.25", "old_300_500myr_av0.25", 2.0, mag_f277w=27.5)
+    rng = np.random.default_rng(11)
+    err = np.full((200, len(true)), true[SEVEN.index("F277W")] / 4.0)  # SNR ~ 4 in F277W
+    noisy = true + rng.normal(size=err.shape) * err
+    comb = fit_photoz(noisy, err, SEVEN, templates=grid)
+    one = fit_photoz(noisy, err, SEVEN, templates=grid, combine=False)
+    limit = chi2_dist.ppf(COMBINE_CONFIDENCE, len(SEVEN) - 2)
+    fits = (one.chi2_z[:, z < 6].min(axis=1) <= limit) & (one.chi2_z[:, z >= 6].min(axis=1) <= limit)
+    assert fits.mean() > 0.5
+    np.testing.assert_allclose(comb.chi2_z[fits], one.chi2_z[fits], rtol=1e-5, atol=1e-3)
+    assert (comb.chi2_z[~fits] <= one.chi2_z[~fits] + 1e-3).all()
