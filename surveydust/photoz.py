@@ -213,13 +213,14 @@ def dwarf_sed(temperature_k: float, spectral_class: str) -> tuple[np.ndarray, np
     for T and Y dwarfs, an exponential optical cut-off below 1 um.
 
     This set is built on purpose apart from the simulator's brown dwarfs
-    (:func:`surveydust.simulate.foreground.brown_dwarf_sed`: a blackbody at 1.8 T_eff with Gaussian
-    bands whose depth follows T_eff): a coarser grid, box bands, depths per class rather than per
-    temperature, a free brightness temperature. Fitting the simulator's own generator would flatter
-    the rejection. The caveat stands all the same: both are blackbody-plus-absorption sketches of
-    the same molecules at the same wavelengths, so they agree more with each other than either
-    agrees with a real T/Y dwarf (Sonora/ATMO atmospheres, observed spectra); the rejection measured
-    on simulated fields is an upper bound.
+    (:func:`surveydust.simulate.foreground.brown_dwarf_sed`: flux windows in Y, J, H, K and at
+    4-5 um over a pseudo-continuum, fitted to published T/Y-dwarf NIRCam colours): a coarser grid,
+    box bands, depths per class rather than per temperature, a free brightness temperature.
+    Fitting the simulator's own generator would flatter the rejection. Neither is an atmosphere
+    model (Sonora/ATMO) or an observed spectrum: both template sets fit the simulated dwarfs
+    poorly (median chi^2 ~250 at SNR >= 10, seven bands), and the rejection rests on the stellar
+    set fitting them less badly than any galaxy; the rejection measured on simulated fields says
+    little about real dwarfs.
 
     Returns
     -------
