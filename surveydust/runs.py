@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 import numpy as np
 
 from surveydust.errors import InputError
-from surveydust.stores.base import write_atomically
+from surveydust.stores.base import may_be_alive, write_atomically
 
 if TYPE_CHECKING:
     from surveydust.cluster import Compute
@@ -36,20 +36,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 T = TypeVar("T")
-
-
-def may_be_alive(pid: int, host: str) -> bool:
-    """Whether process ``pid`` on ``host`` may still run: False only when it is on this
-    machine and gone (another machine's process cannot be checked, so it is respected)."""
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 class OutputLock:
@@ -250,4 +236,4 @@ def run_parts(
         return finish(run.results())
 
 
-__all__ = ["RUN_FILE", "OutputLock", "Parts", "ResumableRun", "may_be_alive", "run_parts"]
+__all__ = ["RUN_FILE", "OutputLock", "Parts", "ResumableRun", "run_parts"]

@@ -235,11 +235,23 @@ def _remove_late_writes(path: Path, quiet_s: float = 1.0, timeout_s: float = 30.
             quiet_until = time.monotonic() + quiet_s
 
 
+def may_be_alive(pid: int, host: str) -> bool:
+    """Whether process ``pid`` on ``host`` may still run: False only when it is on this
+    machine and gone (another machine's process cannot be checked, so it is respected)."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def remove_stale_partials(path: Path) -> None:
     """Delete the temporary siblings of ``path`` (``.<name>.partial-<host>-<pid>-<id>``) whose
     writer was killed (SIGKILL, a node lost): its process on this host is gone."""
-    from surveydust.runs import may_be_alive
-
     for partial in path.parent.glob(f".{path.name}.partial-*"):
         host, pid, _ = (partial.name.split(".partial-", 1)[1].rsplit("-", 2) + ["", ""])[:3]
         if pid.isdigit() and not may_be_alive(int(pid), host):
@@ -446,5 +458,5 @@ def _png_mark(path: Path) -> str | None:
 
 
 __all__ = ["FITS_OUTPUT_KEY", "OUTPUT_KEY", "check_output_folder", "check_output_path", "chunk_counts",
-           "existing_kind", "open_complete_store", "replace_atomically", "resolve_output_link", "write_atomically",
-           "write_output_figure", "write_output_table", "write_store_atomically", "zarr_compressor"]
+           "existing_kind", "may_be_alive", "open_complete_store", "replace_atomically", "resolve_output_link",
+           "write_atomically", "write_output_figure", "write_output_table", "write_store_atomically", "zarr_compressor"]
