@@ -17,8 +17,13 @@ seven with F090W):
   on each of the two fits,
 
 and prints photo-z NMAD and outlier fraction (|dz|/(1+z) > 0.15) at z > 6 (all of them and the
-selected ones) and overall, and the completeness and purity of the z > 6 selections in bins of
-SNR(F277W): [5, 10), >= 10 and >= 5, with the reasons interlopers were rejected. The defaults of
+selected ones) and overall, the completeness and purity of the z > 6 selections in bins of
+SNR(F277W): [5, 10), >= 10 and >= 5, with the reasons interlopers were rejected, and the
+calibration of p(z) for the true z > 6 galaxies (all, and those ``select_high_z`` keeps): how often
+the true z lies in p(z)'s central 68% and 95% intervals, of the whole p(z) and of p(z) restricted
+to z = 6-8 (the networks' range, what the dust step draws from), with the median z_phot - z_true,
+for the fit's tempered p(z) (:data:`surveydust.photoz.PZ_TEMPERATURE`, chosen on ``--seed 1
+--n-test 20000``) and untempered (T = 1). The defaults of
 ``select_high_z`` were chosen on ``--seed 1`` (a grid over its thresholds); the default seed 0 is
 the held-out report.
 
@@ -41,13 +46,16 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+import surveydust.photoz as photoz_module
 from surveydust.instrument import DEPTH_APERTURE_RADIUS_ARCSEC, DEPTH_PRESETS
 from surveydust.photoz import (
     P_HIGH_Z_MIN,
     LearnedPhotoZ,
+    PhotoZResult,
     dropout_selection,
     fit_photoz,
     photoz_metrics,
+    pz_quantiles,
     select_high_z,
 )
 from surveydust.physics import ab_to_njy
@@ -62,6 +70,8 @@ SKY_HIGH_Z = 0.03
 THRESHOLDS = (0.5, 0.8, 0.9)
 #: SNR(F277W) bins: name -> [low, high)
 SNR_BINS = {"SNR 5-10": (5.0, 10.0), "SNR>=10": (10.0, np.inf), "SNR>=5": (5.0, np.inf)}
+#: the networks' redshift range: the dust step draws the redshift from p(z) restricted to it
+NETWORK_Z_RANGE = (6.0, 8.0)
 
 
 def aperture_sigma(bands: tuple[str, ...], depth: str = "ceers") -> np.ndarray:
@@ -95,6 +105,21 @@ def to_sky_odds(p: np.ndarray) -> np.ndarray:
     return odds / (1 + odds)
 
 
+def pz_coverage(fit: PhotoZResult, z_true: np.ndarray, keep: np.ndarray) -> list[float]:
+    """For the sources in ``keep``: the share whose ``z_true`` lies in p(z)'s central 68% and 95%
+    intervals, of the whole p(z) and of p(z) restricted to :data:`NETWORK_Z_RANGE`, and the median
+    z_phot - z_true (NaN where ``keep`` is empty)."""
+    if not keep.any():
+        return [float("nan")] * 5
+    levels = (0.16, 0.84, 0.025, 0.975)
+    zt = z_true[keep]
+    cells = []
+    for z_range in (None, NETWORK_Z_RANGE):
+        q = pz_quantiles(fit.pz[keep], fit.z_grid, levels, z_range)
+        cells += [float(np.mean((zt >= q[:, 0]) & (zt <= q[:, 1]))), float(np.mean((zt >= q[:, 2]) & (zt <= q[:, 3])))]
+    return cells + [float(np.median(fit.z_phot[keep] - zt))]
+
+
 def run(n_test: int, n_train: int, seed: int) -> None:
     t0 = time.perf_counter()
     test = draw_sky_mix(n_test, SEVEN, seed=seed, high_z_fraction=TEST_HIGH_Z)
@@ -106,7 +131,7 @@ def run(n_test: int, n_train: int, seed: int) -> None:
     print(f"# sky mix: {n_test} test sources {kinds}; {n_train} training sources; simulated in {t_sim:.0f} s")
     print(f"# CEERS depth, 0.25\" apertures holding {APERTURE_FRACTION:.0%} of the light; purity re-weighted "
           f"to {SKY_HIGH_Z:.0%} z > 6 galaxies")
-    rows = []
+    rows, coverage = [], []
     for bands, label in ((SEVEN, "7-band"), (SIX, "6-band")):
         flux, err = observe(test, bands, seed)
         snr = flux[:, bands.index("F277W")] / err[:, bands.index("F277W")]
@@ -116,6 +141,12 @@ def run(n_test: int, n_train: int, seed: int) -> None:
                 t1 = time.perf_counter()
                 fits[name] = fit_photoz(flux, err, bands, combine=combine)
                 t_fit[name] = time.perf_counter() - t1
+            t_value = photoz_module.PZ_TEMPERATURE
+            try:  # the same fit with the untempered p(z), for its calibration
+                photoz_module.PZ_TEMPERATURE = 1.0
+                untempered = fit_photoz(flux, err, bands)
+            finally:
+                photoz_module.PZ_TEMPERATURE = t_value
         tr_flux, tr_err = observe(train, bands, seed + 1)
         t1 = time.perf_counter()
         learned = LearnedPhotoZ(bands, seed=seed).fit(tr_flux, tr_err, train.redshift)
@@ -151,6 +182,12 @@ def run(n_test: int, n_train: int, seed: int) -> None:
                 allz = photoz_metrics(test.redshift[s & galaxy & keep], zp[s & galaxy & keep])
                 cells += [hz["nmad"], hz["outliers"], allz["nmad"], allz["outliers"]]
             rows.append((label, f"z_phot {name}", cells))
+        for pz_name, f in ((f"T={t_value:g}", fits["combinations"]), ("T=1", untempered)):
+            kept = select_high_z(flux, err, bands, f).selected
+            for subset, base in (("z>6", is_high), ("z>6 selected", is_high & kept)):
+                cov = [pz_coverage(f, test.redshift, base & s) for s in bins.values()]
+                coverage.append((label, f"{subset}, p(z) {pz_name}", [int((base & s).sum()) for s in bins.values()],
+                                 cov))
         low = ~is_high & (snr >= 5)
         for k, sel in chosen.items():
             why = {str(r): int((sel.reason[low] == r).sum()) for r in np.unique(sel.reason[low])}
@@ -170,6 +207,14 @@ def run(n_test: int, n_train: int, seed: int) -> None:
         if name.startswith("z_phot"):
             print(f"{label:7s} {name:34s} " + " ".join(f"{c[4 * i]:18.3f} {c[4 * i + 1]:6.3f} {c[4 * i + 2]:9.3f} "
                                                        f"{c[4 * i + 3]:6.3f}" for i in range(len(heads))))
+    print()
+    print(f"{'bands':7s} {'p(z) of true z > 6 galaxies':34s} "
+          + " ".join(f"{h + ': n':>12s} {'c68':>5s} {'c95':>5s} {'c68 6-8':>7s} {'c95 6-8':>7s} {'dz med':>6s}"
+                     for h in heads))
+    for label, name, counts, cov in coverage:
+        print(f"{label:7s} {name:34s} "
+              + " ".join(f"{n:12d} {c[0]:5.3f} {c[1]:5.3f} {c[2]:7.3f} {c[3]:7.3f} {c[4]:6.3f}"
+                         for n, c in zip(counts, cov, strict=True)))
     print(f"\n# total {time.perf_counter() - t0:.0f} s")
 
 
