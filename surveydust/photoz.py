@@ -456,8 +456,8 @@ def fit_photoz(flux_njy: Any, err_njy: Any, bands: tuple[str, ...] | list[str], 
 
     Returns
     -------
-    PhotoZResult with p(z) integrating to 1 over the grid, ``prior x sum over A_V of
-    exp(-chi^2 / (2 T))`` with T = :data:`PZ_TEMPERATURE` (so ``z16``, ``z84`` and ``p_high_z``
+    PhotoZResult with p(z) integrating to 1 over the grid, prior x sum over A_V of
+    exp(-chi^2 / (2 T)) with T = :data:`PZ_TEMPERATURE` (so ``z16``, ``z84`` and ``p_high_z``
     are tempered; ``z_phot``, the peak at T = 1, ``chi2`` and ``chi2_z`` are not). A source without
     any band with data gets a flat p(z).
     """
