@@ -21,7 +21,8 @@ from surveydust.quantities import PREDICTED
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are refused for every float setting: a NaN threshold would silently turn its test off
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def to_json(self) -> str:
         """Serialise to JSON (stored in Zarr attrs for provenance)."""

@@ -363,7 +363,7 @@ def _open_for_update(catalogue: Path | str | xr.Dataset, out: Path | str | None,
         return cat, source_path
     from surveydust.stores.base import check_output_path
 
-    check_output_path(Path(out), overwrite, "catalogue")
+    check_output_path(Path(out), overwrite, "catalogue", inputs=[source_path])  # in place: no out
     return cat, Path(out)
 
 

@@ -53,3 +53,17 @@ def test_bad_files(tmp_path) -> None:
     bad.write_text("simulation: [unclosed\n")
     with pytest.raises(ValueError, match="not valid YAML"):
         load_simulation_config(bad)
+
+
+@pytest.mark.parametrize(("key", "value"), [("star_delta_chi2", float("nan")), ("blue_veto_snr", float("inf")),
+                                            ("delta_chi2_min", float("inf"))])
+def test_catalogue_thresholds_must_be_finite(key: str, value: float) -> None:
+    from surveydust.config import load_catalogue_config
+
+    with pytest.raises(ValueError, match=f"{key}: Input should be a finite number"):
+        load_catalogue_config(**{key: value})
+
+
+def test_nested_simulation_floats_must_be_finite() -> None:
+    with pytest.raises(ValueError, match="finite number"):
+        load_simulation_config(redshift_range=[6.0, float("nan")])
