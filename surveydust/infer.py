@@ -45,7 +45,17 @@ from surveydust.config import CatalogueConfig, load_catalogue_config
 from surveydust.detect import PixelGrid, Tile, aperture_photometry, cut_stamps, detect, make_tiles
 from surveydust.errors import InputError
 from surveydust.instrument import pivot_wavelength_aa
-from surveydust.photoz import HIGH_Z, SYS_ERR, TemplateGrid, fit_photoz, pz_quantiles, select_high_z, template_grid
+from surveydust.photoz import (
+    HIGH_Z,
+    SYS_ERR,
+    Z_GRID_STEP,
+    TemplateGrid,
+    default_z_grid,
+    fit_photoz,
+    pz_quantiles,
+    select_high_z,
+    template_grid,
+)
 from surveydust.posterior import LEVEL_NAMES, LEVELS, NOMINAL_Z, from_network, to_network
 from surveydust.provenance import VERSION
 from surveydust.runs import run_parts
@@ -63,10 +73,6 @@ from surveydust.uvslope import meurer_av, uv_slopes
 
 logger = logging.getLogger(__name__)
 
-#: redshift grid of the catalogue's photometric redshifts: 0-15 in steps of 0.02 (0.003 in
-#: (1 + z) at z = 6, a tenth of the fit's scatter; half the cost of photoz's default 0.01)
-PHOTOZ_Z_STEP = 0.02
-PHOTOZ_Z_MAX = 15.0
 #: a band bluer than this one (pivot) is needed to see the Lyman break of z = 6-8 galaxies
 BREAK_BAND = "F150W"
 #: quantile-function samples per p(z) draw when the draws' predictions are mixed
@@ -263,7 +269,7 @@ def _photoz_setup(cfg: CatalogueConfig, data_bands: list[str], spectroscopic: bo
                        "(give --redshifts or --sources, or --all-sources)")
     if not cfg.photoz:
         return None
-    z_grid = np.round(np.arange(0.0, PHOTOZ_Z_MAX + 0.5 * PHOTOZ_Z_STEP, PHOTOZ_Z_STEP), 6)
+    z_grid = default_z_grid()
     criteria = {"p_min": cfg.p_high_z_min, "delta_chi2_min": cfg.delta_chi2_min, "z_low_max": cfg.z_low_max,
                 "veto_snr": cfg.blue_veto_snr, "star_delta_chi2": cfg.star_delta_chi2}
     return PhotoZSetup(template_grid(data_bands, z_grid), z_grid, select=see, criteria=criteria)
@@ -777,7 +783,8 @@ def _provenance(mosaic: Any, bundles: list[Path], metas: list[dict[str, Any]], l
             "method": "template fit (surveydust.photoz.fit_photoz): templates of the package's stellar-population "
                       "library through the NIRCam throughputs, luminosity prior",
             "bands": list(photoz.templates.bands) if photoz.templates is not None else [],
-            "z_grid": [float(photoz.z_grid[0]), float(photoz.z_grid[-1]), float(photoz.z_grid[1] - photoz.z_grid[0])],
+            "z_grid": {"min": float(photoz.z_grid[0]), "max": float(photoz.z_grid[-1]), "n": len(photoz.z_grid),
+                       "spacing": f"even in ln(1 + z), step {Z_GRID_STEP}"},
             "sys_err": SYS_ERR, "high_z": HIGH_Z, "selects": bool(photoz.select),
             "selection": "surveydust.photoz.select_high_z", "criteria": dict(photoz.criteria),
             "pz": "not stored: fit_photoz(flux, flux_err, bands) on the catalogue's photometry gives it again"},

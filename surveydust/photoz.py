@@ -39,7 +39,9 @@ import numpy as np
 from surveydust.errors import InputError
 from surveydust.instrument import pivot_wavelength_aa
 
-#: default redshift grid: 0-15 in steps of 0.01
+#: redshift grid of the fits (:func:`default_z_grid`): 0 to Z_GRID_MAX, evenly spaced in ln(1 + z) by
+#: Z_GRID_STEP, i.e. dz = 0.01 (1 + z), eazy-py's default spacing (Brammer et al. 2008): a third of the
+#: fit's scatter at z > 6 (NMAD ~0.03) and 278 points, where 0.01 in z took 1,501
 Z_GRID_STEP = 0.01
 Z_GRID_MAX = 15.0
 #: the redshift a z > 6 selection asks about
@@ -166,10 +168,12 @@ class PhotoZResult:
 
 
 def default_z_grid(step: float = Z_GRID_STEP, z_max: float = Z_GRID_MAX) -> np.ndarray:
-    """Redshift grid 0, step, ..., z_max."""
-    if not 0 < step <= z_max:
-        raise InputError(f"need 0 < step <= z_max, got step={step}, z_max={z_max}")
-    return np.round(np.arange(0.0, z_max + 0.5 * step, step), 6)
+    """Redshift grid from 0 to ``z_max``, evenly spaced in ln(1 + z) by ``step`` (nearest to it that
+    ends on ``z_max``): dz = ``step`` (1 + z)."""
+    if not (z_max > 0 and 0 < step <= np.log1p(z_max)):
+        raise InputError(f"need z_max > 0 and 0 < step <= ln(1 + z_max), got step={step}, z_max={z_max}")
+    n = max(round(float(np.log1p(z_max)) / step), 1)
+    return np.round(np.expm1(np.linspace(0.0, np.log1p(z_max), n + 1)), 6)
 
 
 def _check_bands(bands: Any) -> tuple[str, ...]:
@@ -179,7 +183,7 @@ def _check_bands(bands: Any) -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=8)
-def _template_grid_cached(bands: tuple[str, ...], z_key: tuple[float, float, int]) -> TemplateGrid:
+def _template_grid_cached(bands: tuple[str, ...], z_key: tuple[float, ...]) -> TemplateGrid:
     from surveydust.instrument import band_weights
     from surveydust.physics import attenuation_curve
     from surveydust.simulate.foreground import (
@@ -190,7 +194,7 @@ def _template_grid_cached(bands: tuple[str, ...], z_key: tuple[float, float, int
     )
     from surveydust.simulate.imaging import igm_transmission
 
-    z_grid = np.linspace(*z_key)
+    z_grid = np.array(z_key)
     wave, _, _ = extended_library()
     k = attenuation_curve(wave, "calzetti")
     names, seds, dust = [], [], []
@@ -255,11 +259,11 @@ def dwarf_sed(temperature_k: float, spectral_class: str) -> tuple[np.ndarray, np
 
 def template_grid(bands: tuple[str, ...] | list[str], z_grid: np.ndarray | None = None) -> TemplateGrid:
     """Fluxes of the photo-z templates (:data:`TEMPLATES` x :data:`TEMPLATE_A_V`, plus brown dwarfs)
-    in ``bands`` on ``z_grid`` (an evenly spaced grid; default :func:`default_z_grid`). Cached."""
+    in ``bands`` on ``z_grid`` (any increasing grid; default :func:`default_z_grid`). Cached."""
     z = default_z_grid() if z_grid is None else np.asarray(z_grid, float)
-    if z.ndim != 1 or len(z) < 2 or z[0] < 0 or not np.allclose(np.diff(z), z[1] - z[0]) or z[1] <= z[0]:
-        raise InputError("z_grid must be an increasing, evenly spaced 1-D grid of redshifts >= 0")
-    return _template_grid_cached(_check_bands(bands), (float(z[0]), float(z[-1]), len(z)))
+    if z.ndim != 1 or len(z) < 2 or not np.all(np.isfinite(z)) or z[0] < 0 or np.any(np.diff(z) <= 0):
+        raise InputError("z_grid must be an increasing 1-D grid of redshifts >= 0")
+    return _template_grid_cached(_check_bands(bands), tuple(float(x) for x in z))
 
 
 def _check_photometry(flux_njy: Any, err_njy: Any, n_band: int) -> tuple[np.ndarray, np.ndarray]:
@@ -439,7 +443,7 @@ def fit_photoz(flux_njy: Any, err_njy: Any, bands: tuple[str, ...] | list[str], 
     flux_njy : (n, n_band) or (n_band,) aperture fluxes [nJy]; NaN where a band has no data.
     err_njy : errors [nJy] of the same shape, > 0 (NaN or inf where a band has no data).
     bands : the NIRCam band of each column.
-    z_grid : evenly spaced redshift grid (default 0-15, step 0.01).
+    z_grid : increasing redshift grid (default :func:`default_z_grid`: 0-15, dz = 0.01 (1 + z)).
     sys_err : fractional template error added in quadrature to ``err_njy`` (of ``|flux|``).
     prior : ``"luminosity"`` (:func:`luminosity_prior`), ``"flat"`` or None (flat), or p(z) on
         ``z_grid``, shape (n_z,) or (n, n_z), >= 0.
@@ -515,10 +519,18 @@ def pz_quantiles(pz: Any, z_grid: Any, levels: Any, z_range: tuple[float, float]
     p = np.atleast_2d(np.asarray(pz, dtype=np.float64))
     z = np.asarray(z_grid, dtype=np.float64)
     if z_range is not None:
-        inside = (z >= z_range[0] - 1e-9) & (z <= z_range[1] + 1e-9)
-        if inside.sum() < 2:
-            raise InputError(f"z_range {z_range} holds fewer than two points of the redshift grid")
-        p, z = p[:, inside], z[inside]
+        lo, hi = float(z_range[0]), float(z_range[1])
+        if not z[0] <= lo < hi <= z[-1]:
+            raise InputError(f"z_range {z_range} must be an increasing pair inside the redshift grid "
+                             f"({z[0]:g}-{z[-1]:g})")
+        # the range's ends join the grid points inside it, p(z) interpolated there: a coarse grid
+        # does not cut the range short
+        j = np.clip(np.searchsorted(z, [lo, hi]) - 1, 0, len(z) - 2)
+        w = (np.array([lo, hi]) - z[j]) / (z[j + 1] - z[j])
+        ends = p[:, j] + w * (p[:, j + 1] - p[:, j])
+        inner = (z > lo + 1e-9) & (z < hi - 1e-9)
+        p = np.concatenate([ends[:, :1], p[:, inner], ends[:, 1:]], axis=1)
+        z = np.concatenate([[lo], z[inner], [hi]])
     cdf = np.concatenate([np.zeros((len(p), 1)), np.cumsum(0.5 * (p[:, 1:] + p[:, :-1]) * np.diff(z), axis=1)],
                          axis=1)
     empty = ~(cdf[:, -1] > 0) | ~np.isfinite(cdf[:, -1])

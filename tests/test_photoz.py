@@ -60,7 +60,7 @@ def test_pz_is_normalised_and_percentiles_ordered() -> None:
     flux = _photometry((5.0, 10.0, 30.0, 50.0, 50.0), 0.4, 0.5, 2.5, 27.5)
     err = np.full_like(flux, float(ab_to_njy(28.6)) / 5 * 2.5)
     noisy = flux + rng.normal(size=(5, len(flux))) * err
-    z = default_z_grid(0.02, 12.0)
+    z = default_z_grid(z_max=12.0)
     res = fit_photoz(noisy, np.broadcast_to(err, noisy.shape), SEVEN, z_grid=z, prior="flat")
     assert res.pz.shape == (5, len(z)) and np.array_equal(res.z_grid, z)
     np.testing.assert_allclose(np.trapezoid(res.pz, z, axis=1), 1.0, rtol=1e-9)
@@ -90,8 +90,33 @@ def test_bad_input_is_refused_in_one_line() -> None:
         fit_photoz(np.ones((3, 7)), np.ones((3, 7)), SIX)
     with pytest.raises(ValueError, match="unknown band"):
         fit_photoz(np.ones(2), np.ones(2), ["F277W", "F999W"])
-    with pytest.raises(ValueError, match="evenly spaced"):
-        template_grid(SEVEN, np.array([0.0, 1.0, 3.0]))
+    for bad in ([0.0, 1.0, 1.0], [0.0, 2.0, 1.0], [-0.5, 1.0], [0.0, np.nan], [1.0]):
+        with pytest.raises(ValueError, match="increasing 1-D grid"):
+            template_grid(SEVEN, np.array(bad))
+    with pytest.raises(ValueError, match="0 < step"):
+        default_z_grid(0.0)
+
+
+def test_default_grid_is_even_in_ln_1_plus_z() -> None:
+    z = default_z_grid()
+    assert z[0] == 0.0 and z[-1] == 15.0
+    step = np.diff(np.log1p(z))
+    assert np.allclose(step, 0.01, rtol=0.02) and len(z) == 278
+    # an uneven grid works end to end: the same source on both grids gets the same z_phot
+    lin = np.round(np.arange(0.0, 15.005, 0.01), 6)
+    grid = template_grid(SEVEN, lin)
+    flux = 5.0 * grid.flux[grid.names.index("starburst_10myr_av0.5"), int(np.searchsorted(lin, 7.2))]
+    fits = [fit_photoz(flux * 20, flux, SEVEN, z_grid=g, prior="flat") for g in (z, lin)]
+    assert abs(fits[0].z_phot[0] - 7.2) <= 0.01 * 8.2 and abs(fits[1].z_phot[0] - 7.2) <= 0.011
+    assert abs(fits[0].p_high_z[0] - fits[1].p_high_z[0]) < 0.01
+    # p(z) restricted to z = 6-8 reaches the range's ends on a grid without points there
+    fine = np.linspace(0.0, 15.0, 15001)
+    pz = [np.exp(-0.5 * ((g - 6.3) / 0.4) ** 2)[None] for g in (z, fine)]
+    levels = (0.0, 0.025, 0.5, 0.975, 1.0)
+    coarse_q, fine_q = (pz_quantiles(p, g, levels, (6.0, 8.0))[0] for p, g in zip(pz, (z, fine)))
+    assert coarse_q[0] == 6.0 and coarse_q[-1] == 8.0 and np.allclose(coarse_q, fine_q, atol=0.01)
+    with pytest.raises(ValueError, match="inside the redshift grid"):
+        pz_quantiles(pz[0], z, levels, (6.0, 16.0))
 
 
 def test_luminosity_prior_rejects_bright_dropouts_only() -> None:
@@ -328,7 +353,7 @@ def test_pz_temperature_widens_pz_and_leaves_chi2_alone(monkeypatch: pytest.Monk
     flux, err, _, snr = _noisy_high_z(200, seed=4)
     flux, err = flux[snr >= 10], err[snr >= 10]  # bright enough for a p(z) narrower than the grid
     assert len(flux) > 20
-    z = default_z_grid(0.02, 10.0)
+    z = default_z_grid(z_max=10.0)
     tempered = fit_photoz(flux, err, SEVEN, z_grid=z)
     monkeypatch.setattr(photoz, "PZ_TEMPERATURE", 1.0)
     plain = fit_photoz(flux, err, SEVEN, z_grid=z)
@@ -351,7 +376,7 @@ def test_pz_covers_the_true_z_of_noisy_high_z_galaxies_at_the_nominal_rate(monke
 
     flux, err, z_true, snr = _noisy_high_z(1200, seed=7)
     keep = snr >= 5
-    z = default_z_grid(0.02, 10.0)
+    z = default_z_grid(z_max=10.0)
 
     def coverage() -> tuple[float, float]:
         fit = fit_photoz(flux[keep], err[keep], SEVEN, z_grid=z)
