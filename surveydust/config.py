@@ -53,7 +53,7 @@ class PriorConfig(_Config):
     screen_fraction: tuple[float, float]
     line_scale: tuple[float, float]
     lya_ew_scale_aa: float = Field(ge=0)
-    igm_transmission: tuple[float, float]
+    igm_forest_factor: tuple[float, float]
     quenched_fraction: float = Field(ge=0, le=1)
     burst_sigma: tuple[float, float]
     metallicity_scatter_dex: float = Field(ge=0, le=2)
@@ -64,7 +64,7 @@ class PriorConfig(_Config):
     depth_offset_mag: tuple[float, float]
 
     @field_validator("salim_delta", "dust_opacity", "birth_cloud_tau_v", "screen_fraction", "line_scale",
-                     "igm_transmission", "burst_sigma", "sersic_n", "clumps_mean", "psf_fwhm_scale",
+                     "igm_forest_factor", "burst_sigma", "sersic_n", "clumps_mean", "psf_fwhm_scale",
                      "noise_correlation_px", "depth_offset_mag")
     @classmethod
     def _ordered(cls, v: tuple[float, float], info: Any) -> tuple[float, float]:
@@ -78,10 +78,10 @@ class PriorConfig(_Config):
         for name, (lo, _) in positive.items():
             if lo <= 0:
                 raise InputError(f"priors.{name} must be > 0, got low = {lo}")
-        for name, (lo, hi) in {"screen_fraction": self.screen_fraction,
-                               "igm_transmission": self.igm_transmission}.items():
-            if lo < 0 or hi > 1:
-                raise InputError(f"priors.{name} must lie in [0, 1], got {[lo, hi]}")
+        if self.screen_fraction[0] < 0 or self.screen_fraction[1] > 1:
+            raise InputError(f"priors.screen_fraction must lie in [0, 1], got {list(self.screen_fraction)}")
+        if self.igm_forest_factor[0] < 0:
+            raise InputError(f"priors.igm_forest_factor must be >= 0, got low = {self.igm_forest_factor[0]}")
         if self.clumps_mean[0] < 0 or self.noise_correlation_px[0] < 0 or self.burst_sigma[0] < 0:
             raise InputError("priors.clumps_mean, noise_correlation_px and burst_sigma must be >= 0")
         return self

@@ -711,7 +711,8 @@ def mix_percentiles(values: np.ndarray, target: str, offsets: dict[str, float]) 
     (:func:`surveydust.posterior.to_network`: ``ln(x + c)`` for dust) against the normal score of
     the level (exact for the network's Gaussians; linear beyond the outer levels), sampled at
     :data:`MIX_SAMPLES` evenly spaced levels; the pooled samples' quantiles (Hazen positions, so
-    one distribution returns its own percentiles) are the mixture's. Returns ``(n, level)``."""
+    one distribution returns its own percentiles) are the mixture's, and for A_V and E(B-V) a level
+    the pooled mass at 0 reaches is 0 (the draws' atom at 0 stays one). Returns ``(n, level)``."""
     from scipy.special import ndtri
 
     x = to_network(target, values, offsets)
@@ -719,9 +720,14 @@ def mix_percentiles(values: np.ndarray, target: str, offsets: dict[str, float]) 
     u = ndtri((np.arange(MIX_SAMPLES) + 0.5) / MIX_SAMPLES)
     j = np.clip(np.searchsorted(s, u) - 1, 0, len(s) - 2)
     w = (u - s[j]) / (s[j + 1] - s[j])
-    samples = x[..., j] + w * (x[..., j + 1] - x[..., j])
-    mixed = np.quantile(samples.reshape(len(x), -1), LEVELS, axis=1, method="hazen").T
-    return from_network(target, mixed, offsets)
+    samples = (x[..., j] + w * (x[..., j + 1] - x[..., j])).reshape(len(x), -1)
+    mixed = from_network(target, np.quantile(samples, LEVELS, axis=1, method="hazen").T, offsets)
+    if target in offsets:
+        # a non-negative target's mass at 0 (an atom: the percentiles at 0) is an atom of the
+        # mixture too; the interpolated quantile would lift a level at its edge just above 0
+        at_zero = (samples <= to_network(target, np.zeros(1), offsets)).mean(axis=1, keepdims=True)
+        mixed = np.where(np.asarray(LEVELS)[None, :] <= at_zero, 0.0, mixed)
+    return mixed
 
 
 def add_redshifts(ds: Any, table: dict[str, np.ndarray], radius_arcsec: float, name: str) -> None:

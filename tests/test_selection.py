@@ -159,6 +159,14 @@ def test_mixture_of_one_distribution_is_itself_and_of_shifted_ones_wider() -> No
     np.testing.assert_allclose(two[:, LEVELS.index(0.5)], pct[:, 2], atol=0.05)
     dust = mix_percentiles(np.stack([np.maximum(pct, 0)] * 3, axis=1), "A_V", LOG_OFFSETS)
     assert np.all(dust >= 0)
+    # draws whose 2.5 and 16 percentiles are 0 (mass at A_V = 0, a dust-free galaxy): the mixture's
+    # are 0 too, exactly; where only the 2.5 percentiles are 0, the mixture's 16 percentile is not
+    atom = np.array([[0.0, 0.0, 0.05, 0.2, 0.5], [0.0, 0.0, 0.1, 0.3, 0.7], [0.0, 0.0, 0.02, 0.1, 0.3]])
+    mixed = mix_percentiles(atom[None], "A_V", LOG_OFFSETS)[0]
+    assert mixed[0] == 0.0 and mixed[1] == 0.0 and 0.02 < mixed[2] < 0.1 and np.all(np.diff(mixed[1:]) > 0)
+    partial = atom.copy()
+    partial[:, 1] = [0.01, 0.02, 0.005]
+    assert mix_percentiles(partial[None], "A_V", LOG_OFFSETS)[0, 1] > 0.0
 
 
 def test_selection_rules_and_pz_draws() -> None:

@@ -16,7 +16,7 @@ Galaxy spectra come from the package's own stellar-population library
 (:func:`surveydust.simulate.sed_library.load_sed_library`), its attenuation laws
 (:func:`surveydust.physics.attenuation_curve`), the simulator's IGM
 (:func:`surveydust.simulate.imaging.igm_transmission` with the mean Lyman-alpha forest
-transmission of :func:`igm_forest_transmission`) and the NIRCam throughputs of
+transmission of :func:`surveydust.simulate.imaging.igm_forest_transmission`) and the NIRCam throughputs of
 :mod:`surveydust.instrument`; nothing is downloaded. Two approximations are stated:
 the library stops at 1.2 um rest frame, so spectra are extended to 6 um by a power law
 fitted to their 0.95-1.2 um continuum (no 1.6 um bump, no Paschen lines); and its oldest
@@ -40,7 +40,7 @@ from surveydust.config import FOREGROUND_KINDS, ForegroundConfig, SimulationConf
 from surveydust.errors import InputError
 from surveydust.instrument import band_weights
 from surveydust.physics import ab_to_njy, attenuation_curve
-from surveydust.simulate.imaging import igm_transmission
+from surveydust.simulate.imaging import igm_forest_transmission, igm_transmission
 from surveydust.simulate.morphology import sersic_b
 from surveydust.simulate.sed_library import SEDLibrary, load_sed_library
 
@@ -135,14 +135,6 @@ def extended_library() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     lum = np.concatenate([lib.lum.astype(np.float64), tail], axis=-1)
     lines = np.concatenate([lib.lines.astype(np.float64), np.zeros_like(tail)], axis=-1)
     return np.concatenate([wave, extra]), lum, lines
-
-
-def igm_forest_transmission(redshift: float) -> float:
-    """Mean Lyman-alpha forest transmission at ``redshift``: exp(-tau_eff) with the Becker et al.
-    (2013) fit tau_eff = 0.751 ((1 + z) / 4.5)**2.9 - 0.132 (measured at z = 2-5; it gives ~0.08
-    at z = 6 and falls to ~0 beyond, as Fan et al. 2006 and Bosman et al. 2022 find)."""
-    tau = 0.751 * ((1.0 + redshift) / 4.5) ** 2.9 - 0.132
-    return float(np.clip(np.exp(-max(tau, 0.0)), 0.0, 1.0))
 
 
 def _lum_at_metallicity(lum: np.ndarray, metallicity: float, lib: SEDLibrary) -> np.ndarray:
@@ -249,7 +241,8 @@ def band_fluxes(wave_rest_aa: np.ndarray, lum: np.ndarray, redshift: float,
     wave_rest_aa, lum : rest wavelength [Angstrom] and L_lambda (any scale).
     redshift : source redshift (0: an observed-frame spectrum, e.g. a star).
     bands : NIRCam band names.
-    igm : apply the IGM (Lyman forest at :func:`igm_forest_transmission`, nothing below 912 A).
+    igm : apply the IGM (the mean Lyman forest, :func:`surveydust.simulate.imaging.igm_forest_transmission`,
+        nothing below 912 A).
 
     Returns
     -------
@@ -541,4 +534,4 @@ def draw_sky_mix(n: int, bands: tuple[str, ...] | list[str], *, seed: int = 0,
 
 __all__ = ["KINDS", "SkyMix", "SourceDraw", "band_fluxes", "brown_dwarf_sed", "draw_foreground",
            "draw_sky_mix", "draw_source", "expected_counts", "extended_library", "galaxy_sed",
-           "high_z_photometry", "igm_forest_transmission", "render_source", "stamp_size_for"]
+           "high_z_photometry", "render_source", "stamp_size_for"]

@@ -76,6 +76,17 @@ def _young_and_old(gal: Galaxy, lib: SEDLibrary, wave: np.ndarray) -> np.ndarray
     return np.array([old, young])
 
 
+def igm_forest_transmission(redshift: float) -> float:
+    """Mean Lyman-alpha forest transmission at ``redshift``: exp(-tau_eff) with the Becker et al.
+    (2013) fit tau_eff = 0.751 ((1 + z) / 4.5)**2.9 - 0.132 (measured at z = 2-5). Extrapolated it
+    gives 0.076 at z = 6, 0.021 at 7 and 0.004 at 8: the forest turns into Gunn-Peterson troughs
+    (Fan et al. 2006; quasar sightlines at z ~ 6 find means of ~0.01 and below, Bosman et al. 2022).
+    The one mean of the package: the photo-z templates, the foreground and, times each sightline's
+    factor (``priors.igm_forest_factor``), the simulated z > 6 galaxies use it."""
+    tau = 0.751 * ((1.0 + redshift) / 4.5) ** 2.9 - 0.132
+    return float(np.clip(np.exp(-max(tau, 0.0)), 0.0, 1.0))
+
+
 def igm_transmission(wave_rest_aa: np.ndarray, forest: float) -> np.ndarray:
     """IGM transmission at rest wavelengths [Angstrom] of a z > 6 galaxy: 1 redward of
     Lyman-alpha, ``forest`` in the Lyman-alpha forest, 0 beyond the Lyman limit."""
@@ -87,7 +98,8 @@ def galaxy_photometry(gal: Galaxy, cfg: SimulationConfig, lib: SEDLibrary) -> Ph
     """Intrinsic spectra of the old and young components and the band weights."""
     wave = lib.wave_aa.astype(np.float64)
     nuisance = gal.nuisance
-    igm = igm_transmission(wave, nuisance.igm_transmission)
+    forest = min(nuisance.igm_forest_factor * igm_forest_transmission(gal.redshift), 1.0)
+    igm = igm_transmission(wave, forest)
     weights = [band_weights(wave, b, gal.redshift) * igm for b in cfg.bands]
     weights += [band_weights(wave, b) for b in ("B", "V")]
     d_l = luminosity_distance_cm(gal.redshift)

@@ -34,7 +34,7 @@ class Nuisance:
     screen_fraction: float        # share of the old stars' diffuse dust in a foreground screen (rest mixed)
     line_scale: float             # factor on the nebular lines of the SED library (log U = -2)
     lya_ew_aa: float              # Lyman-alpha rest equivalent width that escapes [A]
-    igm_transmission: float       # mean Lyman-alpha forest transmission (912-1216 A rest)
+    igm_forest_factor: float      # the sightline's Lyman-alpha forest transmission over the mean at its z
     quenched: bool                # recently quenched: no stars formed in the last 30 Myr
     burst_sigma: float            # ln-scatter of the mass formed per age bin (burstiness)
     psf_fwhm_scale: float         # PSF width relative to the band's nominal one (training stores)
@@ -73,7 +73,7 @@ def draw_nuisance(rng: np.random.Generator, priors: PriorConfig) -> Nuisance:
         screen_fraction=uniform(rng, priors.screen_fraction),
         line_scale=_log_uniform(rng, priors.line_scale),
         lya_ew_aa=float(rng.exponential(lya_scale)) if lya_scale > 0 else 0.0,
-        igm_transmission=uniform(rng, priors.igm_transmission),
+        igm_forest_factor=uniform(rng, priors.igm_forest_factor),
         quenched=bool(rng.uniform() < priors.quenched_fraction),
         burst_sigma=uniform(rng, priors.burst_sigma),
         psf_fwhm_scale=uniform(rng, priors.psf_fwhm_scale),
@@ -87,7 +87,7 @@ def draw_nuisance(rng: np.random.Generator, priors: PriorConfig) -> Nuisance:
 FIXED_PRIORS: dict[str, object] = {
     "dust_laws": ["calzetti"], "dust_opacity": [0.2, 0.2], "birth_cloud_tau_v": [3.0, 3.0],
     "screen_fraction": [0.0, 0.0], "line_scale": [1.0, 1.0], "lya_ew_scale_aa": 0.0,
-    "igm_transmission": [0.0, 0.0], "quenched_fraction": 0.0, "burst_sigma": [0.6, 0.6],
+    "igm_forest_factor": [0.0, 0.0], "quenched_fraction": 0.0, "burst_sigma": [0.6, 0.6],
     "metallicity_scatter_dex": 0.15, "sersic_n": [0.8, 2.0], "clumps_mean": [2.5, 2.5],
     "psf_fwhm_scale": [1.0, 1.0], "noise_correlation_px": [0.0, 0.0], "depth_offset_mag": [0.0, 0.0]}
 
@@ -101,7 +101,7 @@ RECORDED = {
     "screen_fraction": "share of the old stars' diffuse dust in a foreground screen",
     "line_scale": "factor on the nebular lines (log U = -2 library)",
     "lya_ew_aa": "escaping Lyman-alpha rest EW [Angstrom]",
-    "igm_transmission": "mean Lyman-alpha forest transmission",
+    "igm_forest_factor": "Lyman-alpha forest transmission of the sightline over the mean at its redshift",
     "quenched": "1 when no stars formed in the last 30 Myr",
     "burst_sigma": "ln-scatter of mass formed per age bin",
     "psf_fwhm_scale": "PSF FWHM relative to nominal",

@@ -22,8 +22,8 @@ from surveydust.simulate.foreground import (
     draw_sky_mix,
     expected_counts,
     extended_library,
-    igm_forest_transmission,
 )
+from surveydust.simulate.imaging import igm_forest_transmission
 
 SEVEN = ["F090W", "F115W", "F150W", "F200W", "F277W", "F356W", "F444W"]
 #: contaminants boosted so that a small field holds every kind

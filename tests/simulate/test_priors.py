@@ -28,7 +28,7 @@ def test_draws_stay_in_their_ranges() -> None:
     priors = load_simulation_config().priors
     rng = np.random.default_rng(1)
     draws = [draw_nuisance(rng, priors) for _ in range(2000)]
-    for name in ("dust_opacity", "birth_cloud_tau_v", "screen_fraction", "line_scale", "igm_transmission",
+    for name in ("dust_opacity", "birth_cloud_tau_v", "screen_fraction", "line_scale", "igm_forest_factor",
                  "burst_sigma", "psf_fwhm_scale", "noise_correlation_px", "depth_offset_mag"):
         values = np.array([getattr(d, name) for d in draws])
         lo, hi = getattr(priors, name)
