@@ -21,6 +21,7 @@ from surveydust.config import load_catalogue_config
 from surveydust.errors import InputError
 from surveydust.evaluation.heldout import image_blocks
 from surveydust.evaluation.metrics import percentile_array, residual_metrics
+from surveydust.simulate.priors import FIXED_PRIORS
 from surveydust.stores.training import open_training_store
 
 #: shift name -> simulation settings that put one thing outside the training prior
@@ -42,6 +43,10 @@ SHIFTS: dict[str, dict[str, Any]] = {
     "morphology": {"priors": {"sersic_n": [4.5, 6.0], "clumps_mean": [7.0, 9.0]}},
     # every galaxy recently quenched (15% in the prior): Balmer breaks without lines
     "all_quenched": {"priors": {"quenched_fraction": 1.0}},
+    # the simulator before its nuisance physics became priors (one dust law, line strength, SFH
+    # scatter, PSF and depth; FIXED_PRIORS): a narrower world inside the prior, where a network
+    # trained on it can be compared with one trained on the prior (what robustness costs there)
+    "previous_simulator": {"priors": dict(FIXED_PRIORS)},
 }
 
 
