@@ -119,6 +119,22 @@ def test_line_scale_changes_the_line_band_only() -> None:
     assert colours[3.0] - colours[0.1] > 0.3  # strong lines redden F277W - F444W by tenths of a mag
 
 
+def test_forest_transmission_follows_the_galaxys_redshift() -> None:
+    """The Lyman-alpha forest of a simulated z > 6 galaxy is the mean at its redshift times its
+    sightline factor: at z = 7.9, where F090W sees only the forest, even the prior's most
+    transparent sightline (factor 2) leaves under 2% of the continuum; at z = 6.0 most of F090W
+    lies redward of Lyman-alpha."""
+    from surveydust.simulate.foreground import high_z_photometry
+
+    ratios = {}
+    for z in (6.0, 7.9):
+        sim = load_simulation_config(bands=("F115W",), redshift_range=[z, z],
+                                     priors={"igm_forest_factor": [2.0, 2.0], "lya_ew_scale_aa": 0.0})
+        _, flux, _ = high_z_photometry(np.random.default_rng(3), sim, ("F090W", "F115W"))
+        ratios[z] = flux[0] / flux[1]
+    assert ratios[7.9] < 0.02 and ratios[6.0] > 0.5, ratios
+
+
 def test_correlated_noise_keeps_pixel_sigma_and_widens_apertures() -> None:
     rng = np.random.default_rng(4)
     ap = circular_aperture(32, 8.0)
