@@ -1,9 +1,9 @@
-"""How far a z > 6 selection can go on NIRCam photometry alone: the best completeness at purity >= 0.9.
+"""How far a z > 6 selection can go on NIRCam photometry alone: the best completeness at a purity goal.
 
 On the held-out sky mix of ``benchmarks/photoz.py`` (``--seed``, 5,000 sources, seven bands, CEERS
 depth, purity re-weighted to 3% z > 6), each score is cut at every one of 400 thresholds and the
-cut with the highest completeness among those with purity >= 0.9 is printed, at SNR(F277W) >= 10
-and >= 5:
+cut with the highest completeness among those that reach the purity goal of issue 23 is printed:
+purity >= 0.9 at SNR(F277W) >= 10 and >= 0.8 at SNR >= 5:
 
 - the template fit's P(z > 6) (:func:`surveydust.photoz.fit_photoz`);
 - ``select_high_z``'s Delta chi^2 among the sources with P(z > 6) >= 0.3 (the shipped criteria
@@ -64,11 +64,12 @@ def main() -> None:
                   clf.predict_proba(colour_features(flux, err))[:, 1])}
     print(f"# seed {args.seed}: {args.n_test} test sources ({int((test.redshift > 6).sum())} at z > 6), seven bands, "
           f"CEERS depth; purity re-weighted to 3% z > 6")
-    print(f"{'score':42s} {'SNR(F277W)':>10s} {'completeness':>13s} {'purity':>7s} {'threshold':>10s}")
-    for cut in (10.0, 5.0):
+    print(f"{'score':42s} {'SNR(F277W)':>10s} {'completeness':>13s} {'purity':>7s} {'threshold':>10s}  "
+          f"(best completeness with purity >= 0.9 at SNR >= 10, >= 0.8 at SNR >= 5)")
+    for cut, purity_min in ((10.0, 0.9), (5.0, 0.8)):
         keep = snr >= cut
         for name, score in scores.items():
-            c, p, t = best_completeness(score[keep], test.redshift[keep] > 6)
+            c, p, t = best_completeness(score[keep], test.redshift[keep] > 6, purity_min)
             print(f"{name:42s} {'>= ' + format(cut, 'g'):>10s} {c:13.3f} {p:7.3f} {t:10.3g}")
 
 
