@@ -1,6 +1,6 @@
 """How far a z > 6 selection can go on NIRCam photometry alone: the best completeness at a purity goal.
 
-On the held-out sky mix of ``benchmarks/photoz.py`` (``--seed``, 5,000 sources, seven bands, CEERS
+On the held-out sky mix of ``benchmarks/photoz.py`` (``--seed``, 20,000 sources, seven bands, CEERS
 depth, purity re-weighted to 3% z > 6), each score is cut at every one of 400 thresholds and the
 cut with the highest completeness among those that reach the purity goal of issue 23 is printed:
 purity >= 0.9 at SNR(F277W) >= 10 and >= 0.8 at SNR >= 5:
@@ -39,7 +39,7 @@ def best_completeness(score: np.ndarray, is_high: np.ndarray, purity_min: float 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-test", type=int, default=5000)
+    parser.add_argument("--n-test", type=int, default=20000)
     parser.add_argument("--n-train", type=int, default=40000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -494,7 +494,8 @@ def ingest_mosaic_command(out: Path, band_files: tuple[str, ...], err_files: tup
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Any detection setting, e.g. --set threshold=2 --set tile_pix=1024.")
 @click.option("--demo", is_flag=True,
-              help="Simulate a small six-band demo field with known truth (offline): z = 6-8 galaxies among the "
+              help="Simulate a small demo field (F090W and the six wide bands) with known truth (offline): z = 6-8 "
+                   "galaxies among the "
                    "sky's mix of lower-redshift galaxies and brown dwarfs; run on it and score the z > 6 selection "
                    "and the dust of the selected sources.")
 @click.option("--all-sources", is_flag=True,

@@ -33,6 +33,9 @@ DEMO_TILE_PIX = 256  # small tiles, so the demo has several tiles and sources on
 #: detections), so that the selected sample is large enough to score the dust
 DEMO_GALAXIES = 120
 DEMO_SIZE = 1280  # pixels (38" at 0.03"/px)
+#: the demo field's bands, as in JADES: F090W (photometry and photo-z only; it sees the Lyman break
+#: of z = 6-7.3 galaxies, which lies blueward of F115W) and the six wide bands of the shipped network
+DEMO_BANDS = ("F090W", "F115W", "F150W", "F200W", "F277W", "F356W", "F444W")
 OUTPUT_KIND = "demo"  # the mark on the demo's own files (surveydust.stores.base)
 SKILL_FILE = "skill.ecsv"
 FIGURE_FILE = "truth_vs_predicted.png"
@@ -64,12 +67,13 @@ class DemoResult:
 def make_demo_field(directory: Path | str, *, n_galaxies: int = DEMO_GALAXIES, size: int = DEMO_SIZE,
                     seed: int = 0, client: Any = None, overwrite: bool = False,
                     progress: bool = True, priors: dict[str, Any] | None = None,
-                    foreground: bool | dict[str, Any] = False) -> tuple[Path, Path]:
+                    foreground: bool | dict[str, Any] = False,
+                    bands: tuple[str, ...] | None = None) -> tuple[Path, Path]:
     """Simulate a demo field into ``directory``; return (mosaic store, truth table) paths.
 
     ``n_galaxies`` galaxies from the built-in simulator on a ``size`` x
-    ``size`` pixel (0.03"/px) six-band field with a rotated WCS, CEERS-like
-    noise and NaN borders, written as FITS and ingested in 256-pixel chunks.
+    ``size`` pixel (0.03"/px) field in ``bands`` (default the simulator's six wide bands) with a
+    rotated WCS, CEERS-like noise and NaN borders, written as FITS and ingested in 256-pixel chunks.
     ``priors`` replaces some of the simulator's nuisance priors (``configs/simulation.yaml``).
     ``foreground`` adds the sky's mix (:func:`surveydust.simulate.simulate_field`): True at the
     densities of ``configs/simulation.yaml``, a mapping to change them; :func:`run_demo` turns
@@ -82,7 +86,7 @@ def make_demo_field(directory: Path | str, *, n_galaxies: int = DEMO_GALAXIES, s
     directory = Path(directory)
     store = check_output_path(directory / "field.zarr", overwrite, "mosaic")
     files = simulate_field(directory / "fits", n_galaxies=n_galaxies, shape=(size, size), seed=seed,
-                           overwrite=overwrite, priors=priors, foreground=foreground)
+                           overwrite=overwrite, priors=priors, foreground=foreground, bands=bands)
     logger.info("simulated %d galaxies%s on a %d x %d field: %s", n_galaxies,
                 " and the sky's foreground" if foreground else "", size, size, directory / "fits")
     ingest_mosaic(store, {b: str(p) for b, p in files.bands.items()}, field="demo", chunk=DEMO_TILE_PIX,
@@ -107,13 +111,13 @@ def run_demo(directory: Path | str = "demo", *, out: Path | str | None = None, m
     """Simulate the demo field in ``directory``, make its catalogue (``out``, default
     ``directory/catalogue.zarr``), and score it against the injected truth.
 
-    The field holds :data:`DEMO_GALAXIES` z = 6-8 galaxies and (``foreground``) the sky's mix
-    around them. No redshift table is used unless ``redshifts`` (or ``sources``) gives one:
-    the dust step runs on the sources the photo-z selects (P(z>6) >= ``p_high_z_min`` of
-    ``config``, and the catalogue's other criteria), with p(z)-mixed predictions. ``config``
-    and ``config_overrides`` (e.g. ``p_high_z_min=0.5``) are the catalogue settings
-    (:func:`surveydust.config.load_catalogue_config`); the tiles are :data:`DEMO_TILE_PIX` px
-    unless they set ``tile_pix``.
+    The field (:data:`DEMO_BANDS`: F090W and the six wide bands) holds :data:`DEMO_GALAXIES`
+    z = 6-8 galaxies and (``foreground``) the sky's mix around them. No redshift table is used
+    unless ``redshifts`` (or ``sources``) gives one: the dust step runs on the sources the photo-z
+    selects (P(z>6) >= ``p_high_z_min`` of ``config``, and the catalogue's other criteria), with
+    p(z)-mixed predictions. ``config`` and ``config_overrides`` (e.g. ``p_high_z_min=0.5``) are
+    the catalogue settings (:func:`surveydust.config.load_catalogue_config`); the tiles are
+    :data:`DEMO_TILE_PIX` px unless they set ``tile_pix``.
 
     Writes ``skill.ecsv`` (with the selection's counts and the summary in its meta) and
     ``truth_vs_predicted.png`` next to the catalogue. Every output (the field store, the
@@ -135,7 +139,7 @@ def run_demo(directory: Path | str = "demo", *, out: Path | str | None = None, m
     out, export_to = check_outputs(out, export_to, overwrite, inputs)
     check_output_folder(out.parent, [SKILL_FILE, FIGURE_FILE], overwrite, OUTPUT_KIND, inputs=inputs)
     store, truth = make_demo_field(directory, client=client, overwrite=overwrite, progress=progress,
-                                   foreground=foreground)
+                                   foreground=foreground, bands=DEMO_BANDS)
     cat = run_catalogue(store, out, model=model, sources=sources, redshifts=redshifts, config=cfg, client=client,
                         export_to=export_to, overwrite=overwrite, progress=progress)
     table = skill(cat, truth)

@@ -181,6 +181,9 @@ def test_run_demo_scores_the_selected_sources_against_the_truth(tmp_path: Path, 
     assert result.paths["figure"].read_bytes()[:4] == b"\x89PNG"
     cat, sel = result.catalogue, result.selection
     assert list(cat["model"].values) == [CNN.removeprefix("CNN ")]
+    # F090W is in the field, for photometry and the photo-z only: the network reads the six wide bands
+    assert list(cat["band"].values) == ["F090W", *DEMO_BANDS]
+    assert cat.attrs["photoz"]["bands"] == ["F090W", *DEMO_BANDS]
     assert cat.attrs["catalogue_config"]["tile_pix"] == 256 and cat.attrs["redshifts_file"] == ""
     # the sky's mix, and no redshift table: every source selected for dust was selected by P(z>6)
     assert sel["injected"]["high_z"] == 120 and sel["injected"]["foreground"] > 100
