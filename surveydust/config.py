@@ -496,8 +496,13 @@ def load_foreground_config(source: ForegroundConfig | Path | str | None = None,
 
 
 def simulation_config_from_json(text: str) -> SimulationConfig:
-    """Rebuild a config stored in a store's attrs (for exact regeneration)."""
-    return SimulationConfig.model_validate(json.loads(text))
+    """Rebuild a config stored in a store's attrs (for exact regeneration). A config this version
+    cannot rebuild (e.g. one written before a setting was renamed) is a one-line InputError."""
+    try:
+        return SimulationConfig.model_validate(json.loads(text))
+    except ValidationError as exc:
+        raise InputError(f"stored {_format_error(exc, 'simulation')} (written by another surveydust "
+                         "version; it cannot be regenerated exactly by this one)") from None
 
 
 def load_training_config(source: TrainingConfig | Path | str | None = None,

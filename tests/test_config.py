@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from surveydust.config import load_simulation_config, simulation_config_from_json
@@ -22,6 +24,12 @@ def test_user_file_and_overrides(tmp_path) -> None:
     assert (cfg.n_galaxies, cfg.seed, cfg.depth, cfg.views_per_galaxy) == (5, 3, "jades", 4)
     assert cfg.bands == ("F277W", "F444W")
     assert simulation_config_from_json(cfg.to_json()) == cfg
+    # a stored config of a version whose setting was renamed (the forest prior) is a one-line error
+    old = json.loads(cfg.to_json())
+    old["priors"]["igm_transmission"] = old["priors"].pop("igm_forest_factor")
+    with pytest.raises(ValueError, match="stored simulation.priors.igm_forest_factor: Field required") as info:
+        simulation_config_from_json(json.dumps(old))
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize(
