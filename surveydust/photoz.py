@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from surveydust.config import load_catalogue_config
 from surveydust.errors import InputError
 from surveydust.instrument import pivot_wavelength_aa
 
@@ -655,16 +656,18 @@ def dropout_selection(flux_njy: Any, err_njy: Any, bands: tuple[str, ...] | list
     return selected
 
 
-#: defaults of :func:`select_high_z`, chosen by measurement on a calibration sky mix of one seed
-#: (seed 1) and reported on another (``benchmarks/photoz.py``, seed 0). DELTA_CHI2_MIN: the
-#: smallest Delta chi^2 whose purity at SNR(F277W) >= 10 reaches 0.9 on 20,000 sources of seed 1,
-#: seven bands (4: 0.85, 5: 0.89, 6: 0.91; completeness 0.68, 0.66, 0.63); it was 4, chosen on
-#: 5,000 sources, whose few interlopers had put the purity at 0.92
-P_HIGH_Z_MIN = 0.3
-DELTA_CHI2_MIN = 6.0
-Z_LOW_MAX = 5.0
-VETO_SNR = 2.0
-STAR_DELTA_CHI2 = 0.0
+#: defaults of :func:`select_high_z`: those of the shipped catalogue config (configs/catalogue.yaml,
+#: where each is argued), chosen by measurement on a calibration sky mix of one seed (seed 1) and
+#: reported on another (``benchmarks/photoz.py``, seed 0). ``delta_chi2_min``: the smallest
+#: Delta chi^2 whose purity at SNR(F277W) >= 10 reaches 0.9 on 20,000 sources of seed 1, seven
+#: bands (4: 0.85, 5: 0.89, 6: 0.91; completeness 0.68, 0.66, 0.63); it was 4, chosen on 5,000
+#: sources, whose few interlopers had put the purity at 0.92
+_SELECTION = load_catalogue_config()
+P_HIGH_Z_MIN = _SELECTION.p_high_z_min
+DELTA_CHI2_MIN = _SELECTION.delta_chi2_min
+Z_LOW_MAX = _SELECTION.z_low_max
+VETO_SNR = _SELECTION.blue_veto_snr
+STAR_DELTA_CHI2 = _SELECTION.star_delta_chi2
 #: a band is "fully blueward" of the Lyman-alpha break when this share of its throughput lies below it
 BLUEWARD_SHARE = 0.99
 LYMAN_ALPHA_AA = 1215.67
