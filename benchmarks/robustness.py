@@ -7,7 +7,9 @@ on the images with SNR(F277W) >= 5, and prints per shift and bundle: N, Spearman
 constant guess's MAE, the colour baseline's Spearman and MAE (gradient boosting on aperture fluxes,
 colours and z, fitted in this run on ``--baseline-galaxies`` of the bundle's training store), the
 median bias, 68/95% coverage on all and on unflagged sources, the share flagged out of distribution
-and the detector's AUROC against the in-domain stamps. Tables go to ``OUT/robustness.ecsv``.
+and the detector's AUROC against the in-domain stamps, and galaxy-bootstrap standard errors
+(``*_err``) of the Spearman, the unflagged 68% coverage and the unflagged median bias. Tables go
+to ``OUT/robustness.ecsv``.
 
 Run:  .venv/bin/python benchmarks/robustness.py --out artefacts/robustness [--n-galaxies 300]
       [--bundle six-band --bundle three-band] [--shift in_domain --shift extreme_lines] [--workers 2]
@@ -27,7 +29,8 @@ PSF_DIR = REPO.parent / "shared" / "data" / "nircam_psf"
 VIEWS = 2  # views per test galaxy: more independent galaxies for the same simulation time
 COLUMNS = ("N", "spearman", "MAE", "MAE_constant", "baseline_spearman", "baseline_MAE", "median_bias",
            "coverage_68", "coverage_95", "coverage_68_unflagged", "coverage_95_unflagged",
-           "median_bias_unflagged", "flagged", "AUROC")
+           "median_bias_unflagged", "flagged", "AUROC",
+           "spearman_err", "coverage_68_unflagged_err", "median_bias_unflagged_err")
 
 
 def shift_store(name: str, out: Path, n_galaxies: int, seed: int, client) -> Path:
@@ -86,6 +89,7 @@ def main() -> None:
     from surveydust.bundle import load_model, shipped_bundles
     from surveydust.cluster import get_client
     from surveydust.robustness import SHIFTS, predict_store, score_shift
+    from surveydust.stores.training import open_training_store
 
     shipped = {p.name: p for p in shipped_bundles().values()}
     bundles = [shipped.get(b, Path(b)) for b in (args.bundle or ["six-band", "three-band", "one-band"])]
@@ -101,8 +105,9 @@ def main() -> None:
         results = {n: predict_store(predictor, s) for n, s in stores.items()}
         reference = results["in_domain"][0]["ood"].values if "ood" in results["in_domain"][0] else None
         baseline = colour_baseline(predictor, stores, args.baseline_galaxies)
-        for n, (result, truth, _) in results.items():
-            row = score_shift(result, truth, constant, reference)
+        for n, (result, truth, idx) in results.items():
+            galaxy = open_training_store(stores[n])["galaxy_id"].values[idx]
+            row = score_shift(result, truth, constant, reference, galaxy=galaxy)
             row["baseline_spearman"], row["baseline_MAE"] = baseline[n]
             rows.append({"bundle": path.name, "shift": n, **{c: row[c] for c in COLUMNS}})
             print(f"{path.name:>10} {n:>16} " + " ".join(f"{c}={row[c]:.3g}" for c in COLUMNS), flush=True)

@@ -88,8 +88,61 @@ def auroc(in_domain: np.ndarray, shifted: np.ndarray) -> float:
     return float(roc_auc_score(np.r_[np.zeros(a.size), np.ones(b.size)], np.r_[a, b]))
 
 
+#: metrics of :func:`score_shift` given a galaxy-bootstrap standard error (``<metric>_err``)
+BOOTSTRAP_METRICS = ("spearman", "coverage_68_unflagged", "median_bias_unflagged")
+#: galaxy-bootstrap resamples behind each ``<metric>_err``
+N_BOOTSTRAP = 200
+
+
+def galaxy_bootstrap(truth: np.ndarray, pred: np.ndarray, pct: np.ndarray, flagged: np.ndarray,
+                     galaxy: np.ndarray, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> dict[str, float]:
+    """Standard errors of :data:`BOOTSTRAP_METRICS` from resampling whole galaxies.
+
+    A test galaxy contributes many images (views x dust-to-metal ratios), so its images are not
+    independent: resampling images would understate the error. Each resample draws as many
+    galaxies as there are, with replacement, and keeps all of their images.
+
+    Parameters
+    ----------
+    truth, pred : numpy.ndarray
+        ``(n,)`` true and predicted values [units of the quantity].
+    pct : numpy.ndarray
+        ``(n, 5)`` predicted percentiles at :data:`surveydust.posterior.LEVELS`.
+    flagged : numpy.ndarray
+        ``(n,)`` bool, out of distribution.
+    galaxy : numpy.ndarray
+        ``(n,)`` galaxy id of each image.
+    n_boot : int, optional
+        Resamples.
+    seed : int, optional
+        Seed of the resampling.
+
+    Returns
+    -------
+    dict of str to float
+        ``<metric>_err`` for each of :data:`BOOTSTRAP_METRICS` (standard deviation over the
+        resamples; NaN with fewer than two galaxies).
+    """
+    ids, members = np.unique(galaxy, return_inverse=True)
+    if ids.size < 2:
+        return {f"{m}_err": np.nan for m in BOOTSTRAP_METRICS}
+    groups = np.split(np.argsort(members, kind="stable"), np.cumsum(np.bincount(members))[:-1])
+    rng = np.random.default_rng(seed)
+    draws = {m: [] for m in BOOTSTRAP_METRICS}
+    for _ in range(n_boot):
+        i = np.concatenate([groups[g] for g in rng.integers(0, ids.size, ids.size)])
+        every = residual_metrics(truth[i], pred[i], pct[i])
+        keep = i[~flagged[i]]
+        clean = residual_metrics(truth[keep], pred[keep], pct[keep])
+        draws["spearman"].append(every["spearman"])
+        draws["coverage_68_unflagged"].append(clean["coverage_68"])
+        draws["median_bias_unflagged"].append(clean["median_bias"])
+    return {f"{m}_err": float(np.nanstd(v)) for m, v in draws.items()}
+
+
 def score_shift(result: Any, truth: np.ndarray, constant: float,
-                reference_ood: np.ndarray | None = None, target: str = "A_V") -> dict[str, float]:
+                reference_ood: np.ndarray | None = None, target: str = "A_V",
+                galaxy: np.ndarray | None = None) -> dict[str, float]:
     """One row of the suite's table for predictions ``result`` (from :func:`predict_store`).
 
     Parameters
@@ -104,6 +157,9 @@ def score_shift(result: Any, truth: np.ndarray, constant: float,
         In-domain OOD scores for the AUROC.
     target : str, optional
         The quantity scored.
+    galaxy : numpy.ndarray, optional
+        ``(n,)`` galaxy id of each sample: adds the galaxy-bootstrap errors of
+        :func:`galaxy_bootstrap` (``<metric>_err``).
 
     Returns
     -------
@@ -113,7 +169,8 @@ def score_shift(result: Any, truth: np.ndarray, constant: float,
         sources, ``median_bias_unflagged``, ``flagged`` (share out of distribution:
         score above the catalogue's ``ood_threshold``) and ``AUROC`` of the OOD
         score against ``reference_ood``; all but the last two from
-        :func:`surveydust.evaluation.metrics.residual_metrics`.
+        :func:`surveydust.evaluation.metrics.residual_metrics`; with ``galaxy``, also
+        ``spearman_err``, ``coverage_68_unflagged_err`` and ``median_bias_unflagged_err``.
     """
     pred = result[target].values
     pct = percentile_array(result, target)
@@ -122,7 +179,8 @@ def score_shift(result: Any, truth: np.ndarray, constant: float,
     every = residual_metrics(truth, pred, pct, constant)
     clean = residual_metrics(truth[~flagged], pred[~flagged], pct[~flagged], constant)
     ok = np.isfinite(truth) & np.isfinite(pred)
-    return {"N": every["N"], "spearman": every["spearman"], "MAE": every["MAE"],
+    errors = galaxy_bootstrap(truth, pred, pct, flagged, np.asarray(galaxy)) if galaxy is not None else {}
+    return {**errors, "N": every["N"], "spearman": every["spearman"], "MAE": every["MAE"],
             "MAE_constant": every["MAE_constant"], "median_bias": every["median_bias"],
             "coverage_68": every["coverage_68"], "coverage_95": every["coverage_95"],
             "coverage_68_unflagged": clean["coverage_68"], "coverage_95_unflagged": clean["coverage_95"],

@@ -1,14 +1,15 @@
 """The shift suite's worlds: every shift is a valid simulator setting that differs from the training
-prior where it says it does, and an unknown one is refused in one line."""
+prior where it says it does, and an unknown one is refused in one line; its errors resample galaxies."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from surveydust.config import load_simulation_config
-from surveydust.robustness import SHIFTS, shift_settings
+from surveydust.robustness import SHIFTS, galaxy_bootstrap, shift_settings
 from surveydust.simulate.priors import FIXED_PRIORS
 
 
@@ -35,3 +36,32 @@ def test_unknown_shift_and_missing_psf_folder_are_one_line_errors() -> None:
     assert "\n" not in str(info.value)
     with pytest.raises(ValueError, match="needs the WebbPSF folder"):
         shift_settings("webbpsf")
+
+
+def _galaxies(n: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Truth, prediction, percentiles (prediction -/+ 1 and 2 sigma of the residual) of ``n`` galaxies."""
+    truth = rng.uniform(0.0, 2.0, n)
+    pred = truth + rng.normal(0.0, 0.3, n)
+    pct = pred[:, None] + 0.3 * np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
+    return truth, pred, pct
+
+
+def test_bootstrap_errors_count_galaxies_not_their_images() -> None:
+    rng = np.random.default_rng(3)
+    truth, pred, pct = _galaxies(150, rng)
+    flagged = np.zeros(150, bool)
+    alone = galaxy_bootstrap(truth, pred, pct, flagged, np.arange(150))
+    copies = 10  # every galaxy imaged ten times, identically: no new information
+    repeated = [np.repeat(a, copies, axis=0) for a in (truth, pred, pct, flagged)]
+    by_galaxy = galaxy_bootstrap(*repeated, np.repeat(np.arange(150), copies))
+    by_image = galaxy_bootstrap(*repeated, np.arange(150 * copies))  # copies taken as independent
+    for name, err in alone.items():
+        assert 0.0 < err < 0.1, name
+        assert by_galaxy[name] == pytest.approx(err, rel=0.35), name
+        assert by_image[name] < 0.6 * by_galaxy[name], name  # ~ 1 / sqrt(10) of it
+
+
+def test_bootstrap_errors_need_two_galaxies() -> None:
+    truth, pred, pct = _galaxies(5, np.random.default_rng(0))
+    errors = galaxy_bootstrap(truth, pred, pct, np.zeros(5, bool), np.zeros(5, int))
+    assert all(np.isnan(v) for v in errors.values())
