@@ -441,12 +441,17 @@ def ood_statistics(model: Any, parts: dict[str, Part], cfg: TrainingConfig) -> d
 
 
 def refit_ood(bundle: Path | str, out: Path | str, store: Path | str | None = None, *,
-              overwrite: bool = False) -> Path:
+              fresh: bool = False, overwrite: bool = False) -> Path:
     """Copy ``bundle`` to ``out`` with out-of-distribution statistics of this release
-    (:func:`ood_statistics`), computed from the validation and calibration galaxies of its
-    training ``store`` (default: the path the bundle recorded; it must be that very store, by its
-    ``store_id``, so that the split is the same and no training galaxy becomes a reference).
-    The network and its calibration are unchanged. Ensembles carry no OOD statistics.
+    (:func:`ood_statistics`), computed from the validation and calibration galaxies of ``store``.
+
+    By default ``store`` is the bundle's training store (the path it recorded); it must be that very
+    store, by its ``store_id``, so that the split is the same and no training galaxy becomes a
+    reference. With ``fresh=True`` it must be another store, of galaxies the network never saw
+    (simulated with another seed, e.g. by a later simulator whose physics the statistics should
+    describe); its galaxies are split as training would split them, and the store is recorded in the
+    bundle's ``ood["store"]``. The network and its calibration are unchanged. Ensembles carry no OOD
+    statistics.
     """
     import shutil
 
@@ -457,19 +462,25 @@ def refit_ood(bundle: Path | str, out: Path | str, store: Path | str | None = No
     if meta.get("ensemble"):
         raise InputError(f"{bundle} is an ensemble: its members' features are not outputs of the mixture")
     store = Path(store or meta["training_store"]["path"])
-    if open_training_store(store).attrs.get("store_id") != meta["training_store"]["store_id"]:
-        raise InputError(f"{store} is not the training store of {bundle} (store_id differs)")
+    store_id = open_training_store(store).attrs.get("store_id")
+    if fresh and store_id == meta["training_store"]["store_id"]:
+        raise InputError(f"{store} is the training store of {bundle}: fresh statistics need another store")
+    if not fresh and store_id != meta["training_store"]["store_id"]:
+        raise InputError(f"{store} is not the training store of {bundle} (store_id differs); "
+                         "pass fresh=True for a store of galaxies the network never saw")
     out = check_output_path(out, overwrite, "bundle", inputs=[bundle, store])
     cfg = load_training_config(**meta["training_config"])
     split, _ = prepare_training(store, cfg)
     parts = {"validation": Part(str(store), split.validation), "calibration": Part(str(store), split.calibration)}
     model = keras.saving.load_model(bundle / MODEL_FILE, compile=False, safe_mode=True)
+    ood = ood_statistics(model, parts, cfg)
+    if fresh:
+        ood["store"] = {"path": str(store), "store_id": store_id}
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         staged = Path(tmp) / "bundle"
         staged.mkdir()
         shutil.copy2(bundle / MODEL_FILE, staged / MODEL_FILE)
-        write_meta(staged, {k: v for k, v in meta.items() if k != "checksums"}
-                   | {"ood": ood_statistics(model, parts, cfg)})
+        write_meta(staged, {k: v for k, v in meta.items() if k != "checksums"} | {"ood": ood})
         replace_atomically(staged, out)
     return out
 

@@ -261,13 +261,18 @@ def test_bundle_flags_its_stated_share_of_calibration_galaxies(galaxy_bundle: Pa
     ood = p.meta["ood"]
     assert ood["kind"] == KIND and ood["layer"].startswith("dense") and ood["flag_share"] == FLAG_SHARE
     assert set(ood["spaces"]) == {"features", "colour_likelihood"}
+    _assert_flags_stated_share(p, store)
+
+
+def _assert_flags_stated_share(p, store: Path) -> None:
+    """Predictor ``p`` flags its stated share of the stamps of ``store``'s calibration galaxies."""
     ds = open_training_store(store)
     cal = np.flatnonzero(np.isin(ds["galaxy_id"].values, p.meta["split"]["calibration_galaxies"]))
     cal = cal[ds["snr"].sel(band=p.snr_band).values[cal] >= p.snr_min]
     images = ds["image"].sel(band=list(p.bands)).values[cal]
     score = p.predict(images, ds["redshift"].values[cal])["ood"].values
     assert np.isfinite(score).all()
-    assert np.mean(score > 1.0) == pytest.approx(ood["flag_share"], abs=1.5 / len(cal) + 0.01)
+    assert np.mean(score > 1.0) == pytest.approx(p.meta["ood"]["flag_share"], abs=1.5 / len(cal) + 0.01)
 
 
 def test_refit_ood_copies_the_network_with_fresh_statistics(galaxy_bundle: Path, store: Path, make_training_store,
@@ -287,8 +292,29 @@ def test_refit_ood_copies_the_network_with_fresh_statistics(galaxy_bundle: Path,
     assert new["ood"]["threshold"] == pytest.approx(old["ood"]["threshold"], rel=1e-6)
     with pytest.raises(ValueError, match="not the training store"):
         refit_ood(galaxy_bundle, tmp_path / "other", make_training_store())
+    with pytest.raises(ValueError, match="is the training store"):
+        refit_ood(galaxy_bundle, tmp_path / "other", store, fresh=True)
     with pytest.raises(FileExistsError):
         refit_ood(galaxy_bundle, out, store)
+
+
+def test_refit_ood_on_a_fresh_store_describes_its_galaxies(galaxy_bundle: Path, client, tmp_path: Path) -> None:
+    """Statistics refitted on a store of galaxies the network never saw (another seed) flag the stated
+    share of that store's calibration galaxies, and record the store; the network and its calibration
+    are unchanged."""
+    from surveydust.bundle import MODEL_FILE, load_model, read_meta
+    from surveydust.simulate import simulate
+    from surveydust.train import refit_ood
+
+    fresh = simulate(tmp_path / "fresh.zarr", client=client, progress=False, n_galaxies=14, views_per_galaxy=1,
+                     bands=BANDS, galaxies_per_task=2, seed=5)
+    out = refit_ood(galaxy_bundle, tmp_path / "refit", fresh, fresh=True)
+    old, new = read_meta(galaxy_bundle), read_meta(out)
+    assert (out / MODEL_FILE).read_bytes() == (galaxy_bundle / MODEL_FILE).read_bytes()
+    assert new["calibration"] == old["calibration"]
+    assert new["ood"]["store"]["store_id"] == open_training_store(fresh).attrs["store_id"]
+    assert new["ood"]["threshold"] != pytest.approx(old["ood"]["threshold"], rel=1e-6)
+    _assert_flags_stated_share(load_model(out), fresh)  # the same galaxy ids are calibration galaxies there
 
 
 def test_tiny_train_paper_protocol(store: Path, client, tmp_path: Path, tiny_training: dict,
