@@ -27,7 +27,7 @@ FLAG_DESCRIPTIONS = {
     "low_snr": "SNR below the model's training cut: outside what it was trained and calibrated on",
     "out_of_distribution": "unlike the training set (ood above ood_threshold): the percentiles are not "
                            "calibrated for this source (in the shift suite the 68/95% intervals of flagged "
-                           "extreme line emitters held 45/74% of the truths, A_V biased +0.25 mag): read "
+                           "extreme line emitters held 47/78% of the truths, A_V biased +0.27 mag): read "
                            "its dust as indicative only",
     "blended": "deblended from a larger segment",
     "no_redshift": "no redshift given, or an impossible one such as -99 (predicted without one)",
