@@ -6,7 +6,8 @@ training store did not use (fresh galaxies: a split by galaxy). :func:`score_shi
 A_V on the images a network would keep (its SNR cut), with redshift, and reports skill next
 to the constant guess, the median bias, the 68/95% coverage of its percentiles on all and on
 unflagged sources, the share flagged out of distribution, and the detector's AUROC against the
-in-domain scores (how well the flag separates the shifted world from the training one).
+in-domain scores (how well the flag separates the shifted world from the training one); given
+each image's galaxy, also galaxy-bootstrap standard errors (:func:`galaxy_bootstrap`).
 """
 
 from __future__ import annotations
