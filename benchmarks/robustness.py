@@ -15,13 +15,13 @@ Run:  .venv/bin/python benchmarks/robustness.py --out artefacts/robustness [--n-
       [--in-domain-galaxies 1000]
       [--bundle six-band --bundle three-band] [--shift in_domain --shift extreme_lines] [--workers 2]
 (about 1 minute of simulation per shift and 300 galaxies on 2 cores; stores are kept in OUT/stores
-and reused.)
+and reused while this version's simulator would make them the same: --overwrite replaces one that
+it would not.)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -35,22 +35,32 @@ COLUMNS = ("N", "spearman", "MAE", "MAE_constant", "baseline_spearman", "baselin
            "spearman_err", "coverage_68_unflagged_err", "median_bias_unflagged_err")
 
 
-def shift_store(name: str, out: Path, n_galaxies: int, seed: int, client) -> Path:
-    """The test store of shift ``name`` (simulated once, then reused while its galaxies and seed are
-    those asked for)."""
+def shift_store(name: str, out: Path, n_galaxies: int, seed: int, client, overwrite: bool = False) -> Path:
+    """The test store of shift ``name``: simulated once, then reused while it holds what this version's
+    simulator would make for these settings (another version's store is replaced only with
+    ``overwrite``)."""
+    from surveydust.config import load_simulation_config, simulation_config_from_json
+    from surveydust.errors import InputError
     from surveydust.robustness import shift_settings
     from surveydust.simulate import simulate
     from surveydust.stores.base import existing_kind
     from surveydust.stores.training import open_training_store
 
     path = out / "stores" / f"{name}.zarr"
+    settings = dict(shift_settings(name, PSF_DIR if PSF_DIR.is_dir() else None), n_galaxies=n_galaxies, seed=seed,
+                    views_per_galaxy=VIEWS)
     if existing_kind(path) == "training":
-        made = json.loads(open_training_store(path).attrs["simulation_config"])
-        if (made["n_galaxies"], made["seed"]) == (n_galaxies, seed):
+        try:
+            same = simulation_config_from_json(open_training_store(path).attrs["simulation_config"]) \
+                == load_simulation_config(**settings)
+        except InputError:  # written by a version whose settings this one cannot read
+            same = False
+        if same:
             return path
-    settings = shift_settings(name, PSF_DIR if PSF_DIR.is_dir() else None)
-    return simulate(path, client=client, progress=False, n_galaxies=n_galaxies, seed=seed, overwrite=True,
-                    views_per_galaxy=VIEWS, **settings)
+        if not overwrite:
+            raise SystemExit(f"error: {path} was simulated with other settings or another simulator version; "
+                             "pass --overwrite to simulate it again, or choose another --out")
+    return simulate(path, client=client, progress=False, overwrite=True, **settings)
 
 
 def colour_baseline(predictor, stores: dict[str, Path], n_galaxies: int) -> dict[str, tuple[float, float]]:
@@ -91,6 +101,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--baseline-galaxies", type=int, default=1500)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="simulate again a test store in OUT/stores made with other settings or simulator")
     args = parser.parse_args()
 
     from astropy.table import Table
@@ -107,7 +119,8 @@ def main() -> None:
         names.insert(0, "in_domain")
     with get_client("local", workers=args.workers) as client:
         stores = {n: shift_store(n, args.out, args.in_domain_galaxies if n == "in_domain" else args.n_galaxies,
-                                 args.seed, client) for n in names}
+                                 args.seed, client, args.overwrite) for n in names}
+    galaxies = {n: open_training_store(s)["galaxy_id"].values for n, s in stores.items()}
     rows = []
     for path in bundles:
         predictor = load_model(path)
@@ -116,8 +129,7 @@ def main() -> None:
         reference = results["in_domain"][0]["ood"].values if "ood" in results["in_domain"][0] else None
         baseline = colour_baseline(predictor, stores, args.baseline_galaxies)
         for n, (result, truth, idx) in results.items():
-            galaxy = open_training_store(stores[n])["galaxy_id"].values[idx]
-            row = score_shift(result, truth, constant, reference, galaxy=galaxy)
+            row = score_shift(result, truth, constant, reference, galaxy=galaxies[n][idx])
             row["baseline_spearman"], row["baseline_MAE"] = baseline[n]
             rows.append({"bundle": path.name, "shift": n, **{c: row[c] for c in COLUMNS}})
             print(f"{path.name:>10} {n:>16} " + " ".join(f"{c}={row[c]:.3g}" for c in COLUMNS), flush=True)

@@ -468,6 +468,9 @@ def refit_ood(bundle: Path | str, out: Path | str, store: Path | str | None = No
     if not fresh and store_id != meta["training_store"]["store_id"]:
         raise InputError(f"{store} is not the training store of {bundle} (store_id differs); "
                          "pass fresh=True for a store of galaxies the network never saw")
+    if fresh and (shared := _shared_galaxies(store, meta["training_store"])):
+        raise InputError(f"{store} repeats {shared} galaxies of the training store of {bundle} (the same seed and "
+                         "settings draw the same galaxies): simulate the fresh store with another seed")
     out = check_output_path(out, overwrite, "bundle", inputs=[bundle, store])
     cfg = load_training_config(**meta["training_config"])
     split, _ = prepare_training(store, cfg)
@@ -483,6 +486,22 @@ def refit_ood(bundle: Path | str, out: Path | str, store: Path | str | None = No
         write_meta(staged, {k: v for k, v in meta.items() if k != "checksums"} | {"ood": ood})
         replace_atomically(staged, out)
     return out
+
+
+def _shared_galaxies(store: Path, training_store: dict[str, Any]) -> int:
+    """Galaxies of ``store`` whose redshift and stellar mass equal those of a galaxy of the training store
+    ``training_store`` (a bundle's record of it; 0 when that store is not on this machine)."""
+    try:
+        train = open_training_store(training_store["path"])
+    except (ValueError, OSError):
+        return 0
+    if train.attrs.get("store_id") != training_store["store_id"]:
+        return 0
+
+    def galaxies(ds: Any) -> set[tuple[float, float]]:
+        return set(zip(ds["redshift"].values.tolist(), ds["log_mstar"].values.tolist(), strict=True))
+
+    return len(galaxies(open_training_store(store)) & galaxies(train))
 
 
 def calibration_offsets(model: Any, part: Part, cfg: TrainingConfig, mean: np.ndarray,

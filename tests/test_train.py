@@ -294,6 +294,8 @@ def test_refit_ood_copies_the_network_with_fresh_statistics(galaxy_bundle: Path,
         refit_ood(galaxy_bundle, tmp_path / "other", make_training_store())
     with pytest.raises(ValueError, match="is the training store"):
         refit_ood(galaxy_bundle, tmp_path / "other", store, fresh=True)
+    with pytest.raises(ValueError, match="repeats 14 galaxies of the training store"):  # same seed: same galaxies
+        refit_ood(galaxy_bundle, tmp_path / "other", make_training_store(), fresh=True)
     with pytest.raises(FileExistsError):
         refit_ood(galaxy_bundle, out, store)
 
